@@ -1,0 +1,1 @@
+"""The mailops services: provisioning, backup and monitor."""

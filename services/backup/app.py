@@ -1,0 +1,15 @@
+"""The backup API: backups, snapshots, restores and backup policies."""
+
+from fastapi import FastAPI
+
+from shared.app import create_service_app
+
+
+def create_app() -> FastAPI:
+    return create_service_app(
+        "backup",
+        title="mailops backup",
+        description="Incremental, deduplicated, encrypted backups of every mailbox over IMAP, "
+        "and point-in-time restores.",
+        routers=[],
+    )

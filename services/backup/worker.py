@@ -1,0 +1,5 @@
+"""The backup worker: `mailops worker backup`."""
+
+from shared.queue import worker_settings
+
+WorkerSettings = worker_settings("backup", [])

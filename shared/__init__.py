@@ -1,0 +1,1 @@
+"""Code shared by the mailops services: settings, database, schema, auth, errors, queue."""

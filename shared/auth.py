@@ -1,0 +1,106 @@
+"""API keys: `Authorization: Bearer <key>`, stored only as a SHA-256 hash, each with a role."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db import transaction
+from shared.errors import Forbidden, Unauthorized
+from shared.models import ApiKey, Role
+
+KEY_PREFIX = "mo_"
+
+
+def hash_api_key(key: str) -> str:
+    # Keys are 256-bit random strings: a fast hash suffices, no brute force can reach them.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class NewApiKey:
+    key: str
+    row: ApiKey
+
+
+def new_api_key(*, name: str, role: Role, department_ids: Iterable[uuid.UUID] = ()) -> NewApiKey:
+    """A fresh key and its row to insert; the plaintext key is shown once and never stored."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(
+        name=name,
+        role=role.value,
+        department_ids=list(department_ids),
+        key_hash=hash_api_key(key),
+        key_prefix=key[:10],
+    )
+    return NewApiKey(key=key, row=row)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an API key's identity, role and department scope."""
+
+    id: uuid.UUID
+    name: str
+    role: Role
+    department_ids: frozenset[uuid.UUID] = field(default_factory=frozenset)
+
+    def can_act_in(self, department_id: uuid.UUID) -> bool:
+        """True when this principal's scope covers the department."""
+        if self.role in (Role.ADMIN, Role.OPERATOR, Role.SUPPORT, Role.VIEWER):
+            return True
+        if self.role is Role.ONBOARDING and not self.department_ids:
+            return True
+        return department_id in self.department_ids
+
+
+SessionDep = Annotated[AsyncSession, Depends(transaction)]
+
+
+async def current_principal(request: Request, session: SessionDep) -> Principal:
+    """The principal behind the request's bearer key; 401 if there is none or it is unknown."""
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("Send an API key as `Authorization: Bearer <key>`.")
+    row = await session.scalar(
+        select(ApiKey).where(
+            ApiKey.key_hash == hash_api_key(key.strip()), ApiKey.revoked_at.is_(None)
+        )
+    )
+    if row is None:
+        raise Unauthorized("The API key is unknown or revoked.")
+    now = datetime.now(UTC)
+    # Record use at most once a minute: a write per request would serialise busy callers.
+    if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
+        await session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+    return Principal(
+        id=row.id, name=row.name, role=Role(row.role), department_ids=frozenset(row.department_ids)
+    )
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def require(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency admitting the given roles (and always `admin`); 403 for the rest."""
+    allowed = {Role.ADMIN, *roles}
+
+    async def check(principal: CurrentPrincipal) -> Principal:
+        if principal.role not in allowed:
+            names = ", ".join(sorted(r.value for r in allowed))
+            raise Forbidden(
+                f"Role {principal.role.value!r} may not do this; it needs one of: {names}."
+            )
+        return principal
+
+    return check

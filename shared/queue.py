@@ -1,0 +1,136 @@
+"""The Redis job queue (arq) behind one small interface.
+
+Job arguments are JSON, never pickle; each service has its own named queue; job ids come
+from business keys, so enqueueing the same work twice is one job; jobs are enqueued only
+after the transaction that asked for them commits.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from arq import create_pool, cron
+from arq.connections import ArqRedis, RedisSettings
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db import after_commit
+from shared.settings import get_settings
+
+SERVICES = ("provisioning", "backup", "monitor")
+
+
+def queue_name(service: str) -> str:
+    """The Redis key of a service's job queue, e.g. `mailops:queue:backup`."""
+    if service not in SERVICES:
+        raise ValueError(f"unknown service queue {service!r}")
+    return f"mailops:queue:{service}"
+
+
+def _json_default(value: Any) -> Any:
+    # arq stores a failed job's exception as its result: keep its type and message.
+    if isinstance(value, BaseException):
+        return {"error": type(value).__name__, "message": str(value)}
+    raise TypeError(f"job data must be JSON; got {type(value).__name__}")
+
+
+def serialize(payload: Any) -> bytes:
+    return json.dumps(payload, default=_json_default).encode()
+
+
+def deserialize(raw: bytes) -> Any:
+    return json.loads(raw)
+
+
+def redis_settings() -> RedisSettings:
+    return RedisSettings.from_dsn(get_settings().redis_url)
+
+
+_pool: ArqRedis | None = None
+
+
+async def get_pool() -> ArqRedis:
+    """The process's arq connection pool, made on first use."""
+    global _pool
+    if _pool is None:
+        _pool = await create_pool(
+            redis_settings(),
+            job_serializer=serialize,
+            job_deserializer=deserialize,
+            default_queue_name=queue_name("provisioning"),
+        )
+    return _pool
+
+
+async def close_pool() -> None:
+    global _pool
+    if _pool is not None:
+        await _pool.aclose()
+        _pool = None
+
+
+async def enqueue(
+    service: str, function: str, *, job_id: str, defer_seconds: float = 0, **kwargs: Any
+) -> bool:
+    """Put `function(**kwargs)` on `service`'s queue; False if that job id is already there."""
+    pool = await get_pool()
+    job = await pool.enqueue_job(
+        function,
+        _job_id=job_id,
+        _queue_name=queue_name(service),
+        _defer_by=defer_seconds or None,
+        **kwargs,
+    )
+    return job is not None
+
+
+def enqueue_after_commit(
+    session: AsyncSession,
+    service: str,
+    function: str,
+    *,
+    job_id: str,
+    defer_seconds: float = 0,
+    **kwargs: Any,
+) -> None:
+    """Enqueue the job once `session` commits, so a worker never sees uncommitted state."""
+    serialize(kwargs)  # fail now, inside the transaction, if the arguments are not JSON
+
+    async def send() -> None:
+        await enqueue(service, function, job_id=job_id, defer_seconds=defer_seconds, **kwargs)
+
+    after_commit(session, send)
+
+
+def heartbeat_key(service: str) -> str:
+    return f"mailops:worker:{service}:heartbeat"
+
+
+def _heartbeat(service: str) -> Any:
+    async def record_heartbeat(ctx: dict[str, Any]) -> None:
+        """Stamp the time: the monitor reads it to tell a live worker from a dead one."""
+        await ctx["redis"].set(heartbeat_key(service), str(time.time()), ex=600)
+
+    return record_heartbeat
+
+
+def worker_settings(
+    service: str, functions: list[Any], *, cron_jobs: Sequence[Any] = (), **extra: Any
+) -> dict[str, Any]:
+    """Common arq WorkerSettings for a service's worker, with a once-a-minute heartbeat."""
+    heartbeat = cron(
+        _heartbeat(service), name=f"{service}-heartbeat", second=0, run_at_startup=True
+    )
+    return {
+        "functions": functions,
+        "cron_jobs": [heartbeat, *cron_jobs],
+        "queue_name": queue_name(service),
+        "redis_settings": redis_settings(),
+        "job_serializer": serialize,
+        "job_deserializer": deserialize,
+        "max_tries": 5,
+        "keep_result": 3600,
+        **extra,
+    }

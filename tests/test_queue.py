@@ -1,0 +1,65 @@
+"""The job queue: JSON arguments, enqueue after commit, business-key job ids, real workers."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from arq.worker import Worker
+from sqlalchemy import select
+
+from services.provisioning.worker import WorkerSettings as ProvisioningWorker
+from shared import queue
+from shared.db import transaction
+from shared.models import Mailbox, MailboxStatus
+
+
+def test_job_data_is_json_and_failures_keep_their_reason() -> None:
+    assert queue.deserialize(queue.serialize({"mailbox_id": "x"})) == {"mailbox_id": "x"}
+    assert queue.deserialize(queue.serialize({"r": ValueError("quota")})) == {
+        "r": {"error": "ValueError", "message": "quota"}
+    }
+    with pytest.raises(TypeError):
+        queue.serialize({"mailbox": object()})
+
+
+async def test_jobs_are_sent_only_when_the_transaction_commits() -> None:
+    pool = await queue.get_pool()
+    job_id = f"test-{uuid.uuid4().hex}"
+    name = queue.queue_name("monitor")
+    with pytest.raises(RuntimeError):
+        async for session in transaction():
+            queue.enqueue_after_commit(session, "monitor", "noop", job_id=job_id)
+            raise RuntimeError("roll back")
+    assert await pool.zscore(name, job_id) is None
+    async for session in transaction():
+        queue.enqueue_after_commit(session, "monitor", "noop", job_id=job_id)
+    assert await pool.zscore(name, job_id) is not None
+    assert not await queue.enqueue("monitor", "noop", job_id=job_id), "same job id twice"
+    await pool.zrem(name, job_id)
+    await pool.delete(f"arq:job:{job_id}")
+
+
+async def test_non_json_arguments_are_refused_before_commit() -> None:
+    with pytest.raises(TypeError):
+        async for session in transaction():
+            queue.enqueue_after_commit(session, "monitor", "noop", job_id="x", when=object())
+
+
+@pytest.mark.usefixtures("mail_stack")
+async def test_provisioning_worker_makes_a_new_mailbox_active(seed) -> None:
+    mailbox = await seed.mailbox("pw-1234567890", status=MailboxStatus.PROVISIONING)
+    await queue.enqueue(
+        "provisioning",
+        "prepare_mailbox",
+        job_id=f"prepare:{mailbox.id}",
+        mailbox_id=str(mailbox.id),
+    )
+    worker = Worker(**{**ProvisioningWorker, "burst": True, "poll_delay": 0.05, "cron_jobs": []})
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    async for session in transaction():
+        status = await session.scalar(select(Mailbox.status).where(Mailbox.id == mailbox.id))
+    assert status == MailboxStatus.ACTIVE

@@ -1,0 +1,121 @@
+"""Every service: health, readiness, metrics, OpenAPI and problem+json errors."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared import queue
+from shared.settings import get_settings
+from tests.conftest import free_port, service_client
+
+SERVICES = ["provisioning", "backup", "monitor"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_livez_answers_health_json(service: str) -> None:
+    async with service_client(service) as client:
+        response = await client.get("/livez")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/health+json"
+    assert response.json()["status"] == "pass"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_readyz_passes_when_database_and_redis_answer(service: str) -> None:
+    async with service_client(service) as client:
+        response = await client.get("/readyz")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/health+json"
+    body = response.json()
+    assert body["status"] == "pass"
+    assert {"postgresql:responseTime", "redis:responseTime"} <= set(body["checks"])
+
+
+@pytest.fixture
+def private_redis(monkeypatch: pytest.MonkeyPatch) -> subprocess.Popen[bytes]:
+    """A Redis of this test's own, which the test may stop."""
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while (
+        subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip()
+        != b"PONG"
+    ):
+        assert time.monotonic() < deadline, "private redis did not start"
+        time.sleep(0.05)
+    monkeypatch.setenv("MAILOPS_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    get_settings.cache_clear()
+    yield server
+    server.kill()
+    server.wait()
+    get_settings.cache_clear()
+
+
+async def test_readyz_fails_with_503_once_redis_stops(
+    private_redis: subprocess.Popen[bytes],
+) -> None:
+    await queue.close_pool()
+    try:
+        async with service_client("provisioning") as client:
+            assert (await client.get("/readyz")).status_code == 200
+            private_redis.kill()
+            private_redis.wait()
+            response = await client.get("/readyz")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["status"] == "fail"
+        assert body["checks"]["redis:responseTime"][0]["status"] == "fail"
+        assert body["checks"]["postgresql:responseTime"][0]["status"] == "pass"
+    finally:
+        await queue.close_pool()
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_metrics_parse_as_prometheus_text_with_mailops_names(service: str) -> None:
+    async with service_client(service) as client:
+        await client.get("/livez")
+        response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    assert families, "no metrics exposed"
+    assert all(name.startswith("mailops_") for name in families)
+    requests = families["mailops_http_requests"]
+    assert any(s.labels.get("route") == "/livez" for s in requests.samples)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_each_service_serves_its_openapi_document(service: str) -> None:
+    async with service_client(service) as client:
+        response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["openapi"].startswith("3.")
+    assert document["info"]["title"] == f"mailops {service}"
+    assert "/readyz" in document["paths"]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+async def test_unknown_path_is_a_problem_json_404(service: str) -> None:
+    async with service_client(service) as client:
+        response = await client.get("/no/such/thing")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "not_found"
