@@ -26,7 +26,7 @@ def queue_name(service: str) -> str:
     """The Redis key of a service's job queue, e.g. `mailops:queue:backup`."""
     if service not in SERVICES:
         raise ValueError(f"unknown service queue {service!r}")
-    return f"mailops:queue:{service}"
+    return f"{get_settings().queue_prefix}:queue:{service}"
 
 
 def _json_default(value: Any) -> Any:
@@ -105,7 +105,7 @@ def enqueue_after_commit(
 
 
 def heartbeat_key(service: str) -> str:
-    return f"mailops:worker:{service}:heartbeat"
+    return f"{get_settings().queue_prefix}:worker:{service}:heartbeat"
 
 
 def _heartbeat(service: str) -> Any:

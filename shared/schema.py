@@ -1,6 +1,6 @@
 """Every table of the shared schema, imported in one place for Alembic and the tests."""
 
-from shared import models as _core  # noqa: F401
 from shared.db import Base
+from shared.models import backup, core, monitor, provisioning  # noqa: F401 - registers tables
 
 metadata = Base.metadata

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     monitor_url: str = "http://127.0.0.1:8003"
 
     log_level: str = "INFO"
+    # Redis key prefix of the job queues; test sessions use their own to run side by side.
+    queue_prefix: str = "mailops"
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

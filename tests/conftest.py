@@ -41,6 +41,7 @@ os.environ.update(
         "MAILOPS_MASTER_PASSWORD": f"test-master-{uuid.uuid4().hex}",
         "MAILOPS_HOSTNAME": "mail.mailops.test",
         "MAILOPS_AUTH_PENALTY": "false",
+        "MAILOPS_QUEUE_PREFIX": f"mailops-test-{uuid.uuid4().hex[:8]}",
     }
 )
 

@@ -1,0 +1,1 @@
+"""Tables of the backup area of the shared schema."""

@@ -1,0 +1,1 @@
+"""Tables of the monitor area of the shared schema."""

@@ -1,0 +1,1 @@
+"""Tables of the provisioning area of the shared schema."""
