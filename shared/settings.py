@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     # Redis key prefix of the job queues; test sessions use their own to run side by side.
     queue_prefix: str = "mailops"
 
+    # --- provisioning ---
+
+    # --- backup ---
+
+    # --- monitor ---
+
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
         placeholder = self.master_password.get_secret_value() in PLACEHOLDER_SECRETS
