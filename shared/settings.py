@@ -11,7 +11,9 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values shipped as defaults: fine on a laptop, refused anywhere else.
-PLACEHOLDER_SECRETS = frozenset({"", "changeme", "change-me", "mailops-dev-master-password"})
+PLACEHOLDER_SECRETS = frozenset(
+    {"", "changeme", "change-me", "mailops-dev-master-password", "mailops-dev-credential-secret"}
+)
 
 
 def _default_mail_uid() -> int:
@@ -59,6 +61,11 @@ class Settings(BaseSettings):
     queue_prefix: str = "mailops"
 
     # --- provisioning ---
+    # Keys the derivation of pickup tokens and generated passwords (never stored).
+    credential_secret: SecretStr = SecretStr("mailops-dev-credential-secret")
+    credential_ttl_seconds: int = 7 * 86400
+    # A deleted mailbox's mail is kept (and its address reserved) this long, then purged.
+    deleted_mailbox_retention_seconds: int = 30 * 86400
 
     # --- backup ---
 
@@ -66,11 +73,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:
-        placeholder = self.master_password.get_secret_value() in PLACEHOLDER_SECRETS
-        if self.environment == "production" and placeholder:
-            raise ValueError(
-                "MAILOPS_MASTER_PASSWORD is a placeholder; set a real secret in production"
-            )
+        if self.environment != "production":
+            return self
+        for name in ("master_password", "credential_secret"):
+            secret: SecretStr = getattr(self, name)
+            if secret.get_secret_value() in PLACEHOLDER_SECRETS:
+                raise ValueError(
+                    f"MAILOPS_{name.upper()} is a placeholder; set a real secret in production"
+                )
         return self
 
     @property

@@ -2,6 +2,7 @@
 
 from fastapi import FastAPI
 
+from services.provisioning.endpoints import router
 from shared.app import create_service_app
 
 
@@ -11,5 +12,5 @@ def create_app() -> FastAPI:
         title="mailops provisioning",
         description="Accounts, departments, quotas, permissions, mail rules and the "
         "configuration request workflow.",
-        routers=[],
+        routers=[router],
     )

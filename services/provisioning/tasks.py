@@ -1,50 +1,177 @@
-"""Provisioning jobs: make mailboxes ready on the mail server."""
+"""Provisioning jobs: prepare mailboxes in Dovecot, deploy rules, purge, carry out requests.
+
+Every job reloads what it needs by id and is idempotent; a mail server that is down makes
+the job retry with backoff, and the last failure is written where users look (the
+mailbox's or rule's status and reason).
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from arq import Retry
-from sqlalchemy import select
 
+from services.provisioning import repository, service
+from services.provisioning.rules import SCRIPT_NAME
+from shared.auth import Principal
 from shared.db import transaction
+from shared.errors import DomainError
 from shared.imap import ImapError, check, imap_session
-from shared.models import Mailbox, MailboxStatus
+from shared.managesieve import ManageSieve, SieveError, SieveUnavailable
+from shared.models import ApiKey, MailboxStatus, Role
+from shared.models.provisioning import RequestStatus, RuleStatus
+from shared.queue import enqueue
 
 log = logging.getLogger("mailops.provisioning.tasks")
 
 DEFAULT_FOLDERS = ("Sent", "Drafts", "Trash", "Junk", "Archive")
+MAX_TRIES = 8
+
+
+def _retry_or_give_up(ctx: dict[str, Any], exc: Exception) -> None:
+    """Retry with growing delays (5 s, 10 s, ... 60 s) until the last try."""
+    tries = int(ctx.get("job_try", 1))
+    if tries < MAX_TRIES:
+        raise Retry(defer=min(60, 5 * tries)) from exc
 
 
 async def prepare_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
-    """Open the mailbox in Dovecot (creating its default folders), then mark it active.
-
-    Idempotent: an already active mailbox is left as it is.
-    """
+    """Open the mailbox in Dovecot (creating its default folders), then mark it active."""
     async for session in transaction():
-        mailbox = await session.scalar(
-            select(Mailbox).where(Mailbox.id == uuid.UUID(mailbox_id)).with_for_update()
-        )
+        mailbox = await repository.mailbox(session, uuid.UUID(mailbox_id), lock=True)
         if mailbox is None or mailbox.status != MailboxStatus.PROVISIONING:
             return "nothing to do"
         try:
             async with imap_session(mailbox.address) as client:
                 listing = check(await client.list('""', "*"), "LIST")
         except ImapError as exc:
-            tries = ctx.get("job_try", 1)
-            mailbox.status_reason = f"mail server not ready (try {tries}): {exc}"
-            if tries < 5:
-                raise Retry(defer=tries * 5) from exc
-            mailbox.status = MailboxStatus.FAILED
+            mailbox.status_reason = f"mail server not ready (try {ctx.get('job_try', 1)}): {exc}"
+            await session.commit()
+            _retry_or_give_up(ctx, exc)
+            mailbox.status = MailboxStatus.FAILED.value
             return "failed"
         names = b"\n".join(line for line in listing.lines if isinstance(line, bytes))
         missing = [f for f in DEFAULT_FOLDERS if f.encode() not in names]
         if missing:
-            mailbox.status = MailboxStatus.FAILED
+            mailbox.status = MailboxStatus.FAILED.value
             mailbox.status_reason = f"default folders missing after login: {', '.join(missing)}"
             return "failed"
-        mailbox.status = MailboxStatus.ACTIVE
-        mailbox.status_reason = None
+        mailbox.status, mailbox.status_reason = MailboxStatus.ACTIVE.value, None
     return "active"
+
+
+async def deploy_rules(ctx: dict[str, Any], mailbox_id: str, version: int) -> str:
+    """Upload and activate the mailbox's Sieve script over ManageSieve (newest version only)."""
+    async for session in transaction():
+        rule = await repository.rule(session, uuid.UUID(mailbox_id), lock=True)
+        mailbox = await repository.mailbox(session, uuid.UUID(mailbox_id))
+        if rule is None or mailbox is None or rule.version != version:
+            return "superseded"
+        try:
+            async with ManageSieve(mailbox.address) as sieve:
+                await sieve.put(SCRIPT_NAME, rule.script)
+                await sieve.activate(SCRIPT_NAME)
+        except SieveUnavailable as exc:
+            rule.status_reason = f"mail server unreachable (try {ctx.get('job_try', 1)}): {exc}"
+            await session.commit()
+            _retry_or_give_up(ctx, exc)
+            rule.status = RuleStatus.FAILED.value
+            return "failed"
+        except SieveError as exc:
+            rule.status, rule.status_reason = RuleStatus.FAILED.value, exc.message
+            return "failed"
+        rule.status, rule.status_reason = RuleStatus.DEPLOYED.value, None
+        rule.deployed_at = datetime.now(UTC)
+    return "deployed"
+
+
+async def purge_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
+    """After retention: delete every folder and message over IMAP, then free the address."""
+    async for session in transaction():
+        mailbox = await repository.mailbox(session, uuid.UUID(mailbox_id), lock=True)
+        if mailbox is None or mailbox.status != MailboxStatus.DELETING:
+            return "nothing to do"
+        if mailbox.purge_after and mailbox.purge_after > datetime.now(UTC):
+            return "not due"
+        try:
+            await _empty_mailbox(mailbox.address)
+        except ImapError as exc:
+            mailbox.status_reason = f"purge failed (try {ctx.get('job_try', 1)}): {exc}"
+            await session.commit()
+            _retry_or_give_up(ctx, exc)
+            return "failed"
+        mailbox.status, mailbox.status_reason = MailboxStatus.PURGED.value, None
+        mailbox.forward_targets = []
+    return "purged"
+
+
+async def _empty_mailbox(address: str) -> None:
+    async with imap_session(address) as client:
+        listing = check(await client.list('""', "*"), "LIST")
+        for line in listing.lines:
+            if not isinstance(line, bytes) or not line.startswith(b"("):
+                continue
+            name = line.rsplit(b' "/" ', 1)[-1].decode()
+            if name.strip('"') == "INBOX":
+                continue
+            check(await client.delete(name), f"DELETE {name}")
+        selected = check(await client.select("INBOX"), "SELECT INBOX")
+        if any(
+            line.endswith(b" EXISTS") and not line.startswith(b"0 ")
+            for line in selected.lines
+            if isinstance(line, bytes)
+        ):
+            check(await client.store("1:*", "+FLAGS.SILENT", r"(\Deleted)"), "STORE")
+            check(await client.expunge(), "EXPUNGE")
+
+
+async def carry_out_request(ctx: dict[str, Any], request_id: str) -> str:
+    """Carry out an approved configuration request as its approver: completed or failed."""
+    async for session in transaction():
+        request = await repository.request(session, uuid.UUID(request_id), lock=True)
+        if request is None or request.status != RequestStatus.APPROVED:
+            return "nothing to do"
+        approver = await session.get(ApiKey, request.decided_by)
+        assert approver is not None
+        actor = Principal(
+            id=approver.id,
+            name=approver.name,
+            role=Role(approver.role),
+            department_ids=frozenset(approver.department_ids),
+        )
+        try:
+            async with session.begin_nested():
+                result = await service.carry_out(session, actor=actor, request=request)
+        except DomainError as exc:
+            request.status, request.failure_reason = RequestStatus.FAILED.value, exc.detail
+        else:
+            request.status, request.result = RequestStatus.COMPLETED.value, result
+        request.completed_at = datetime.now(UTC)
+        return str(request.status)
+    return "nothing to do"
+
+
+async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
+    """Cron safety net: re-queue work whose job was lost (Redis flushed, worker killed)."""
+    now = datetime.now(UTC)
+    async for session in transaction():
+        stuck = await repository.mailboxes_stuck_provisioning(session, now - timedelta(minutes=5))
+        due = await repository.mailboxes_due_for_purge(session, now)
+    for mailbox_id in stuck:
+        await enqueue(
+            "provisioning",
+            "prepare_mailbox",
+            job_id=f"prepare-mailbox:{mailbox_id}",
+            mailbox_id=str(mailbox_id),
+        )
+    for mailbox_id in due:
+        await enqueue(
+            "provisioning",
+            "purge_mailbox",
+            job_id=f"purge-mailbox:{mailbox_id}",
+            mailbox_id=str(mailbox_id),
+        )
+    return {"provisioning": len(stuck), "purge": len(due)}

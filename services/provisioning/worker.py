@@ -1,6 +1,19 @@
 """The provisioning worker: `mailops worker provisioning`."""
 
-from services.provisioning.tasks import prepare_mailbox
+from arq import cron
+
+from services.provisioning.tasks import (
+    carry_out_request,
+    deploy_rules,
+    prepare_mailbox,
+    purge_mailbox,
+    sweep,
+)
 from shared.queue import worker_settings
 
-WorkerSettings = worker_settings("provisioning", [prepare_mailbox])
+WorkerSettings = worker_settings(
+    "provisioning",
+    [prepare_mailbox, deploy_rules, purge_mailbox, carry_out_request],
+    cron_jobs=[cron(sweep, minute=set(range(0, 60, 5)), run_at_startup=True)],
+    max_tries=8,
+)

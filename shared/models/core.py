@@ -60,7 +60,7 @@ class Role(enum.StrEnum):
     VIEWER = "viewer"
 
 
-def _one_of(column: str, values: type[enum.StrEnum]) -> str:
+def one_of(column: str, values: type[enum.StrEnum]) -> str:
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
 
 
@@ -102,7 +102,7 @@ class Mailbox(Base):
     __tablename__ = "mailboxes"
     __table_args__ = (
         CheckConstraint("quota_bytes > 0", name="quota_positive"),
-        CheckConstraint(_one_of("status", MailboxStatus), name="status_known"),
+        CheckConstraint(one_of("status", MailboxStatus), name="status_known"),
         # An address is taken until its mailbox is purged, then free for reuse.
         Index(
             "uq_mailboxes_address_live",
@@ -125,6 +125,8 @@ class Mailbox(Base):
     status_reason: Mapped[str | None] = mapped_column(Text)
     forward_targets: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
     forward_keep_copy: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    # Bumped by each password reset: it keys the credential derivation (one live password).
+    credential_generation: Mapped[int] = mapped_column(server_default=text("1"))
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -151,7 +153,7 @@ class ApiKey(Base):
     """A caller of the APIs; only the SHA-256 of the key is kept."""
 
     __tablename__ = "api_keys"
-    __table_args__ = (CheckConstraint(_one_of("role", Role), name="role_known"),)
+    __table_args__ = (CheckConstraint(one_of("role", Role), name="role_known"),)
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     name: Mapped[str] = mapped_column(Text)
