@@ -62,11 +62,11 @@ def db_upgrade() -> None:
 
 async def _create_api_key(name: str, role: str, departments: list[uuid.UUID]) -> str:
     from shared.auth import new_api_key
-    from shared.db import get_engine, transaction
+    from shared.db import get_engine, unit_of_work
     from shared.models import Role
 
     created = new_api_key(name=name, role=Role(role), department_ids=departments)
-    async for session in transaction():
+    async with unit_of_work() as session:
         session.add(created.row)
     await get_engine().dispose()
     return created.key

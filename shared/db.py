@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import lru_cache
 
 from sqlalchemy import MetaData
@@ -67,3 +68,8 @@ async def transaction() -> AsyncIterator[AsyncSession]:
             raise
         for action in session.info.pop("after_commit", []):
             await action()
+
+
+# For jobs and scripts: `async with unit_of_work() as session:` commits even when the
+# block returns early (a `return` inside `async for ... in transaction()` would not).
+unit_of_work = asynccontextmanager(transaction)

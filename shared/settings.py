@@ -68,8 +68,72 @@ class Settings(BaseSettings):
     deleted_mailbox_retention_seconds: int = 30 * 86400
 
     # --- backup ---
+    # Every stored blob is encrypted (AES-256-GCM) under a key derived from this secret; the
+    # key id is stored with each blob, so a new key can take over while old ones still read.
+    backup_key: SecretStr = SecretStr("mailops-dev-backup-key")
+    backup_key_id: str = Field(default="k1", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    # Retired keys that still decrypt older blobs: `{"k0": "old secret"}`.
+    backup_previous_keys: dict[str, SecretStr] = {}
+    # The default policy of a department without a `backup_policies` row.
+    backup_interval_seconds: int = Field(default=86400, ge=60)
+    backup_keep_last: int = Field(default=7, ge=1)
+    backup_keep_daily: int = Field(default=14, ge=0)
+    backup_keep_weekly: int = Field(default=8, ge=0)
+    backup_keep_monthly: int = Field(default=12, ge=0)
+    # IMAP connections a worker opens in parallel (one mailbox or folder each).
+    backup_imap_connections: int = Field(default=4, ge=1, le=32)
+    backup_zstd_level: int = Field(default=3, ge=1, le=19)
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_backup_key(self) -> Settings:
+        if self.environment == "production" and (
+            self.backup_key.get_secret_value() in PLACEHOLDER_SECRETS | {"mailops-dev-backup-key"}
+        ):
+            raise ValueError("MAILOPS_BACKUP_KEY is a placeholder; set a real secret in production")
+        return self
 
     # --- monitor ---
+    # The probe mailbox the imap and delivery checks use; empty: `probe@<first domain>`.
+    monitor_probe_address: str = ""
+    # Incidents open after this many consecutive failures and resolve after this many passes.
+    monitor_failure_threshold: int = Field(default=2, ge=1)
+    monitor_recovery_threshold: int = Field(default=2, ge=1)
+    # Incident notifications: JSON POSTed to each URL, retried with backoff.
+    monitor_webhook_urls: list[str] = []
+    monitor_webhook_max_tries: int = Field(default=6, ge=1)
+    monitor_check_timeout_seconds: float = 10.0
+    monitor_imap_warn_seconds: float = 1.0
+    monitor_delivery_warn_seconds: float = 5.0
+    monitor_delivery_crit_seconds: float = 20.0
+    monitor_queue_warn_messages: int = 100
+    monitor_queue_crit_messages: int = 1000
+    monitor_queue_warn_age_seconds: float = 1800.0
+    monitor_queue_crit_age_seconds: float = 4 * 3600.0
+    # TLS endpoints as `host:port` (implicit TLS) or `smtp://host:port` / `imap://host:port`
+    # (STARTTLS); days to certificate expiry.
+    monitor_tls_endpoints: list[str] = []
+    monitor_tls_warn_days: float = 21.0
+    monitor_tls_crit_days: float = 7.0
+    monitor_quota_warn_ratio: float = 0.80
+    monitor_quota_crit_ratio: float = 0.95
+    # A mailbox's snapshot may be this much older than its policy interval before it is stale.
+    monitor_backup_grace_seconds: int = 3600
+    monitor_backup_failed_runs_window_seconds: int = 86400
+    # `/readyz` URLs the platform check calls; empty: the three services' URLs.
+    monitor_readyz_urls: list[str] | None = None
+    # Disks whose free space the platform check reports; empty: the stack's state dir.
+    monitor_disk_paths: list[Path] = []
+    monitor_disk_warn_free_ratio: float = 0.15
+    monitor_disk_crit_free_ratio: float = 0.05
+    monitor_queue_warn_jobs: int = 1000
+    # DNS posture: resolver `ip` or `ip:port` (empty: the system's), the DKIM selector, and
+    # the domains to check (empty: every domain in the database).
+    monitor_dns_resolver: str = ""
+    monitor_dkim_selector: str = "mail"
+    monitor_dns_domains: list[str] = []
+    monitor_dns_timeout_seconds: float = 2.0
+    # How long a `/metrics` scrape may reuse the latest results it read from the database.
+    monitor_metrics_cache_seconds: float = 5.0
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from services.provisioning.worker import WorkerSettings as ProvisioningWorker
 from shared import queue
-from shared.db import transaction
+from shared.db import unit_of_work
 from shared.models import Mailbox, MailboxStatus
 
 
@@ -28,11 +28,11 @@ async def test_jobs_are_sent_only_when_the_transaction_commits() -> None:
     job_id = f"test-{uuid.uuid4().hex}"
     name = queue.queue_name("monitor")
     with pytest.raises(RuntimeError):
-        async for session in transaction():
+        async with unit_of_work() as session:
             queue.enqueue_after_commit(session, "monitor", "noop", job_id=job_id)
             raise RuntimeError("roll back")
     assert await pool.zscore(name, job_id) is None
-    async for session in transaction():
+    async with unit_of_work() as session:
         queue.enqueue_after_commit(session, "monitor", "noop", job_id=job_id)
     assert await pool.zscore(name, job_id) is not None
     assert not await queue.enqueue("monitor", "noop", job_id=job_id), "same job id twice"
@@ -42,7 +42,7 @@ async def test_jobs_are_sent_only_when_the_transaction_commits() -> None:
 
 async def test_non_json_arguments_are_refused_before_commit() -> None:
     with pytest.raises(TypeError):
-        async for session in transaction():
+        async with unit_of_work() as session:
             queue.enqueue_after_commit(session, "monitor", "noop", job_id="x", when=object())
 
 
@@ -60,6 +60,6 @@ async def test_provisioning_worker_makes_a_new_mailbox_active(seed) -> None:
         await worker.main()
     finally:
         await worker.close()
-    async for session in transaction():
+    async with unit_of_work() as session:
         status = await session.scalar(select(Mailbox.status).where(Mailbox.id == mailbox.id))
     assert status == MailboxStatus.ACTIVE

@@ -2,6 +2,7 @@
 
 from fastapi import FastAPI
 
+from services.backup.endpoints import router
 from shared.app import create_service_app
 
 
@@ -11,5 +12,5 @@ def create_app() -> FastAPI:
         title="mailops backup",
         description="Incremental, deduplicated, encrypted backups of every mailbox over IMAP, "
         "and point-in-time restores.",
-        routers=[],
+        routers=[router],
     )

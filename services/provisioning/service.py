@@ -587,14 +587,7 @@ async def delete_mailbox(
         job_id=f"final-backup:{mailbox.id}",
         mailbox_id=str(mailbox.id),
     )
-    enqueue_after_commit(
-        session,
-        "provisioning",
-        "purge_mailbox",
-        job_id=f"purge-mailbox:{mailbox.id}",
-        defer_seconds=retention,
-        mailbox_id=str(mailbox.id),
-    )
+    # No job deferred by weeks: the worker's sweep purges mailboxes once purge_after passes.
     return mailbox
 
 

@@ -17,7 +17,7 @@ from arq import Retry
 from services.provisioning import repository, service
 from services.provisioning.rules import SCRIPT_NAME
 from shared.auth import Principal
-from shared.db import transaction
+from shared.db import unit_of_work
 from shared.errors import DomainError
 from shared.imap import ImapError, check, imap_session
 from shared.managesieve import ManageSieve, SieveError, SieveUnavailable
@@ -40,7 +40,7 @@ def _retry_or_give_up(ctx: dict[str, Any], exc: Exception) -> None:
 
 async def prepare_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
     """Open the mailbox in Dovecot (creating its default folders), then mark it active."""
-    async for session in transaction():
+    async with unit_of_work() as session:
         mailbox = await repository.mailbox(session, uuid.UUID(mailbox_id), lock=True)
         if mailbox is None or mailbox.status != MailboxStatus.PROVISIONING:
             return "nothing to do"
@@ -65,7 +65,7 @@ async def prepare_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
 
 async def deploy_rules(ctx: dict[str, Any], mailbox_id: str, version: int) -> str:
     """Upload and activate the mailbox's Sieve script over ManageSieve (newest version only)."""
-    async for session in transaction():
+    async with unit_of_work() as session:
         rule = await repository.rule(session, uuid.UUID(mailbox_id), lock=True)
         mailbox = await repository.mailbox(session, uuid.UUID(mailbox_id))
         if rule is None or mailbox is None or rule.version != version:
@@ -90,7 +90,7 @@ async def deploy_rules(ctx: dict[str, Any], mailbox_id: str, version: int) -> st
 
 async def purge_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
     """After retention: delete every folder and message over IMAP, then free the address."""
-    async for session in transaction():
+    async with unit_of_work() as session:
         mailbox = await repository.mailbox(session, uuid.UUID(mailbox_id), lock=True)
         if mailbox is None or mailbox.status != MailboxStatus.DELETING:
             return "nothing to do"
@@ -130,7 +130,7 @@ async def _empty_mailbox(address: str) -> None:
 
 async def carry_out_request(ctx: dict[str, Any], request_id: str) -> str:
     """Carry out an approved configuration request as its approver: completed or failed."""
-    async for session in transaction():
+    async with unit_of_work() as session:
         request = await repository.request(session, uuid.UUID(request_id), lock=True)
         if request is None or request.status != RequestStatus.APPROVED:
             return "nothing to do"
@@ -157,7 +157,7 @@ async def carry_out_request(ctx: dict[str, Any], request_id: str) -> str:
 async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
     """Cron safety net: re-queue work whose job was lost (Redis flushed, worker killed)."""
     now = datetime.now(UTC)
-    async for session in transaction():
+    async with unit_of_work() as session:
         stuck = await repository.mailboxes_stuck_provisioning(session, now - timedelta(minutes=5))
         due = await repository.mailboxes_due_for_purge(session, now)
     for mailbox_id in stuck:

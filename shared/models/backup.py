@@ -1,1 +1,290 @@
-"""Tables of the backup area of the shared schema."""
+"""Tables of the backup area of the shared schema.
+
+The catalog grows with changes, not with snapshots: each snapshot of a mailbox has a
+sequence number, and every folder and message row is valid for a half-open range of them
+(`since_seq <= seq < until_seq`, `until_seq` NULL while it is still current). A snapshot of
+an unchanged mailbox adds one `snapshots` row and nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from shared.db import Base
+from shared.models.core import one_of
+
+
+def _uuid_pk() -> Mapped[uuid.UUID]:
+    return mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+
+
+def _now() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+def _counter() -> Mapped[int]:
+    return mapped_column(BigInteger, server_default=text("0"))
+
+
+class JobStatus(enum.StrEnum):
+    """Where a backup, restore or verify run is; `failed` carries a reason."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class SnapshotStatus(enum.StrEnum):
+    """`pending` while its data is written; only `committed` snapshots are ever read."""
+
+    PENDING = "pending"
+    COMMITTED = "committed"
+
+
+class BackupScope(enum.StrEnum):
+    MAILBOX = "mailbox"
+    DEPARTMENT = "department"
+    ALL = "all"
+    SCHEDULED = "scheduled"
+    FINAL = "final"
+
+
+class RestoreMode(enum.StrEnum):
+    """`original`: the snapshot's folders of the same mailbox; `folder`: under one folder of
+    the same mailbox; `mailbox`: the snapshot's folders in another mailbox."""
+
+    ORIGINAL = "original"
+    FOLDER = "folder"
+    MAILBOX = "mailbox"
+
+
+class BackupPolicy(Base):
+    """A department's backup interval and retention; no row means the settings' default."""
+
+    __tablename__ = "backup_policies"
+    __table_args__ = (
+        CheckConstraint("interval_seconds >= 60", name="interval_positive"),
+        CheckConstraint("keep_last >= 1", name="keep_last_positive"),
+        CheckConstraint(
+            "keep_daily >= 0 AND keep_weekly >= 0 AND keep_monthly >= 0", name="keep_nonnegative"
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    department_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("departments.id"), unique=True)
+    interval_seconds: Mapped[int] = mapped_column(Integer)
+    keep_last: Mapped[int] = mapped_column(Integer)
+    keep_daily: Mapped[int] = mapped_column(Integer)
+    keep_weekly: Mapped[int] = mapped_column(Integer)
+    keep_monthly: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class BackupRun(Base):
+    """One requested backup (a mailbox, a department, everything, or a scheduled one)."""
+
+    __tablename__ = "backup_runs"
+    __table_args__ = (
+        CheckConstraint(one_of("status", JobStatus), name="status_known"),
+        CheckConstraint(one_of("scope", BackupScope), name="scope_known"),
+        Index("ix_backup_runs_status_finished_at", "status", "finished_at"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    status: Mapped[str] = mapped_column(Text, server_default=JobStatus.QUEUED.value)
+    reason: Mapped[str | None] = mapped_column(Text)
+    scope: Mapped[str] = mapped_column(Text)
+    mailbox_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("mailboxes.id"), index=True)
+    department_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("departments.id"))
+    requested_by: Mapped[str] = mapped_column(Text, server_default="")
+    created_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    mailboxes_total: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    mailboxes_done: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    mailboxes_failed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    messages_fetched: Mapped[int] = _counter()
+    bytes_read: Mapped[int] = _counter()
+    bytes_stored: Mapped[int] = _counter()
+
+
+class Snapshot(Base):
+    """A mailbox's state at one point; committed only once all its data is durable."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (
+        CheckConstraint(one_of("status", SnapshotStatus), name="status_known"),
+        UniqueConstraint("mailbox_id", "seq", name="uq_snapshots_mailbox_id_seq"),
+        Index("ix_snapshots_mailbox_id_completed_at", "mailbox_id", "completed_at"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    mailbox_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("mailboxes.id"))
+    run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("backup_runs.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(Text, server_default=SnapshotStatus.PENDING.value)
+    created_at: Mapped[datetime] = _now()
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    folder_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    message_count: Mapped[int] = _counter()
+    total_bytes: Mapped[int] = _counter()
+    messages_fetched: Mapped[int] = _counter()
+    bytes_read: Mapped[int] = _counter()
+    bytes_stored: Mapped[int] = _counter()
+
+
+class BackupPack(Base):
+    """A file of encrypted blobs in the storage backend."""
+
+    __tablename__ = "backup_packs"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    size: Mapped[int] = _counter()
+    created_at: Mapped[datetime] = _now()
+
+
+class BackupBlob(Base):
+    """One distinct message body, by the SHA-256 of its bytes: stored once however often seen."""
+
+    __tablename__ = "backup_blobs"
+
+    hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
+    pack_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("backup_packs.id"), index=True)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    length: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int] = mapped_column(BigInteger)
+    key_id: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+
+
+class BackupFolder(Base):
+    """A folder of a mailbox for a range of its snapshots, with its IMAP sync state."""
+
+    __tablename__ = "backup_folders"
+    __table_args__ = (
+        Index(
+            "uq_backup_folders_current",
+            "mailbox_id",
+            "name",
+            unique=True,
+            postgresql_where=text("until_seq IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    mailbox_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("mailboxes.id"), index=True)
+    # The folder's name as people read it (decoded from IMAP's modified UTF-7).
+    name: Mapped[str] = mapped_column(Text)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uidnext: Mapped[int] = mapped_column(BigInteger)
+    highestmodseq: Mapped[int] = mapped_column(BigInteger)
+    since_seq: Mapped[int] = mapped_column(Integer)
+    until_seq: Mapped[int | None] = mapped_column(Integer)
+
+
+class BackupMessage(Base):
+    """A message in a folder for a range of snapshots; a flag change starts a new row."""
+
+    __tablename__ = "backup_messages"
+    __table_args__ = (
+        Index(
+            "ix_backup_messages_current",
+            "folder_id",
+            "uid",
+            postgresql_where=text("until_seq IS NULL"),
+        ),
+        Index("ix_backup_messages_mailbox_seq", "mailbox_id", "since_seq", "until_seq"),
+        Index("ix_backup_messages_mailbox_message_id", "mailbox_id", "message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    mailbox_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("mailboxes.id"))
+    folder_id: Mapped[int] = mapped_column(ForeignKey("backup_folders.id"), index=True)
+    uid: Mapped[int] = mapped_column(BigInteger)
+    blob_hash: Mapped[bytes] = mapped_column(ForeignKey("backup_blobs.hash"), index=True)
+    flags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
+    internal_date: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    from_addr: Mapped[str] = mapped_column(Text, server_default="")
+    to_addr: Mapped[str] = mapped_column(Text, server_default="")
+    subject: Mapped[str] = mapped_column(Text, server_default="")
+    message_id: Mapped[str] = mapped_column(Text, server_default="")
+    since_seq: Mapped[int] = mapped_column(Integer)
+    until_seq: Mapped[int | None] = mapped_column(Integer)
+
+
+class RestoreJob(Base):
+    """A requested restore of (part of) a snapshot into a mailbox."""
+
+    __tablename__ = "restore_jobs"
+    __table_args__ = (
+        CheckConstraint(one_of("status", JobStatus), name="status_known"),
+        CheckConstraint(one_of("target_mode", RestoreMode), name="target_mode_known"),
+    )
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    status: Mapped[str] = mapped_column(Text, server_default=JobStatus.QUEUED.value)
+    reason: Mapped[str | None] = mapped_column(Text)
+    mailbox_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("mailboxes.id"), index=True)
+    # No foreign key: a restore's record outlives the snapshot once retention prunes it.
+    snapshot_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), index=True)
+    target_mode: Mapped[str] = mapped_column(Text)
+    target_mailbox_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("mailboxes.id"))
+    target_folder: Mapped[str | None] = mapped_column(Text)
+    folders: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    message_ids: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))
+    requested_by: Mapped[str] = mapped_column(Text, server_default="")
+    created_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    total: Mapped[int] = _counter()
+    done: Mapped[int] = _counter()
+    restored: Mapped[int] = _counter()
+    skipped: Mapped[int] = _counter()
+
+
+class VerifyRun(Base):
+    """A re-read of stored blobs; `damage` lists each bad blob with the mailboxes and
+    snapshots that need it."""
+
+    __tablename__ = "backup_verify_runs"
+    __table_args__ = (CheckConstraint(one_of("status", JobStatus), name="status_known"),)
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    status: Mapped[str] = mapped_column(Text, server_default=JobStatus.QUEUED.value)
+    reason: Mapped[str | None] = mapped_column(Text)
+    fraction: Mapped[float] = mapped_column(Double, server_default=text("1.0"))
+    requested_by: Mapped[str] = mapped_column(Text, server_default="")
+    created_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    blobs_checked: Mapped[int] = _counter()
+    blobs_damaged: Mapped[int] = _counter()
+    damage: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'"))

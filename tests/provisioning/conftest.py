@@ -54,6 +54,11 @@ class Api:
         return await self.client.delete(path, headers=self._headers(None))
 
 
+@pytest.fixture(autouse=True)
+def _mail_server(mail_stack: object) -> None:
+    """Provisioning jobs talk to the real Dovecot: every test here has the stack."""
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with service_client("provisioning") as http:

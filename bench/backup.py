@@ -1,0 +1,422 @@
+"""Backup and restore, side by side with mbsync (isync) on one Dovecot and one corpus.
+
+    .venv/bin/python bench/backup.py                      # 20 mailboxes x 500 messages
+    .venv/bin/python bench/backup.py --mailboxes 4 --messages 200   # a quick run
+
+Starts its own database and Dovecot/Postfix on free ports (like the tests), fills the
+mailboxes over IMAP, then times (a) full backup vs mbsync full pull, (b) a second run with
+nothing changed, (c) restore into empty mailboxes vs mbsync push, and reports (d) store
+size vs the Maildir and the backup process's peak RSS. mailops phases run in a child
+process so their peak RSS is their own. Prints a Markdown table of ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _environment(state: Path) -> dict[str, str]:
+    return {
+        "MAILOPS_ENVIRONMENT": "test",
+        "MAILOPS_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/"
+        f"mailops_bench_{uuid.uuid4().hex[:8]}",
+        "MAILOPS_REDIS_URL": "redis://127.0.0.1:6379/14",
+        "MAILOPS_STATE_DIR": str(state),
+        "MAILOPS_IMAP_PORT": str(_free_port()),
+        "MAILOPS_SMTP_PORT": str(_free_port()),
+        "MAILOPS_LMTP_PORT": str(_free_port()),
+        "MAILOPS_SIEVE_PORT": str(_free_port()),
+        "MAILOPS_MASTER_PASSWORD": f"bench-{uuid.uuid4().hex}",
+        "MAILOPS_AUTH_PENALTY": "false",
+        "MAILOPS_QUEUE_PREFIX": f"mailops-bench-{uuid.uuid4().hex[:8]}",
+    }
+
+
+FOLDERS = ("INBOX", "Sent", "Archive", "Projekte/Überblick")
+FLAGS = ([], ["\\Seen"], ["\\Seen", "\\Answered"], ["\\Seen", "$Label1"], ["\\Flagged"])
+
+
+def corpus_message(rng: random.Random, i: int, mailbox: int) -> bytes:
+    """A message with a lognormal text size; 4% carry a 0.1-1.5 MB attachment."""
+    msg = EmailMessage()
+    msg["From"] = f"Sender {i % 97} <s{i % 97}@example.test>"
+    msg["To"] = f"user{mailbox}@bench.test"
+    msg["Subject"] = f"Message {i} about topic {rng.randint(1, 500)}"
+    msg["Message-ID"] = f"<bench-{mailbox}-{i}-{rng.random()}@example.test>"
+    msg["Date"] = "Mon, 01 Jan 2024 10:00:00 +0000"
+    words = int(min(rng.lognormvariate(6.0, 1.0), 20_000))
+    text = " ".join(
+        rng.choice(
+            (
+                "lorem",
+                "ipsum",
+                "dolor",
+                "amet",
+                "quarterly",
+                "budget",
+                "meeting",
+                "report",
+                "invoice",
+                "contract",
+            )
+        )
+        for _ in range(words)
+    )
+    msg.set_content(text + "\n")
+    if rng.random() < 0.04:
+        msg.add_attachment(
+            rng.randbytes(rng.randint(100_000, 1_500_000)),
+            maintype="application",
+            subtype="pdf",
+            filename=f"doc{i}.pdf",
+        )
+    return bytes(msg).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+async def fill(addresses: list[str], messages: int) -> None:
+    from services.backup.engine import utf7
+    from services.backup.engine.imap import AppendItem, master_connection, quote
+
+    async def one(index: int, address: str) -> None:
+        rng = random.Random(index)
+        start = datetime(2024, 1, 1, tzinfo=UTC)
+        async with master_connection(address) as imap:
+            for folder in FOLDERS:
+                await imap.command(b"CREATE " + quote(utf7.encode(folder)), check=False)
+            for base in range(0, messages, 50):
+                batch = [
+                    corpus_message(rng, i, index) for i in range(base, min(messages, base + 50))
+                ]
+                folder = FOLDERS[(base // 50) % len(FOLDERS)]
+
+                async def once(data: bytes):
+                    yield data
+
+                await imap.append_many(
+                    utf7.encode(folder),
+                    [
+                        AppendItem(
+                            flags=rng.choice(FLAGS),
+                            internal_date=start + timedelta(minutes=i),
+                            size=len(d),
+                            chunks=once(d),
+                        )
+                        for i, d in enumerate(batch)
+                    ],
+                )
+
+    sem = asyncio.Semaphore(4)
+
+    async def limited(i: int, a: str) -> None:
+        async with sem:
+            await one(i, a)
+
+    await asyncio.gather(*(limited(i, a) for i, a in enumerate(addresses)))
+
+
+async def create_mailboxes(count: int, prefix: str) -> list[tuple[str, str]]:
+    from sqlalchemy import select
+
+    from shared.db import unit_of_work
+    from shared.models import Department, Domain, Mailbox
+    from shared.passwords import hash_password
+
+    password_hash = hash_password("bench-password-123")
+    async with unit_of_work() as session:
+        domain = await session.scalar(select(Domain).where(Domain.name == "bench.test"))
+        if domain is None:
+            domain = Domain(name="bench.test")
+            session.add(domain)
+            await session.flush()
+        department = Department(
+            name=f"bench-{prefix}-{uuid.uuid4().hex[:6]}",
+            domain_id=domain.id,
+            capacity_bytes=10**12,
+            max_mailboxes=1000,
+            default_quota_bytes=10**10,
+        )
+        session.add(department)
+        await session.flush()
+        rows = [
+            Mailbox(
+                address=f"{prefix}{i}@bench.test",
+                domain_id=domain.id,
+                department_id=department.id,
+                password_hash=password_hash,
+                quota_bytes=10**10,
+                status="active",
+            )
+            for i in range(count)
+        ]
+        session.add_all(rows)
+        await session.flush()
+        return [(str(r.id), r.address) for r in rows]
+
+
+# ---------------------------------------------------------------- mailops phases (child)
+
+
+async def phase_backup(mailbox_ids: list[str]) -> dict[str, float]:
+    from services.backup.engine.backup import backup_mailbox
+    from services.backup.engine.storage import default_storage
+    from shared.settings import get_settings
+
+    storage = default_storage()
+    sem = asyncio.Semaphore(get_settings().backup_imap_connections)
+    fetched = 0
+    snapshots: dict[str, str] = {}
+
+    async def one(mailbox_id: str) -> None:
+        nonlocal fetched
+        async with sem:
+            snap, counters = await backup_mailbox(
+                mailbox_id=uuid.UUID(mailbox_id), run_id=None, storage=storage
+            )
+            fetched += counters.messages_fetched
+            snapshots[mailbox_id] = str(snap.id)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(m) for m in mailbox_ids))
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "fetched": fetched, "snapshots": snapshots}  # type: ignore[dict-item]
+
+
+async def phase_restore(pairs: list[tuple[str, str, str]]) -> dict[str, float]:
+    """(source mailbox id, snapshot id, target mailbox id) each, restored in parallel."""
+    from services.backup import service
+    from shared.db import unit_of_work
+    from shared.models.backup import JobStatus, RestoreJob
+    from shared.settings import get_settings
+
+    ids = []
+    async with unit_of_work() as session:
+        for source, snapshot, target in pairs:
+            job = RestoreJob(
+                status=JobStatus.QUEUED.value,
+                mailbox_id=uuid.UUID(source),
+                snapshot_id=uuid.UUID(snapshot),
+                target_mode="mailbox",
+                target_mailbox_id=uuid.UUID(target),
+            )
+            session.add(job)
+            await session.flush()
+            ids.append(job.id)
+    sem = asyncio.Semaphore(max(1, get_settings().backup_imap_connections // 2))
+
+    async def one(job_id: uuid.UUID) -> None:
+        async with sem:
+            result = await service.execute_restore(job_id)
+            assert result == "succeeded", result
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(j) for j in ids))
+    return {"seconds": time.perf_counter() - started}
+
+
+def child(phase: str, argument: str) -> None:
+    from shared.db import get_engine
+
+    async def main() -> dict[str, float]:
+        try:
+            if phase == "backup":
+                return await phase_backup(json.loads(argument))
+            return await phase_restore(json.loads(argument))
+        finally:
+            await get_engine().dispose()
+
+    result = asyncio.run(main())
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def run_child(phase: str, argument: object) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--phase", phase, json.dumps(argument)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+# ---------------------------------------------------------------- mbsync
+
+
+def mbsync_config(
+    path: Path, maildir: Path, addresses: list[str], sync: str, env: dict[str, str], state: Path
+) -> None:
+    parts = []
+    for i, address in enumerate(addresses):
+        (maildir / str(i)).mkdir(parents=True, exist_ok=True)
+        parts.append(f"""
+IMAPAccount a{i}
+Host 127.0.0.1
+Port {env["MAILOPS_IMAP_PORT"]}
+User "{address}*mailops-master"
+Pass "{env["MAILOPS_MASTER_PASSWORD"]}"
+SSLType None
+AuthMechs LOGIN
+
+IMAPStore r{i}
+Account a{i}
+
+MaildirStore l{i}
+Path {maildir}/{i}/
+Inbox {maildir}/{i}/INBOX
+SubFolders Verbatim
+
+Channel c{i}
+Far :r{i}:
+Near :l{i}:
+Patterns *
+Create {"Near" if sync == "Pull" else "Far"}
+Sync {sync}
+SyncState {state}/{i}-
+""")
+    path.write_text("".join(parts))
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed: {done.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mailboxes", type=int, default=20)
+    parser.add_argument("--messages", type=int, default=500)
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    parser.add_argument("argument", nargs="?", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        child(args.phase, args.argument)
+        return
+    if shutil.which("mbsync") is None:
+        sys.exit("mbsync (Debian package isync) is not installed")
+    work = Path(tempfile.mkdtemp(prefix="mailops-bench-"))
+    work.chmod(0o755)  # the daemons' own users must reach the state dir inside
+    env = _environment(work / "state")
+    os.environ.update(env)
+
+    from shared import mailstack
+    from shared.database_admin import drop_database, upgrade
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    try:
+        mailstack.up(settings)
+        results = run(args, work, env)
+    finally:
+        mailstack.down(settings)
+        asyncio.run(drop_database(settings.database_url))
+        shutil.rmtree(work, ignore_errors=True)
+    print(results)
+
+
+def run(args: argparse.Namespace, work: Path, env: dict[str, str]) -> str:
+    from shared.db import get_engine
+
+    async def setup() -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+        sources = await create_mailboxes(args.mailboxes, "src")
+        ours = await create_mailboxes(args.mailboxes, "dst")
+        theirs = await create_mailboxes(args.mailboxes, "mbs")
+        started = time.perf_counter()
+        await fill([a for _, a in sources], args.messages)
+        print(
+            f"filled {args.mailboxes}x{args.messages} in {time.perf_counter() - started:.1f}s",
+            file=sys.stderr,
+        )
+        await get_engine().dispose()
+        return sources, ours, theirs
+
+    sources, ours, theirs = asyncio.run(setup())
+    addresses = [a for _, a in sources]
+    maildir, state = work / "maildir", work / "mbsync-state"
+    maildir.mkdir()
+    state.mkdir()
+    pull = work / "pull.rc"
+    mbsync_config(pull, maildir, addresses, "Pull", env, state)
+
+    mbsync_full = timed(["mbsync", "-c", str(pull), "-a", "-q"])
+    full = run_child("backup", [m for m, _ in sources])
+    mbsync_again = timed(["mbsync", "-c", str(pull), "-a", "-q"])
+    again = run_child("backup", [m for m, _ in sources])
+
+    push_state = work / "push-state"
+    push_state.mkdir()
+    push = work / "push.rc"
+    mbsync_config(push, maildir, [a for _, a in theirs], "Push", env, push_state)
+    mbsync_push = timed(["mbsync", "-c", str(push), "-a", "-q"])
+    snapshots = dict(full["snapshots"])  # type: ignore[call-overload]
+    restored = run_child(
+        "restore", [[m, snapshots[m], t] for (m, _), (t, _) in zip(sources, ours, strict=True)]
+    )
+    store = du(work / "state" / "backup")
+    maildir_size = du(maildir)
+    peak = max(
+        float(full["peak_rss_mb"]), float(again["peak_rss_mb"]), float(restored["peak_rss_mb"])
+    )  # type: ignore[arg-type]
+
+    def row(name: str, ours_s: float, theirs_s: float, goal: str) -> str:
+        return f"| {name} | {ours_s:.2f} s | {theirs_s:.2f} s | {ours_s / theirs_s:.2f}x | {goal} |"
+
+    lines = [
+        f"Corpus: {args.mailboxes} mailboxes x {args.messages} messages, "
+        f"{maildir_size / 1e6:.0f} MB as Maildir; "
+        f"fetched {full['fetched']} then {again['fetched']} messages.",
+        "",
+        "| work | mailops | mbsync | ratio | goal |",
+        "|---|---|---|---|---|",
+        row("(a) full backup vs full pull", float(str(full["seconds"])), mbsync_full, "≤ 0.5x"),
+        row("(b) second run, unchanged", float(str(again["seconds"])), mbsync_again, "≤ 0.5x"),
+        row(
+            "(c) restore into empty mailboxes vs push",
+            float(restored["seconds"]),
+            mbsync_push,
+            "≤ 1.0x",
+        ),  # type: ignore[arg-type]
+        f"| (d) store size vs Maildir | {store / 1e6:.0f} MB | {maildir_size / 1e6:.0f} MB | "
+        f"{store / maildir_size:.2f}x | ≤ 0.6x |",
+        f"| (d) peak RSS of the backup process | {peak:.0f} MB | | | ≤ 256 MB |",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The backup API (`/v1`): each endpoint names who may call it, then calls the service."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+from fastapi.responses import StreamingResponse
+
+from services.backup import repository, service
+from services.backup import schemas as s
+from shared.auth import Principal, SessionDep, require
+from shared.models import Role
+
+Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
+Restorer = Annotated[Principal, Depends(require(Role.OPERATOR, Role.SUPPORT))]
+Reader = Annotated[Principal, Depends(require(Role.OPERATOR, Role.SUPPORT, Role.VIEWER))]
+
+PROBLEMS = {
+    code: {"description": text, "content": {"application/problem+json": {}}}
+    for code, text in {
+        401: "No or unknown API key",
+        403: "Role not allowed",
+        404: "Not found",
+        422: "Invalid input (the problem names the field)",
+    }.items()
+}
+
+router = APIRouter(prefix="/v1", responses=PROBLEMS)  # type: ignore[arg-type]
+
+
+@router.post(
+    "/backups", status_code=status.HTTP_202_ACCEPTED, response_model=s.Accepted, tags=["backups"]
+)
+async def request_backup(body: s.BackupRequest, session: SessionDep, actor: Operator) -> s.Accepted:
+    run = await service.request_backup(session, actor=actor, data=body)
+    return s.Accepted(id=run.id, status=run.status)
+
+
+@router.get("/backups/{run_id}", response_model=s.BackupRunOut, tags=["backups"])
+async def get_backup(run_id: uuid.UUID, session: SessionDep, _: Reader) -> s.BackupRunOut:
+    run = await service.get_run(session, run_id=run_id)
+    await session.refresh(run)
+    return service.run_out(run)
+
+
+@router.get("/snapshots", response_model=list[s.SnapshotOut], tags=["snapshots"])
+async def list_snapshots(
+    session: SessionDep,
+    _: Reader,
+    mailbox_id: uuid.UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[s.SnapshotOut]:
+    rows = await repository.snapshots(session, mailbox_id=mailbox_id, limit=limit)
+    return [s.SnapshotOut.model_validate(r, from_attributes=True) for r in rows]
+
+
+@router.get("/snapshots/{snapshot_id}", response_model=s.SnapshotDetail, tags=["snapshots"])
+async def get_snapshot(snapshot_id: uuid.UUID, session: SessionDep, _: Reader) -> s.SnapshotDetail:
+    snap = await service.get_snapshot(session, snapshot_id=snapshot_id)
+    folders = await repository.snapshot_folders(session, snap)
+    base = s.SnapshotOut.model_validate(snap, from_attributes=True)
+    return s.SnapshotDetail(**base.model_dump(), folders=[s.FolderOut(**f) for f in folders])
+
+
+@router.get(
+    "/snapshots/{snapshot_id}/messages",
+    response_model=list[s.MessageOut],
+    response_model_by_alias=True,
+    tags=["snapshots"],
+)
+async def search_messages(
+    snapshot_id: uuid.UUID,
+    session: SessionDep,
+    _: Restorer,
+    folder: Annotated[str | None, Query(max_length=1000)] = None,
+    q: Annotated[str | None, Query(max_length=500)] = None,
+    sender: Annotated[str | None, Query(alias="from", max_length=500)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[s.MessageOut]:
+    snap = await service.get_snapshot(session, snapshot_id=snapshot_id)
+    rows = await repository.snapshot_messages(
+        session,
+        snap,
+        folders=[folder] if folder else None,
+        q=q,
+        sender=sender,
+        since=since,
+        until=until,
+        limit=limit,
+        offset=offset,
+    )
+    return [
+        s.MessageOut(
+            id=m.id,
+            folder=name,
+            uid=m.uid,
+            flags=m.flags,
+            internal_date=m.internal_date,
+            size=m.size,
+            sent_at=m.sent_at,
+            from_=m.from_addr,
+            to=m.to_addr,
+            subject=m.subject,
+            message_id=m.message_id,
+            sha256=bytes(m.blob_hash).hex(),
+        )
+        for m, name in rows
+    ]
+
+
+@router.get("/snapshots/{snapshot_id}/export", tags=["snapshots"])
+async def export_snapshot(
+    snapshot_id: uuid.UUID,
+    session: SessionDep,
+    _: Operator,
+    format: Annotated[s.ExportFormat, Query()] = "mbox",
+    folder: Annotated[list[str] | None, Query(max_length=1000)] = None,
+) -> StreamingResponse:
+    await service.get_snapshot(session, snapshot_id=snapshot_id)
+    return StreamingResponse(
+        service.export_mbox(snapshot_id, folder),
+        media_type="application/mbox",
+        headers={"Content-Disposition": f'attachment; filename="snapshot-{snapshot_id}.mbox"'},
+    )
+
+
+@router.post(
+    "/restores", status_code=status.HTTP_202_ACCEPTED, response_model=s.Accepted, tags=["restores"]
+)
+async def request_restore(
+    body: s.RestoreRequest, session: SessionDep, actor: Restorer
+) -> s.Accepted:
+    job = await service.request_restore(session, actor=actor, data=body)
+    return s.Accepted(id=job.id, status=job.status)
+
+
+@router.get("/restores/{restore_id}", response_model=s.RestoreOut, tags=["restores"])
+async def get_restore(restore_id: uuid.UUID, session: SessionDep, _: Reader) -> s.RestoreOut:
+    job = await service.get_restore(session, restore_id=restore_id)
+    await session.refresh(job)
+    return s.RestoreOut.model_validate(job, from_attributes=True)
+
+
+@router.put(
+    "/departments/{department_id}/backup-policy", response_model=s.PolicyOut, tags=["policies"]
+)
+async def put_policy(
+    department_id: uuid.UUID, body: s.PolicyIn, session: SessionDep, _: Operator
+) -> s.PolicyOut:
+    await service.set_policy(session, department_id=department_id, data=body)
+    return s.PolicyOut(department_id=department_id, is_default=False, **body.model_dump())
+
+
+@router.get("/policies", response_model=list[s.PolicyOut], tags=["policies"])
+async def list_policies(session: SessionDep, _: Reader) -> list[s.PolicyOut]:
+    return await service.list_policies(session)
+
+
+@router.post(
+    "/verify", status_code=status.HTTP_202_ACCEPTED, response_model=s.Accepted, tags=["verify"]
+)
+async def request_verify(
+    session: SessionDep, actor: Operator, body: s.VerifyRequest | None = None
+) -> s.Accepted:
+    run = await service.request_verify(session, actor=actor, data=body or s.VerifyRequest())
+    return s.Accepted(id=run.id, status=run.status)
+
+
+@router.get("/verify/{verify_id}", response_model=s.VerifyOut, tags=["verify"])
+async def get_verify(verify_id: uuid.UUID, session: SessionDep, _: Reader) -> s.VerifyOut:
+    run = await service.get_verify(session, verify_id=verify_id)
+    return s.VerifyOut.model_validate(run, from_attributes=True)

@@ -1,0 +1,1 @@
+"""The backup engine: IMAP reading and writing, blob encryption, pack storage."""

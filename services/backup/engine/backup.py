@@ -1,0 +1,611 @@
+"""Back up one mailbox over IMAP into a new snapshot, fetching only what changed.
+
+Per folder, UIDVALIDITY + UIDNEXT + HIGHESTMODSEQ from one `LIST ... RETURN (STATUS ...)`
+decide the work: an unchanged folder costs nothing more; flag changes and expunges come from
+`UID FETCH ... (CHANGEDSINCE m VANISHED)` without bodies; new UIDs are fetched in small
+batches, hashed, and stored only if their SHA-256 is new. A message the mailbox already had
+(same INTERNALDATE, size and Message-ID: moved, or seen again after a UIDVALIDITY change) is
+recorded without a download. The snapshot is committed after its blobs are fsynced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.header import decode_header, make_header
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from services.backup import repository
+from services.backup.engine import utf7
+from services.backup.engine.imap import (
+    ImapConnection,
+    Literal,
+    Untagged,
+    as_str,
+    fetch_items,
+    master_connection,
+    parse_internaldate,
+    parse_uid_set,
+    quote,
+    uid_set,
+)
+from services.backup.engine.storage import (
+    FRAME_PLAINTEXT_BYTES,
+    PackStorage,
+    PackWriter,
+    seal_frames,
+)
+from shared.db import get_engine, unit_of_work
+from shared.models.backup import Snapshot, SnapshotStatus
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger("mailops.backup.engine")
+
+METADATA_BATCH = 250
+BODY_BATCH = 50
+BODY_BATCH_BYTES = 8 << 20
+PACK_TARGET_BYTES = 64 << 20
+_SPACES = re.compile(r"\s+")
+
+
+class MailboxUnavailable(Exception):
+    """The mailbox is gone or not in a state Dovecot serves."""
+
+
+@dataclass
+class BackupCounters:
+    messages_fetched: int = 0
+    bytes_read: int = 0
+    bytes_stored: int = 0
+
+    def add(self, other: BackupCounters) -> None:
+        self.messages_fetched += other.messages_fetched
+        self.bytes_read += other.bytes_read
+        self.bytes_stored += other.bytes_stored
+
+
+@dataclass
+class _Meta:
+    uid: int
+    flags: list[str]
+    internal_date: datetime
+    size: int
+    message_id: str
+
+
+@dataclass
+class _FolderStatus:
+    raw: str
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+
+
+@dataclass
+class _Sealed:
+    hash: bytes
+    size: int
+    envelope: dict[str, Any]
+    stored: bytes | None = None
+
+
+def _header_text(message: Any, name: str) -> str:
+    value = message.get(name)
+    if value is None:
+        return ""
+    try:
+        text = str(make_header(decode_header(str(value))))
+    except Exception:  # malformed encoded words: keep the raw header
+        text = str(value)
+    return _SPACES.sub(" ", text).replace("\x00", "").strip()[:2000]
+
+
+def envelope(data: bytes) -> dict[str, Any]:
+    """Search fields from a message's header: date, from, to, subject, Message-ID."""
+    end = data.find(b"\r\n\r\n")
+    header = data[: end if end >= 0 else 256 * 1024][: 256 * 1024]
+    message = BytesHeaderParser(policy=compat32).parsebytes(header)
+    sent_at: datetime | None = None
+    raw_date = message.get("Date")
+    if raw_date:
+        try:
+            sent_at = parsedate_to_datetime(str(raw_date))
+            if sent_at.tzinfo is None:
+                sent_at = sent_at.replace(tzinfo=UTC)
+        except (TypeError, ValueError, IndexError):
+            sent_at = None
+    return {
+        "sent_at": sent_at,
+        "from_addr": _header_text(message, "From"),
+        "to_addr": _header_text(message, "To"),
+        "subject": _header_text(message, "Subject"),
+        "message_id": _header_text(message, "Message-ID"),
+    }
+
+
+def _hash_all(bodies: Sequence[bytes]) -> list[tuple[bytes, dict[str, Any]]]:
+    return [(hashlib.sha256(b).digest(), envelope(b)) for b in bodies]
+
+
+def _seal_all(bodies: Sequence[bytes], key_id: str, level: int) -> list[bytes]:
+    return [seal_frames(b, key_id=key_id, level=level) for b in bodies]
+
+
+def _flags(token: Any) -> list[str]:
+    items = token if isinstance(token, list) else []
+    return sorted(as_str(f) for f in items if as_str(f).lower() != "\\recent")
+
+
+def _parse_meta(response: Untagged) -> _Meta | None:
+    items = fetch_items(response)
+    if "UID" not in items or "INTERNALDATE" not in items:
+        return None
+    header = next((v for k, v in items.items() if k.startswith("BODY[HEADER")), b"")
+    return _Meta(
+        uid=int(items["UID"]),
+        flags=_flags(items.get("FLAGS")),
+        internal_date=parse_internaldate(as_str(items["INTERNALDATE"])),
+        size=int(items.get("RFC822.SIZE", 0)),
+        message_id=envelope(bytes(header or b""))["message_id"],
+    )
+
+
+def _batches(metas: Sequence[_Meta]) -> Iterator[list[_Meta]]:
+    """Body batches of at most BODY_BATCH messages and about BODY_BATCH_BYTES."""
+    batch: list[_Meta] = []
+    total = 0
+    for meta in metas:
+        if batch and (len(batch) >= BODY_BATCH or total + meta.size > BODY_BATCH_BYTES):
+            yield batch
+            batch, total = [], 0
+        batch.append(meta)
+        total += meta.size
+    if batch:
+        yield batch
+
+
+@asynccontextmanager
+async def mailbox_lock(mailbox_id: uuid.UUID) -> AsyncIterator[None]:
+    """One backup of a mailbox at a time, across workers (a PostgreSQL advisory lock that
+    the server drops if the holder dies)."""
+    key = f"backup:{mailbox_id}"
+    async with get_engine().connect() as connection:
+        await repository.advisory_lock(connection, key)
+        try:
+            yield
+        finally:
+            # Pooled connections outlive this block: release the lock before returning it.
+            await repository.advisory_unlock(connection, key)
+
+
+class MailboxBackup:
+    """One mailbox's backup run into snapshot `seq` (state for a single use)."""
+
+    def __init__(
+        self,
+        *,
+        mailbox_id: uuid.UUID,
+        snapshot_id: uuid.UUID,
+        seq: int,
+        storage: PackStorage,
+        settings: Settings,
+    ) -> None:
+        self.mailbox_id = mailbox_id
+        self.snapshot_id = snapshot_id
+        self.seq = seq
+        self.storage = storage
+        self.settings = settings
+        self.counters = BackupCounters()
+        self.folder_states: dict[int, tuple[int, int]] = {}
+        self._pack: PackWriter | None = None
+
+    # -------------------------------------------------------------- the run
+
+    async def run(self, imap: ImapConnection) -> None:
+        async with unit_of_work() as session:
+            current = {
+                f.name: f for f in await repository.current_folders(session, self.mailbox_id)
+            }
+        try:
+            for status in await self._list(imap):
+                previous = current.pop(status.name, None)
+                if (
+                    previous is not None
+                    and previous.uidvalidity == status.uidvalidity
+                    and previous.uidnext == status.uidnext
+                    and previous.highestmodseq == status.highestmodseq
+                ):
+                    continue
+                await self._sync_folder(imap, status, previous)
+            async with unit_of_work() as session:
+                for gone in current.values():
+                    await repository.close_folder(session, gone.id, self.seq)
+        finally:
+            if self._pack is not None:
+                await asyncio.to_thread(self._pack.close)
+
+    async def _list(self, imap: ImapConnection) -> list[_FolderStatus]:
+        answer = await imap.command(
+            b'LIST "" "*" RETURN (STATUS (UIDVALIDITY UIDNEXT HIGHESTMODSEQ))'
+        )
+        selectable: list[str] = []
+        for response in answer.of("LIST"):
+            if len(response.data) < 3:
+                continue
+            attributes = {as_str(a).lower() for a in response.data[0]}
+            if attributes & {"\\noselect", "\\nonexistent"}:
+                continue
+            selectable.append(as_str(response.data[2]))
+        statuses: dict[str, dict[str, int]] = {}
+        for response in answer.of("STATUS"):
+            values = response.data[1] if len(response.data) > 1 else []
+            statuses[as_str(response.data[0])] = {
+                as_str(values[i]).upper(): int(values[i + 1]) for i in range(0, len(values) - 1, 2)
+            }
+        folders = []
+        for raw in selectable:
+            values = statuses.get(raw)
+            if values is None:  # an older server: one STATUS each
+                reply = await imap.command(
+                    b"STATUS " + quote(raw) + b" (UIDVALIDITY UIDNEXT HIGHESTMODSEQ)"
+                )
+                found = next(reply.of("STATUS")).data[1]
+                values = {
+                    as_str(found[i]).upper(): int(found[i + 1]) for i in range(0, len(found) - 1, 2)
+                }
+            folders.append(
+                _FolderStatus(
+                    raw=raw,
+                    name=utf7.decode(raw),
+                    uidvalidity=values.get("UIDVALIDITY", 0),
+                    uidnext=values.get("UIDNEXT", 0),
+                    highestmodseq=values.get("HIGHESTMODSEQ", 0),
+                )
+            )
+        return folders
+
+    async def _sync_folder(
+        self, imap: ImapConnection, status: _FolderStatus, previous: Any | None
+    ) -> None:
+        await imap.command(b"EXAMINE " + quote(status.raw))
+        if previous is not None and previous.uidvalidity == status.uidvalidity:
+            folder_id = int(previous.id)
+            await self._sync_changes(imap, folder_id, previous.uidnext, previous.highestmodseq)
+            first_new = int(previous.uidnext)
+        else:
+            async with unit_of_work() as session:
+                if previous is not None:
+                    await repository.close_folder(session, previous.id, self.seq)
+                folder_id = await repository.add_folder(
+                    session,
+                    mailbox_id=self.mailbox_id,
+                    name=status.name,
+                    uidvalidity=status.uidvalidity,
+                    seq=self.seq,
+                )
+            first_new = 1
+        if status.uidnext > first_new:
+            await self._fetch_new(imap, folder_id, first_new)
+        self.folder_states[folder_id] = (status.uidnext, status.highestmodseq)
+
+    async def _sync_changes(
+        self, imap: ImapConnection, folder_id: int, uidnext: int, modseq: int
+    ) -> None:
+        """Record expunges and flag changes among the UIDs the catalog already has."""
+        if uidnext <= 1:
+            return
+        answer = await imap.command(
+            b"UID FETCH 1:%d (UID FLAGS) (CHANGEDSINCE %d VANISHED)" % (uidnext - 1, modseq)
+        )
+        vanished: list[int] = []
+        for response in answer.of("VANISHED"):
+            vanished.extend(parse_uid_set(as_str(response.data[-1])))
+        changed: dict[int, list[str]] = {}
+        for response in answer.of("FETCH"):
+            items = fetch_items(response)
+            uid = int(items.get("UID", 0))
+            if 0 < uid < uidnext:
+                changed[uid] = _flags(items.get("FLAGS"))
+        async with unit_of_work() as session:
+            await repository.close_messages(session, folder_id, vanished, self.seq)
+            if not changed:
+                return
+            known = await repository.current_flags(session, folder_id, list(changed))
+            differing = [uid for uid, flags in changed.items() if known.get(uid, flags) != flags]
+            closed = await repository.close_messages(session, folder_id, differing, self.seq)
+            await repository.insert_messages(
+                session,
+                [
+                    {
+                        **{name: getattr(row, name) for name in repository.MESSAGE_COPY_FIELDS},
+                        "flags": changed[row.uid],
+                        "since_seq": self.seq,
+                    }
+                    for row in closed
+                ],
+            )
+
+    async def _fetch_new(self, imap: ImapConnection, folder_id: int, first_uid: int) -> None:
+        answer = await imap.command(b"UID SEARCH RETURN (ALL) UID %d:*" % first_uid)
+        uids: list[int] = []
+        for response in answer.of("ESEARCH"):
+            tokens = [as_str(t).upper() if not isinstance(t, list) else "" for t in response.data]
+            if "ALL" in tokens:
+                uids = [
+                    u
+                    for u in parse_uid_set(as_str(response.data[tokens.index("ALL") + 1]))
+                    if u >= first_uid
+                ]
+        for start in range(0, len(uids), METADATA_BATCH):
+            window = uids[start : start + METADATA_BATCH]
+            metas = await self._fetch_metadata(imap, window)
+            await self._store_new(imap, folder_id, metas)
+
+    async def _fetch_metadata(self, imap: ImapConnection, uids: Sequence[int]) -> list[_Meta]:
+        answer = await imap.command(
+            b"UID FETCH %s (UID FLAGS INTERNALDATE RFC822.SIZE "
+            b"BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])" % uid_set(uids).encode()
+        )
+        metas = [m for m in (_parse_meta(r) for r in answer.of("FETCH")) if m is not None]
+        wanted = set(uids)
+        return sorted((m for m in metas if m.uid in wanted), key=lambda m: m.uid)
+
+    async def _store_new(self, imap: ImapConnection, folder_id: int, metas: list[_Meta]) -> None:
+        async with unit_of_work() as session:
+            known = await repository.known_by_identity(
+                session, self.mailbox_id, [m.message_id for m in metas if m.message_id]
+            )
+        rows: list[dict[str, Any]] = []
+        to_fetch: list[_Meta] = []
+        for meta in metas:
+            seen = known.get((meta.internal_date, meta.size, meta.message_id))
+            if meta.message_id and seen is not None:
+                rows.append(
+                    {
+                        **{n: getattr(seen, n) for n in repository.MESSAGE_COPY_FIELDS},
+                        "folder_id": folder_id,
+                        "uid": meta.uid,
+                        "flags": meta.flags,
+                        "since_seq": self.seq,
+                    }
+                )
+            else:
+                to_fetch.append(meta)
+        if rows:
+            async with unit_of_work() as session:
+                await repository.insert_messages(session, rows)
+        small = [m for m in to_fetch if m.size <= FRAME_PLAINTEXT_BYTES]
+        for batch in _batches(small):
+            await self._store_batch(imap, folder_id, batch)
+        for meta in to_fetch:
+            if meta.size > FRAME_PLAINTEXT_BYTES:
+                await self._store_large(imap, folder_id, meta)
+
+    async def _fetch_bodies(self, imap: ImapConnection, batch: Sequence[_Meta]) -> dict[int, bytes]:
+        answer = await imap.command(
+            b"UID FETCH %s (UID BODY.PEEK[])" % uid_set(m.uid for m in batch).encode()
+        )
+        bodies: dict[int, bytes] = {}
+        for response in answer.of("FETCH"):
+            items = fetch_items(response)
+            if "UID" in items and isinstance(items.get("BODY[]"), Literal | bytes):
+                bodies[int(items["UID"])] = bytes(items["BODY[]"])
+        return bodies
+
+    async def _store_batch(self, imap: ImapConnection, folder_id: int, batch: list[_Meta]) -> None:
+        bodies = await self._fetch_bodies(imap, batch)
+        present = [m for m in batch if m.uid in bodies]  # expunged meanwhile: not in snapshot
+        data = [bodies[m.uid] for m in present]
+        hashed = await asyncio.to_thread(_hash_all, data)
+        async with unit_of_work() as session:
+            stored = await repository.existing_blobs(session, [h for h, _ in hashed])
+        fresh: dict[bytes, bytes] = {}
+        for (digest, _), body in zip(hashed, data, strict=True):
+            if digest not in stored:
+                fresh.setdefault(digest, body)
+        sealed = await asyncio.to_thread(
+            _seal_all,
+            list(fresh.values()),
+            self.settings.backup_key_id,
+            self.settings.backup_zstd_level,
+        )
+        blob_rows = await self._write(list(zip(fresh, sealed, strict=True)), fresh)
+        self.counters.messages_fetched += len(data)
+        self.counters.bytes_read += sum(len(b) for b in data)
+        rows = [
+            {
+                "mailbox_id": self.mailbox_id,
+                "folder_id": folder_id,
+                "uid": meta.uid,
+                "blob_hash": digest,
+                "flags": meta.flags,
+                "internal_date": meta.internal_date,
+                "size": len(body),
+                **fields,
+                "since_seq": self.seq,
+            }
+            for meta, (digest, fields), body in zip(present, hashed, data, strict=True)
+        ]
+        async with unit_of_work() as session:
+            if blob_rows:
+                assert self._pack is not None
+                await repository.record_pack(session, self._pack.pack_id, self._pack.size)
+                await repository.insert_blobs(session, blob_rows)
+            await repository.insert_messages(session, rows)
+
+    async def _pack_writer(self) -> PackWriter:
+        if self._pack is not None and self._pack.size >= PACK_TARGET_BYTES:
+            await asyncio.to_thread(self._pack.close)
+            self._pack = None
+        if self._pack is None:
+            self._pack = await asyncio.to_thread(self.storage.create)
+        return self._pack
+
+    async def _write(
+        self, sealed: list[tuple[bytes, bytes]], plain: dict[bytes, bytes]
+    ) -> list[dict[str, Any]]:
+        """Append sealed blobs to the pack and fsync; return their catalog rows."""
+        if not sealed:
+            return []
+        pack = await self._pack_writer()
+
+        def write() -> list[dict[str, Any]]:
+            rows = []
+            for digest, stored in sealed:
+                offset = pack.append(stored)
+                rows.append(
+                    {
+                        "hash": digest,
+                        "pack_id": pack.pack_id,
+                        "offset": offset,
+                        "length": len(stored),
+                        "size": len(plain[digest]),
+                        "key_id": self.settings.backup_key_id,
+                    }
+                )
+            pack.sync()
+            return rows
+
+        rows = await asyncio.to_thread(write)
+        self.counters.bytes_stored += sum(int(r["length"]) for r in rows)
+        return rows
+
+    async def _store_large(self, imap: ImapConnection, folder_id: int, meta: _Meta) -> None:
+        """A message over one frame: fetched, hashed, sealed and written a chunk at a time."""
+        pack = await self._pack_writer()
+        start = pack.size
+        digest = hashlib.sha256()
+        fields: dict[str, Any] | None = None
+        offset, index = 0, 0
+        while True:
+            answer = await imap.command(
+                b"UID FETCH %d (UID BODY.PEEK[]<%d.%d>)" % (meta.uid, offset, FRAME_PLAINTEXT_BYTES)
+            )
+            chunk = b""
+            for response in answer.of("FETCH"):
+                items = fetch_items(response)
+                if int(items.get("UID", 0)) == meta.uid and items.get("BODY[]") is not None:
+                    chunk = bytes(items["BODY[]"])
+            if not chunk:
+                break
+            if fields is None:
+                fields = await asyncio.to_thread(envelope, chunk)
+            frame = await asyncio.to_thread(_seal_chunk, chunk, digest, self.settings, index)
+            await asyncio.to_thread(pack.append, frame)
+            offset += len(chunk)
+            index += 1
+            if len(chunk) < FRAME_PLAINTEXT_BYTES:
+                break
+        if offset == 0:
+            await asyncio.to_thread(pack.truncate, start)
+            return  # expunged meanwhile
+        blob_hash = digest.digest()
+        self.counters.messages_fetched += 1
+        self.counters.bytes_read += offset
+        async with unit_of_work() as session:
+            already = await repository.existing_blobs(session, [blob_hash])
+        blob_rows: list[dict[str, Any]] = []
+        if already:
+            await asyncio.to_thread(pack.truncate, start)
+        else:
+            await asyncio.to_thread(pack.sync)
+            blob_rows.append(
+                {
+                    "hash": blob_hash,
+                    "pack_id": pack.pack_id,
+                    "offset": start,
+                    "length": pack.size - start,
+                    "size": offset,
+                    "key_id": self.settings.backup_key_id,
+                }
+            )
+            self.counters.bytes_stored += pack.size - start
+        async with unit_of_work() as session:
+            if blob_rows:
+                await repository.record_pack(session, pack.pack_id, pack.size)
+                await repository.insert_blobs(session, blob_rows)
+            await repository.insert_messages(
+                session,
+                [
+                    {
+                        "mailbox_id": self.mailbox_id,
+                        "folder_id": folder_id,
+                        "uid": meta.uid,
+                        "blob_hash": blob_hash,
+                        "flags": meta.flags,
+                        "internal_date": meta.internal_date,
+                        "size": offset,
+                        **(fields or {}),
+                        "since_seq": self.seq,
+                    }
+                ],
+            )
+
+
+def _seal_chunk(chunk: bytes, digest: Any, settings: Settings, index: int) -> bytes:
+    digest.update(chunk)
+    return seal_frames(
+        chunk, key_id=settings.backup_key_id, level=settings.backup_zstd_level, first_index=index
+    )
+
+
+async def backup_mailbox(
+    *,
+    mailbox_id: uuid.UUID,
+    run_id: uuid.UUID | None,
+    storage: PackStorage,
+    settings: Settings | None = None,
+) -> tuple[Snapshot, BackupCounters]:
+    """Back up the mailbox into a new committed snapshot; idempotent after a crash."""
+    settings = settings or get_settings()
+    async with mailbox_lock(mailbox_id):
+        async with unit_of_work() as session:
+            mailbox = await repository.mailbox(session, mailbox_id)
+            if mailbox is None or mailbox.status not in repository.BACKED_UP_STATUSES:
+                raise MailboxUnavailable(
+                    f"mailbox {mailbox_id} is {mailbox.status if mailbox else 'unknown'}"
+                )
+            address = mailbox.address
+            discarded = await repository.discard_pending_snapshots(session, mailbox_id)
+            if discarded:
+                log.info("discarded an interrupted snapshot", extra={"mailbox_id": str(mailbox_id)})
+            seq = await repository.next_seq(session, mailbox_id)
+            snap = Snapshot(
+                mailbox_id=mailbox_id,
+                run_id=run_id,
+                seq=seq,
+                status=SnapshotStatus.PENDING.value,
+            )
+            session.add(snap)
+            await session.flush()
+            snapshot_id = snap.id
+        job = MailboxBackup(
+            mailbox_id=mailbox_id,
+            snapshot_id=snapshot_id,
+            seq=seq,
+            storage=storage,
+            settings=settings,
+        )
+        async with master_connection(address, settings) as imap:
+            await job.run(imap)
+        async with unit_of_work() as session:
+            for folder_id, (uidnext, modseq) in job.folder_states.items():
+                await repository.set_folder_state(
+                    session, folder_id, uidnext=uidnext, highestmodseq=modseq
+                )
+            committed = await repository.commit_snapshot(session, snapshot_id, seq)
+            committed.messages_fetched = job.counters.messages_fetched
+            committed.bytes_read = job.counters.bytes_read
+            committed.bytes_stored = job.counters.bytes_stored
+        return committed, job.counters

@@ -1,0 +1,203 @@
+"""Where blobs live: a storage backend of pack files, and the blob format inside a pack.
+
+A blob is a run of frames, each `[u32 length][12-byte nonce][AES-256-GCM(zstd(chunk))]`, so a
+large message is written and read a chunk at a time. The key is derived from the configured
+secret and named by a key id that is stored with each blob, so keys can rotate. Pack files
+are append-only; the catalog points at a blob only after its pack was fsynced, so a crash
+can leave unreferenced bytes at a pack's end but never a reference to missing data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import zstandard
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from shared.settings import Settings, get_settings
+
+FRAME_PLAINTEXT_BYTES = 4 << 20
+_HEADER = struct.Struct(">I")
+NONCE_BYTES = 12
+
+
+class BlobDamaged(Exception):
+    """A stored blob does not decrypt, decompress or hash to what the catalog says."""
+
+
+@lru_cache(maxsize=16)
+def _derive(secret: str, key_id: str) -> AESGCM:
+    key = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"mailops-backup:" + key_id.encode()
+    ).derive(secret.encode())
+    return AESGCM(key)
+
+
+def cipher(key_id: str, settings: Settings | None = None) -> AESGCM:
+    """The AEAD for `key_id`: the current key or a retired one still kept for reading."""
+    settings = settings or get_settings()
+    if key_id == settings.backup_key_id:
+        return _derive(settings.backup_key.get_secret_value(), key_id)
+    previous = settings.backup_previous_keys.get(key_id)
+    if previous is None:
+        raise BlobDamaged(f"no key with id {key_id!r} is configured")
+    return _derive(previous.get_secret_value(), key_id)
+
+
+def _aad(key_id: str, index: int) -> bytes:
+    return b"%s:%d" % (key_id.encode(), index)
+
+
+def seal_frames(data: bytes, *, key_id: str, level: int, first_index: int = 0) -> bytes:
+    """Compress and encrypt `data` as frames (CPU work: call it in a thread).
+
+    A fresh compressor per call: zstd compressor objects are not thread-safe.
+    """
+    aead = cipher(key_id)
+    compressor = zstandard.ZstdCompressor(level=level)
+    out = bytearray()
+    for index, start in enumerate(range(0, max(len(data), 1), FRAME_PLAINTEXT_BYTES)):
+        chunk = compressor.compress(data[start : start + FRAME_PLAINTEXT_BYTES])
+        nonce = os.urandom(NONCE_BYTES)
+        body = nonce + aead.encrypt(nonce, chunk, _aad(key_id, first_index + index))
+        out += _HEADER.pack(len(body)) + body
+    return bytes(out)
+
+
+def open_frames(stored: bytes, *, key_id: str) -> Iterator[bytes]:
+    """The plaintext chunks of a stored blob; raises BlobDamaged on any inconsistency."""
+    aead = cipher(key_id)
+    decompressor = zstandard.ZstdDecompressor()
+    position, index = 0, 0
+    while position < len(stored):
+        if position + _HEADER.size > len(stored):
+            raise BlobDamaged("truncated frame header")
+        (length,) = _HEADER.unpack_from(stored, position)
+        position += _HEADER.size
+        body = stored[position : position + length]
+        if len(body) != length or length < NONCE_BYTES:
+            raise BlobDamaged("truncated frame")
+        position += length
+        try:
+            chunk = aead.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], _aad(key_id, index))
+            yield decompressor.decompress(chunk)
+        except Exception as exc:  # InvalidTag, ZstdError: either way the bytes are damaged
+            raise BlobDamaged(f"frame {index} does not decrypt: {type(exc).__name__}") from exc
+        index += 1
+
+
+def read_verified(stored: bytes, *, key_id: str, expected_hash: bytes, size: int) -> bytes:
+    """The blob's plaintext, checked against its SHA-256 and size."""
+    data = b"".join(open_frames(stored, key_id=key_id))
+    if len(data) != size or hashlib.sha256(data).digest() != expected_hash:
+        raise BlobDamaged("content does not match its hash")
+    return data
+
+
+class PackWriter(ABC):
+    """An open, append-only pack; used from one thread at a time."""
+
+    pack_id: uuid.UUID
+    size: int
+
+    @abstractmethod
+    def append(self, data: bytes) -> int:
+        """Write `data` at the end; return its offset."""
+
+    @abstractmethod
+    def truncate(self, size: int) -> None:
+        """Drop what was written after `size` (a blob that turned out to be stored already)."""
+
+    @abstractmethod
+    def sync(self) -> None:
+        """Make everything written so far durable."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class PackStorage(ABC):
+    """A storage backend holding pack files (local disk here; object storage would fit)."""
+
+    @abstractmethod
+    def create(self) -> PackWriter: ...
+
+    @abstractmethod
+    def read(self, pack_id: uuid.UUID, offset: int, length: int) -> bytes: ...
+
+    @abstractmethod
+    def delete(self, pack_id: uuid.UUID) -> None: ...
+
+
+class _LocalPackWriter(PackWriter):
+    def __init__(self, path: Path, pack_id: uuid.UUID) -> None:
+        self.pack_id = pack_id
+        self.size = 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "xb")  # noqa: SIM115 - closed by close()
+        self._path = path
+        # The new directory entry must survive a crash as well as the data.
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def append(self, data: bytes) -> int:
+        offset = self.size
+        self._file.write(data)
+        self.size += len(data)
+        return offset
+
+    def truncate(self, size: int) -> None:
+        self._file.flush()
+        self._file.truncate(size)
+        self._file.seek(size)
+        self.size = size
+
+    def sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class LocalPackStorage(PackStorage):
+    """Pack files under `<state dir>/backup/packs/ab/<uuid>.pack`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, pack_id: uuid.UUID) -> Path:
+        name = pack_id.hex
+        return self.root / name[:2] / f"{name}.pack"
+
+    def create(self) -> PackWriter:
+        pack_id = uuid.uuid4()
+        return _LocalPackWriter(self.path(pack_id), pack_id)
+
+    def read(self, pack_id: uuid.UUID, offset: int, length: int) -> bytes:
+        try:
+            with open(self.path(pack_id), "rb") as pack:
+                pack.seek(offset)
+                return pack.read(length)
+        except FileNotFoundError as exc:
+            raise BlobDamaged(f"pack {pack_id} is missing") from exc
+
+    def delete(self, pack_id: uuid.UUID) -> None:
+        self.path(pack_id).unlink(missing_ok=True)
+
+
+def default_storage(settings: Settings | None = None) -> PackStorage:
+    settings = settings or get_settings()
+    return LocalPackStorage(settings.resolved_state_dir / "backup" / "packs")

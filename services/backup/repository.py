@@ -1,0 +1,600 @@
+"""Backup queries: the only place this service talks SQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
+
+from shared.models import Department, Mailbox, MailboxStatus
+from shared.models.backup import (
+    BackupBlob,
+    BackupFolder,
+    BackupMessage,
+    BackupPack,
+    BackupPolicy,
+    BackupRun,
+    JobStatus,
+    RestoreJob,
+    Snapshot,
+    SnapshotStatus,
+    VerifyRun,
+)
+
+# Mailboxes whose mail Dovecot still serves to the master user, so they can be backed up.
+BACKED_UP_STATUSES = (
+    MailboxStatus.ACTIVE.value,
+    MailboxStatus.SUSPENDED.value,
+    MailboxStatus.DELETING.value,
+)
+
+
+def in_snapshot(model: type[BackupMessage] | type[BackupFolder], seq: int) -> ColumnElement[bool]:
+    """Rows valid at snapshot `seq` of their mailbox."""
+    return and_(model.since_seq <= seq, or_(model.until_seq.is_(None), model.until_seq > seq))
+
+
+# ---------------------------------------------------------------- mailboxes and policies
+
+
+async def mailbox(session: AsyncSession, mailbox_id: uuid.UUID) -> Mailbox | None:
+    return await session.get(Mailbox, mailbox_id)
+
+
+async def department(session: AsyncSession, department_id: uuid.UUID) -> Department | None:
+    return await session.get(Department, department_id)
+
+
+async def backed_up_mailbox_ids(
+    session: AsyncSession, *, department_id: uuid.UUID | None = None
+) -> list[uuid.UUID]:
+    query = select(Mailbox.id).where(Mailbox.status.in_(BACKED_UP_STATUSES))
+    if department_id is not None:
+        query = query.where(Mailbox.department_id == department_id)
+    return list((await session.scalars(query.order_by(Mailbox.address))).all())
+
+
+async def policy(session: AsyncSession, department_id: uuid.UUID) -> BackupPolicy | None:
+    return await session.scalar(
+        select(BackupPolicy).where(BackupPolicy.department_id == department_id)
+    )
+
+
+async def policies(session: AsyncSession) -> list[BackupPolicy]:
+    return list((await session.scalars(select(BackupPolicy))).all())
+
+
+async def mailbox_schedule(
+    session: AsyncSession,
+) -> list[tuple[uuid.UUID, uuid.UUID, datetime | None]]:
+    """Each backed-up mailbox with its department and its latest committed snapshot's time."""
+    latest = (
+        select(Snapshot.mailbox_id, func.max(Snapshot.completed_at).label("last"))
+        .where(Snapshot.status == SnapshotStatus.COMMITTED.value)
+        .group_by(Snapshot.mailbox_id)
+        .subquery()
+    )
+    rows = await session.execute(
+        select(Mailbox.id, Mailbox.department_id, latest.c.last)
+        .outerjoin(latest, latest.c.mailbox_id == Mailbox.id)
+        .where(Mailbox.status.in_(BACKED_UP_STATUSES))
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+async def mailboxes_with_open_runs(session: AsyncSession) -> set[uuid.UUID]:
+    rows = await session.scalars(
+        select(BackupRun.mailbox_id).where(
+            BackupRun.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value)),
+            BackupRun.mailbox_id.is_not(None),
+        )
+    )
+    return {r for r in rows if r is not None}
+
+
+# ---------------------------------------------------------------- runs, restores, verifies
+
+
+async def backup_run(
+    session: AsyncSession, run_id: uuid.UUID, *, lock: bool = False
+) -> BackupRun | None:
+    query = select(BackupRun).where(BackupRun.id == run_id)
+    return await session.scalar(query.with_for_update() if lock else query)
+
+
+async def open_final_run(session: AsyncSession, mailbox_id: uuid.UUID) -> BackupRun | None:
+    return await session.scalar(
+        select(BackupRun)
+        .where(
+            BackupRun.mailbox_id == mailbox_id,
+            BackupRun.scope == "final",
+            BackupRun.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value)),
+        )
+        .order_by(BackupRun.created_at.desc())
+        .limit(1)
+    )
+
+
+async def running_backups(session: AsyncSession) -> int:
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(BackupRun)
+            .where(BackupRun.status == JobStatus.RUNNING.value)
+        )
+        or 0
+    )
+
+
+async def restore_job(
+    session: AsyncSession, job_id: uuid.UUID, *, lock: bool = False
+) -> RestoreJob | None:
+    query = select(RestoreJob).where(RestoreJob.id == job_id)
+    return await session.scalar(query.with_for_update() if lock else query)
+
+
+async def verify_run(session: AsyncSession, run_id: uuid.UUID) -> VerifyRun | None:
+    return await session.get(VerifyRun, run_id)
+
+
+# ---------------------------------------------------------------- snapshots
+
+
+async def snapshot(session: AsyncSession, snapshot_id: uuid.UUID) -> Snapshot | None:
+    return await session.get(Snapshot, snapshot_id)
+
+
+async def snapshots(
+    session: AsyncSession, *, mailbox_id: uuid.UUID | None, limit: int
+) -> list[Snapshot]:
+    query = select(Snapshot).where(Snapshot.status == SnapshotStatus.COMMITTED.value)
+    if mailbox_id is not None:
+        query = query.where(Snapshot.mailbox_id == mailbox_id)
+    query = query.order_by(Snapshot.completed_at.desc()).limit(limit)
+    return list((await session.scalars(query)).all())
+
+
+async def snapshot_at(
+    session: AsyncSession, mailbox_id: uuid.UUID, at: datetime
+) -> Snapshot | None:
+    """The mailbox's latest committed snapshot completed no later than `at`."""
+    return await session.scalar(
+        select(Snapshot)
+        .where(
+            Snapshot.mailbox_id == mailbox_id,
+            Snapshot.status == SnapshotStatus.COMMITTED.value,
+            Snapshot.completed_at <= at,
+        )
+        .order_by(Snapshot.completed_at.desc())
+        .limit(1)
+    )
+
+
+async def committed_snapshots(session: AsyncSession, mailbox_id: uuid.UUID) -> list[Snapshot]:
+    return list(
+        (
+            await session.scalars(
+                select(Snapshot)
+                .where(
+                    Snapshot.mailbox_id == mailbox_id,
+                    Snapshot.status == SnapshotStatus.COMMITTED.value,
+                )
+                .order_by(Snapshot.seq)
+            )
+        ).all()
+    )
+
+
+async def snapshot_folders(session: AsyncSession, snap: Snapshot) -> list[dict[str, Any]]:
+    """The snapshot's folders with message counts and sizes."""
+    counts = (
+        select(
+            BackupMessage.folder_id,
+            func.count().label("messages"),
+            func.coalesce(func.sum(BackupMessage.size), 0).label("bytes"),
+        )
+        .where(BackupMessage.mailbox_id == snap.mailbox_id, in_snapshot(BackupMessage, snap.seq))
+        .group_by(BackupMessage.folder_id)
+        .subquery()
+    )
+    rows = await session.execute(
+        select(BackupFolder.name, BackupFolder.uidvalidity, counts.c.messages, counts.c.bytes)
+        .outerjoin(counts, counts.c.folder_id == BackupFolder.id)
+        .where(BackupFolder.mailbox_id == snap.mailbox_id, in_snapshot(BackupFolder, snap.seq))
+        .order_by(BackupFolder.name)
+    )
+    return [
+        {"name": r[0], "uidvalidity": r[1], "messages": r[2] or 0, "bytes": r[3] or 0} for r in rows
+    ]
+
+
+async def snapshot_messages(
+    session: AsyncSession,
+    snap: Snapshot,
+    *,
+    folders: Sequence[str] | None = None,
+    message_ids: Sequence[int] | None = None,
+    q: str | None = None,
+    sender: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[tuple[BackupMessage, str]]:
+    """Messages of a snapshot with their folder names, filtered like a catalog search."""
+    query = (
+        select(BackupMessage, BackupFolder.name)
+        .join(BackupFolder, BackupFolder.id == BackupMessage.folder_id)
+        .where(BackupMessage.mailbox_id == snap.mailbox_id, in_snapshot(BackupMessage, snap.seq))
+    )
+    if folders:
+        query = query.where(BackupFolder.name.in_(list(folders)))
+    if message_ids:
+        query = query.where(BackupMessage.id.in_(list(message_ids)))
+    if q:
+        pattern = f"%{_escape_like(q)}%"
+        query = query.where(
+            or_(
+                BackupMessage.subject.ilike(pattern, escape="\\"),
+                BackupMessage.from_addr.ilike(pattern, escape="\\"),
+                BackupMessage.to_addr.ilike(pattern, escape="\\"),
+                BackupMessage.message_id.ilike(pattern, escape="\\"),
+            )
+        )
+    if sender:
+        query = query.where(BackupMessage.from_addr.ilike(f"%{_escape_like(sender)}%", escape="\\"))
+    if since is not None:
+        query = query.where(BackupMessage.internal_date >= since)
+    if until is not None:
+        query = query.where(BackupMessage.internal_date < until)
+    query = query.order_by(BackupFolder.name, BackupMessage.uid).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return [(row[0], row[1]) for row in await session.execute(query)]
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# ---------------------------------------------------------------- the engine's catalog work
+
+
+async def discard_pending_snapshots(session: AsyncSession, mailbox_id: uuid.UUID) -> int:
+    """Undo what an interrupted backup of the mailbox wrote to the catalog (not its blobs)."""
+    pending = list(
+        (
+            await session.scalars(
+                select(Snapshot.seq).where(
+                    Snapshot.mailbox_id == mailbox_id,
+                    Snapshot.status == SnapshotStatus.PENDING.value,
+                )
+            )
+        ).all()
+    )
+    for seq in pending:
+        await session.execute(
+            delete(BackupMessage).where(
+                BackupMessage.mailbox_id == mailbox_id, BackupMessage.since_seq == seq
+            )
+        )
+        await session.execute(
+            delete(BackupFolder).where(
+                BackupFolder.mailbox_id == mailbox_id, BackupFolder.since_seq == seq
+            )
+        )
+        await session.execute(
+            update(BackupMessage)
+            .where(BackupMessage.mailbox_id == mailbox_id, BackupMessage.until_seq == seq)
+            .values(until_seq=None)
+        )
+        await session.execute(
+            update(BackupFolder)
+            .where(BackupFolder.mailbox_id == mailbox_id, BackupFolder.until_seq == seq)
+            .values(until_seq=None)
+        )
+        await session.execute(
+            delete(Snapshot).where(Snapshot.mailbox_id == mailbox_id, Snapshot.seq == seq)
+        )
+    return len(pending)
+
+
+async def next_seq(session: AsyncSession, mailbox_id: uuid.UUID) -> int:
+    current = await session.scalar(
+        select(func.max(Snapshot.seq)).where(Snapshot.mailbox_id == mailbox_id)
+    )
+    return int(current or 0) + 1
+
+
+async def current_folders(session: AsyncSession, mailbox_id: uuid.UUID) -> list[BackupFolder]:
+    return list(
+        (
+            await session.scalars(
+                select(BackupFolder).where(
+                    BackupFolder.mailbox_id == mailbox_id, BackupFolder.until_seq.is_(None)
+                )
+            )
+        ).all()
+    )
+
+
+async def close_folder(session: AsyncSession, folder_id: int, seq: int) -> None:
+    """The folder (and every message in it) ends before snapshot `seq`."""
+    await session.execute(
+        update(BackupMessage)
+        .where(BackupMessage.folder_id == folder_id, BackupMessage.until_seq.is_(None))
+        .values(until_seq=seq)
+    )
+    await session.execute(
+        update(BackupFolder).where(BackupFolder.id == folder_id).values(until_seq=seq)
+    )
+
+
+async def add_folder(
+    session: AsyncSession, *, mailbox_id: uuid.UUID, name: str, uidvalidity: int, seq: int
+) -> int:
+    folder_id = await session.scalar(
+        insert(BackupFolder)
+        .values(
+            mailbox_id=mailbox_id,
+            name=name,
+            uidvalidity=uidvalidity,
+            uidnext=0,
+            highestmodseq=0,
+            since_seq=seq,
+        )
+        .returning(BackupFolder.id)
+    )
+    assert folder_id is not None
+    return int(folder_id)
+
+
+async def set_folder_state(
+    session: AsyncSession, folder_id: int, *, uidnext: int, highestmodseq: int
+) -> None:
+    await session.execute(
+        update(BackupFolder)
+        .where(BackupFolder.id == folder_id)
+        .values(uidnext=uidnext, highestmodseq=highestmodseq)
+    )
+
+
+async def close_messages(
+    session: AsyncSession, folder_id: int, uids: Sequence[int], seq: int
+) -> list[BackupMessage]:
+    """End the current rows of these UIDs before snapshot `seq`; return what they were."""
+    if not uids:
+        return []
+    rows = await session.scalars(
+        update(BackupMessage)
+        .where(
+            BackupMessage.folder_id == folder_id,
+            BackupMessage.uid.in_(list(uids)),
+            BackupMessage.until_seq.is_(None),
+        )
+        .values(until_seq=seq)
+        .returning(BackupMessage)
+    )
+    return list(rows.all())
+
+
+async def current_flags(
+    session: AsyncSession, folder_id: int, uids: Sequence[int]
+) -> dict[int, list[str]]:
+    rows = await session.execute(
+        select(BackupMessage.uid, BackupMessage.flags).where(
+            BackupMessage.folder_id == folder_id,
+            BackupMessage.uid.in_(list(uids)),
+            BackupMessage.until_seq.is_(None),
+        )
+    )
+    return {int(r[0]): list(r[1]) for r in rows}
+
+
+MESSAGE_COPY_FIELDS = (
+    "mailbox_id",
+    "folder_id",
+    "uid",
+    "blob_hash",
+    "flags",
+    "internal_date",
+    "size",
+    "sent_at",
+    "from_addr",
+    "to_addr",
+    "subject",
+    "message_id",
+)
+
+
+async def insert_messages(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(BackupMessage), list(rows))
+
+
+async def known_by_identity(
+    session: AsyncSession, mailbox_id: uuid.UUID, message_ids: Sequence[str]
+) -> dict[tuple[datetime, int, str], BackupMessage]:
+    """Catalog rows of the mailbox with these Message-IDs, by (INTERNALDATE, size, Message-ID):
+    a message seen again (moved, or after a UIDVALIDITY change) needs no second download."""
+    if not message_ids:
+        return {}
+    rows = await session.scalars(
+        select(BackupMessage).where(
+            BackupMessage.mailbox_id == mailbox_id,
+            BackupMessage.message_id.in_(list(set(message_ids))),
+        )
+    )
+    return {(r.internal_date, r.size, r.message_id): r for r in rows}
+
+
+async def existing_blobs(session: AsyncSession, hashes: Sequence[bytes]) -> set[bytes]:
+    if not hashes:
+        return set()
+    rows = await session.scalars(
+        select(BackupBlob.hash).where(BackupBlob.hash.in_(list(set(hashes))))
+    )
+    return {bytes(h) for h in rows}
+
+
+async def record_pack(session: AsyncSession, pack_id: uuid.UUID, size: int) -> None:
+    await session.execute(
+        pg_insert(BackupPack)
+        .values(id=pack_id, size=size)
+        .on_conflict_do_update(index_elements=[BackupPack.id], set_={"size": size})
+    )
+
+
+async def insert_blobs(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(
+            pg_insert(BackupBlob).on_conflict_do_nothing(index_elements=[BackupBlob.hash]),
+            list(rows),
+        )
+
+
+async def commit_snapshot(session: AsyncSession, snapshot_id: uuid.UUID, seq: int) -> Snapshot:
+    snap = await session.get(Snapshot, snapshot_id)
+    assert snap is not None
+    counts = (
+        await session.execute(
+            select(func.count(), func.coalesce(func.sum(BackupMessage.size), 0)).where(
+                BackupMessage.mailbox_id == snap.mailbox_id, BackupMessage.until_seq.is_(None)
+            )
+        )
+    ).one()
+    snap.folder_count = int(
+        await session.scalar(
+            select(func.count())
+            .select_from(BackupFolder)
+            .where(BackupFolder.mailbox_id == snap.mailbox_id, BackupFolder.until_seq.is_(None))
+        )
+        or 0
+    )
+    snap.message_count, snap.total_bytes = int(counts[0]), int(counts[1])
+    snap.status = SnapshotStatus.COMMITTED.value
+    snap.completed_at = await session.scalar(select(func.clock_timestamp()))
+    return snap
+
+
+# ---------------------------------------------------------------- blobs for restore and verify
+
+
+async def blob(session: AsyncSession, blob_hash: bytes) -> BackupBlob | None:
+    return await session.get(BackupBlob, blob_hash)
+
+
+async def blobs(session: AsyncSession, hashes: Sequence[bytes]) -> dict[bytes, BackupBlob]:
+    rows = await session.scalars(select(BackupBlob).where(BackupBlob.hash.in_(list(set(hashes)))))
+    return {bytes(r.hash): r for r in rows}
+
+
+async def blob_page(
+    session: AsyncSession, after: bytes, limit: int, fraction: float
+) -> list[BackupBlob]:
+    query = select(BackupBlob).where(BackupBlob.hash > after)
+    if fraction < 1.0:
+        # A sample by hash prefix: uniform, and the same blobs on every run of one fraction.
+        query = query.where(
+            func.get_byte(BackupBlob.hash, 0) * 256 + func.get_byte(BackupBlob.hash, 1)
+            < int(fraction * 65536)
+        )
+    return list((await session.scalars(query.order_by(BackupBlob.hash).limit(limit))).all())
+
+
+async def damage_owners(session: AsyncSession, blob_hash: bytes) -> list[dict[str, Any]]:
+    """The mailboxes and committed snapshots whose messages need this blob."""
+    rows = await session.execute(
+        select(Snapshot.mailbox_id, Snapshot.id, Mailbox.address)
+        .join(Mailbox, Mailbox.id == Snapshot.mailbox_id)
+        .where(
+            Snapshot.status == SnapshotStatus.COMMITTED.value,
+            exists().where(
+                BackupMessage.blob_hash == blob_hash,
+                BackupMessage.mailbox_id == Snapshot.mailbox_id,
+                BackupMessage.since_seq <= Snapshot.seq,
+                or_(BackupMessage.until_seq.is_(None), BackupMessage.until_seq > Snapshot.seq),
+            ),
+        )
+        .order_by(Snapshot.mailbox_id, Snapshot.seq)
+    )
+    owners: dict[uuid.UUID, dict[str, Any]] = {}
+    for mailbox_id, snapshot_id, address in rows:
+        entry = owners.setdefault(
+            mailbox_id, {"mailbox_id": str(mailbox_id), "address": address, "snapshot_ids": []}
+        )
+        entry["snapshot_ids"].append(str(snapshot_id))
+    return list(owners.values())
+
+
+# ---------------------------------------------------------------- prune
+
+
+async def mailboxes_with_snapshots(session: AsyncSession) -> list[uuid.UUID]:
+    return list((await session.scalars(select(Snapshot.mailbox_id).distinct())).all())
+
+
+async def delete_snapshots(session: AsyncSession, snapshot_ids: Sequence[uuid.UUID]) -> None:
+    if snapshot_ids:
+        await session.execute(delete(Snapshot).where(Snapshot.id.in_(list(snapshot_ids))))
+
+
+async def delete_unreferenced_rows(session: AsyncSession, mailbox_id: uuid.UUID) -> int:
+    """Closed catalog rows that no remaining committed snapshot of the mailbox contains."""
+    deleted = 0
+    for model in (BackupMessage, BackupFolder):
+        snap = select(Snapshot.id).where(
+            Snapshot.mailbox_id == mailbox_id,
+            Snapshot.seq >= model.since_seq,
+            Snapshot.seq < model.until_seq,
+        )
+        query = delete(model).where(
+            model.mailbox_id == mailbox_id, model.until_seq.is_not(None), ~snap.exists()
+        )
+        if model is BackupFolder:
+            query = query.where(
+                ~select(BackupMessage.id).where(BackupMessage.folder_id == BackupFolder.id).exists()
+            )
+        result = await session.execute(query)
+        deleted += int(getattr(result, "rowcount", 0) or 0)
+    return deleted
+
+
+async def delete_unreferenced_blobs(session: AsyncSession) -> int:
+    result = await session.execute(
+        delete(BackupBlob).where(
+            ~select(BackupMessage.id).where(BackupMessage.blob_hash == BackupBlob.hash).exists()
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def empty_packs(session: AsyncSession) -> list[uuid.UUID]:
+    rows = await session.scalars(
+        select(BackupPack.id).where(
+            ~select(BackupBlob.hash).where(BackupBlob.pack_id == BackupPack.id).exists()
+        )
+    )
+    return list(rows.all())
+
+
+async def delete_packs(session: AsyncSession, pack_ids: Sequence[uuid.UUID]) -> None:
+    if pack_ids:
+        await session.execute(delete(BackupPack).where(BackupPack.id.in_(list(pack_ids))))
+
+
+async def advisory_lock(connection: AsyncConnection, key: str) -> None:
+    """Block until this connection holds the session advisory lock named by `key`."""
+    await connection.execute(select(func.pg_advisory_lock(func.hashtext(key))))
+    await connection.commit()
+
+
+async def advisory_unlock(connection: AsyncConnection, key: str) -> None:
+    await connection.execute(select(func.pg_advisory_unlock(func.hashtext(key))))
+    await connection.commit()

@@ -1,0 +1,205 @@
+"""Request and response bodies of the backup API."""
+
+from __future__ import annotations
+
+import unicodedata
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from services.backup.engine import utf7
+from shared.models.backup import RestoreMode
+
+
+def check_folder_name(value: str) -> str:
+    """Refuse what Dovecot refuses when creating a folder (measured on Dovecot 2.3)."""
+    if not value:
+        raise ValueError("a folder name may not be empty")
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("control characters are not allowed in folder names")
+    if "." in value:
+        raise ValueError("'.' is not allowed in folder names")
+    if value.startswith(("/", "~")):
+        raise ValueError("a folder name may not begin with '/' or '~'")
+    if "//" in value or value.endswith("/"):
+        raise ValueError("a folder name may not have empty levels")
+    if len(utf7.encode(value).encode()) > 200:
+        raise ValueError("the folder name is too long")
+    return value
+
+
+FolderName = Annotated[str, Field(max_length=1000), AfterValidator(check_folder_name)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackupRequest(Strict):
+    mailbox_id: uuid.UUID | None = None
+    department_id: uuid.UUID | None = None
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _one_scope(self) -> BackupRequest:
+        given = [self.mailbox_id is not None, self.department_id is not None, self.all]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of mailbox_id, department_id, or all: true")
+        return self
+
+
+class Accepted(BaseModel):
+    id: uuid.UUID
+    status: str
+
+
+class BackupRunOut(BaseModel):
+    id: uuid.UUID
+    status: str
+    reason: str | None
+    scope: str
+    mailbox_id: uuid.UUID | None
+    department_id: uuid.UUID | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None
+    mailboxes_total: int
+    mailboxes_done: int
+    mailboxes_failed: int
+    messages_fetched: int
+    bytes_read: int
+    bytes_stored: int
+
+
+class SnapshotOut(BaseModel):
+    id: uuid.UUID
+    mailbox_id: uuid.UUID
+    seq: int
+    created_at: datetime
+    completed_at: datetime | None
+    folder_count: int
+    message_count: int
+    total_bytes: int
+    messages_fetched: int
+    bytes_read: int
+    bytes_stored: int
+
+
+class FolderOut(BaseModel):
+    name: str
+    uidvalidity: int
+    messages: int
+    bytes: int
+
+
+class SnapshotDetail(SnapshotOut):
+    folders: list[FolderOut]
+
+
+class MessageOut(BaseModel):
+    id: int
+    folder: str
+    uid: int
+    flags: list[str]
+    internal_date: datetime
+    size: int
+    sent_at: datetime | None
+    from_: str = Field(serialization_alias="from")
+    to: str
+    subject: str
+    message_id: str
+    sha256: str
+
+
+class RestoreTarget(Strict):
+    mode: RestoreMode
+    folder: FolderName | None = None
+    mailbox_id: uuid.UUID | None = None
+
+    @model_validator(mode="after")
+    def _fields_of_mode(self) -> RestoreTarget:
+        if self.mode is RestoreMode.FOLDER and self.folder is None:
+            raise ValueError("mode 'folder' needs a folder")
+        if self.mode is RestoreMode.MAILBOX and self.mailbox_id is None:
+            raise ValueError("mode 'mailbox' needs a mailbox_id")
+        return self
+
+
+class RestoreRequest(Strict):
+    mailbox_id: uuid.UUID
+    snapshot_id: uuid.UUID | None = None
+    at: datetime | None = None
+    folders: list[Annotated[str, Field(min_length=1, max_length=1000)]] | None = Field(
+        default=None, min_length=1, max_length=1000
+    )
+    message_ids: list[Annotated[int, Field(gt=0)]] | None = Field(
+        default=None, min_length=1, max_length=100_000
+    )
+    target: RestoreTarget
+
+    @model_validator(mode="after")
+    def _one_point(self) -> RestoreRequest:
+        if (self.snapshot_id is None) == (self.at is None):
+            raise ValueError("give exactly one of snapshot_id or at")
+        if self.at is not None and self.at.tzinfo is None:
+            raise ValueError("at needs a timezone, e.g. 2024-05-01T12:00:00Z")
+        return self
+
+
+class RestoreOut(BaseModel):
+    id: uuid.UUID
+    status: str
+    reason: str | None
+    mailbox_id: uuid.UUID
+    snapshot_id: uuid.UUID
+    target_mode: str
+    target_mailbox_id: uuid.UUID
+    target_folder: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    total: int
+    done: int
+    restored: int
+    skipped: int
+
+
+class PolicyIn(Strict):
+    interval_seconds: int = Field(ge=60, le=366 * 86400)
+    keep_last: int = Field(ge=1, le=10_000)
+    keep_daily: int = Field(default=0, ge=0, le=10_000)
+    keep_weekly: int = Field(default=0, ge=0, le=10_000)
+    keep_monthly: int = Field(default=0, ge=0, le=10_000)
+
+
+class PolicyOut(BaseModel):
+    department_id: uuid.UUID | None
+    interval_seconds: int
+    keep_last: int
+    keep_daily: int
+    keep_weekly: int
+    keep_monthly: int
+    is_default: bool
+
+
+class VerifyRequest(Strict):
+    fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+
+
+class VerifyOut(BaseModel):
+    id: uuid.UUID
+    status: str
+    reason: str | None
+    fraction: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    blobs_checked: int
+    blobs_damaged: int
+    damage: list[dict[str, Any]]
+
+
+ExportFormat = Literal["mbox"]

@@ -1,0 +1,659 @@
+"""The backup service's rules: who may request what, and how runs, restores, verifies and
+prunes are carried out. Services never commit; whoever owns the unit of work does."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.backup import repository
+from services.backup import schemas as s
+from services.backup.engine.backup import backup_mailbox
+from services.backup.engine.restore import RestoreItem, RestoreProgress, restore_messages
+from services.backup.engine.storage import (
+    BlobDamaged,
+    PackStorage,
+    default_storage,
+    read_verified,
+)
+from shared.auth import Principal
+from shared.db import unit_of_work
+from shared.errors import Forbidden, NotFound, Unprocessable
+from shared.models import Mailbox, Role
+from shared.models.backup import (
+    BackupBlob,
+    BackupPolicy,
+    BackupRun,
+    BackupScope,
+    JobStatus,
+    RestoreJob,
+    RestoreMode,
+    Snapshot,
+    SnapshotStatus,
+    VerifyRun,
+)
+from shared.queue import enqueue_after_commit
+from shared.settings import get_settings
+
+log = logging.getLogger("mailops.backup")
+
+# ---------------------------------------------------------------- policies
+
+
+@dataclass(frozen=True)
+class Policy:
+    interval_seconds: int
+    keep_last: int
+    keep_daily: int
+    keep_weekly: int
+    keep_monthly: int
+    is_default: bool
+
+
+def default_policy() -> Policy:
+    settings = get_settings()
+    return Policy(
+        interval_seconds=settings.backup_interval_seconds,
+        keep_last=settings.backup_keep_last,
+        keep_daily=settings.backup_keep_daily,
+        keep_weekly=settings.backup_keep_weekly,
+        keep_monthly=settings.backup_keep_monthly,
+        is_default=True,
+    )
+
+
+def _policy(row: BackupPolicy | None) -> Policy:
+    if row is None:
+        return default_policy()
+    return Policy(
+        row.interval_seconds,
+        row.keep_last,
+        row.keep_daily,
+        row.keep_weekly,
+        row.keep_monthly,
+        False,
+    )
+
+
+async def set_policy(
+    session: AsyncSession, *, department_id: uuid.UUID, data: s.PolicyIn
+) -> BackupPolicy:
+    if await repository.department(session, department_id) is None:
+        raise NotFound(f"no department {department_id}", field="department_id")
+    row = await repository.policy(session, department_id)
+    if row is None:
+        row = BackupPolicy(department_id=department_id, **data.model_dump())
+        session.add(row)
+    else:
+        for name, value in data.model_dump().items():
+            setattr(row, name, value)
+    await session.flush()
+    return row
+
+
+def policy_out(department_id: uuid.UUID | None, policy: Policy) -> s.PolicyOut:
+    return s.PolicyOut(department_id=department_id, **policy.__dict__)
+
+
+async def list_policies(session: AsyncSession) -> list[s.PolicyOut]:
+    out = [policy_out(None, default_policy())]
+    out += [policy_out(p.department_id, _policy(p)) for p in await repository.policies(session)]
+    return out
+
+
+# ---------------------------------------------------------------- requests
+
+
+async def _mailbox(session: AsyncSession, mailbox_id: uuid.UUID, field: str) -> Mailbox:
+    mailbox = await repository.mailbox(session, mailbox_id)
+    if mailbox is None:
+        raise NotFound(f"no mailbox {mailbox_id}", field=field)
+    return mailbox
+
+
+async def request_backup(
+    session: AsyncSession, *, actor: Principal, data: s.BackupRequest
+) -> BackupRun:
+    if data.mailbox_id is not None:
+        mailbox = await _mailbox(session, data.mailbox_id, "mailbox_id")
+        if mailbox.status not in repository.BACKED_UP_STATUSES:
+            raise Unprocessable(
+                f"mailbox {mailbox.id} is {mailbox.status}; it cannot be backed up",
+                field="mailbox_id",
+            )
+        scope = BackupScope.MAILBOX
+    elif data.department_id is not None:
+        if await repository.department(session, data.department_id) is None:
+            raise NotFound(f"no department {data.department_id}", field="department_id")
+        scope = BackupScope.DEPARTMENT
+    else:
+        scope = BackupScope.ALL
+    return await create_run(
+        session,
+        scope=scope,
+        mailbox_id=data.mailbox_id,
+        department_id=data.department_id,
+        requested_by=actor.name,
+    )
+
+
+async def create_run(
+    session: AsyncSession,
+    *,
+    scope: BackupScope,
+    mailbox_id: uuid.UUID | None = None,
+    department_id: uuid.UUID | None = None,
+    requested_by: str = "",
+) -> BackupRun:
+    run = BackupRun(
+        status=JobStatus.QUEUED.value,
+        scope=scope.value,
+        mailbox_id=mailbox_id,
+        department_id=department_id,
+        requested_by=requested_by,
+    )
+    session.add(run)
+    await session.flush()
+    enqueue_after_commit(
+        session, "backup", "run_backup", job_id=f"backup-run:{run.id}", run_id=str(run.id)
+    )
+    return run
+
+
+def run_out(run: BackupRun) -> s.BackupRunOut:
+    duration = (
+        (run.finished_at - run.started_at).total_seconds()
+        if run.finished_at and run.started_at
+        else None
+    )
+    return s.BackupRunOut(
+        id=run.id,
+        status=run.status,
+        reason=run.reason,
+        scope=run.scope,
+        mailbox_id=run.mailbox_id,
+        department_id=run.department_id,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        duration_seconds=duration,
+        mailboxes_total=run.mailboxes_total,
+        mailboxes_done=run.mailboxes_done,
+        mailboxes_failed=run.mailboxes_failed,
+        messages_fetched=run.messages_fetched,
+        bytes_read=run.bytes_read,
+        bytes_stored=run.bytes_stored,
+    )
+
+
+async def get_run(session: AsyncSession, *, run_id: uuid.UUID) -> BackupRun:
+    run = await repository.backup_run(session, run_id)
+    if run is None:
+        raise NotFound(f"no backup {run_id}", field="id")
+    return run
+
+
+async def get_snapshot(session: AsyncSession, *, snapshot_id: uuid.UUID) -> Snapshot:
+    snap = await repository.snapshot(session, snapshot_id)
+    if snap is None or snap.status != SnapshotStatus.COMMITTED.value:
+        raise NotFound(f"no snapshot {snapshot_id}", field="snapshot_id")
+    return snap
+
+
+async def request_restore(
+    session: AsyncSession, *, actor: Principal, data: s.RestoreRequest
+) -> RestoreJob:
+    source = await _mailbox(session, data.mailbox_id, "mailbox_id")
+    if data.snapshot_id is not None:
+        snap = await get_snapshot(session, snapshot_id=data.snapshot_id)
+        if snap.mailbox_id != source.id:
+            raise Unprocessable(
+                f"snapshot {snap.id} is not a snapshot of mailbox {source.id}",
+                field="snapshot_id",
+            )
+    else:
+        assert data.at is not None
+        found = await repository.snapshot_at(session, source.id, data.at)
+        if found is None:
+            raise Unprocessable(
+                f"mailbox {source.id} has no snapshot at or before {data.at.isoformat()}",
+                field="at",
+            )
+        snap = found
+    target = source
+    if data.target.mode is RestoreMode.MAILBOX:
+        assert data.target.mailbox_id is not None
+        target = await _mailbox(session, data.target.mailbox_id, "target.mailbox_id")
+        if target.status not in repository.BACKED_UP_STATUSES:
+            raise Unprocessable(
+                f"mailbox {target.id} is {target.status}; it cannot receive mail",
+                field="target.mailbox_id",
+            )
+    _authorise_restore(actor, data, source, target)
+    if data.folders:
+        known = {f["name"] for f in await repository.snapshot_folders(session, snap)}
+        for name in data.folders:
+            if name not in known:
+                raise Unprocessable(f"the snapshot has no folder {name!r}", field="folders")
+    if data.message_ids:
+        found_ids = {
+            m.id
+            for m, _ in await repository.snapshot_messages(
+                session, snap, message_ids=data.message_ids
+            )
+        }
+        missing = sorted(set(data.message_ids) - found_ids)
+        if missing:
+            raise Unprocessable(
+                f"messages not in snapshot {snap.id}: {missing[:10]}", field="message_ids"
+            )
+    job = RestoreJob(
+        status=JobStatus.QUEUED.value,
+        mailbox_id=source.id,
+        snapshot_id=snap.id,
+        target_mode=data.target.mode.value,
+        target_mailbox_id=target.id,
+        target_folder=data.target.folder,
+        folders=data.folders,
+        message_ids=data.message_ids,
+        requested_by=actor.name,
+    )
+    session.add(job)
+    await session.flush()
+    enqueue_after_commit(
+        session, "backup", "run_restore", job_id=f"restore:{job.id}", restore_id=str(job.id)
+    )
+    return job
+
+
+def _authorise_restore(
+    actor: Principal, data: s.RestoreRequest, source: Mailbox, target: Mailbox
+) -> None:
+    if target.department_id != source.department_id and actor.role is not Role.ADMIN:
+        raise Forbidden(
+            "restoring one department's mail into another department's mailbox needs admin",
+            field="target.mailbox_id",
+        )
+    if actor.role is Role.SUPPORT and data.target.mode is not RestoreMode.FOLDER:
+        raise Forbidden(
+            "support may restore only into a folder of the same mailbox", field="target.mode"
+        )
+
+
+async def get_restore(session: AsyncSession, *, restore_id: uuid.UUID) -> RestoreJob:
+    job = await repository.restore_job(session, restore_id)
+    if job is None:
+        raise NotFound(f"no restore {restore_id}", field="id")
+    return job
+
+
+async def request_verify(
+    session: AsyncSession, *, actor: Principal, data: s.VerifyRequest
+) -> VerifyRun:
+    run = VerifyRun(status=JobStatus.QUEUED.value, fraction=data.fraction, requested_by=actor.name)
+    session.add(run)
+    await session.flush()
+    enqueue_after_commit(
+        session, "backup", "run_verify", job_id=f"verify:{run.id}", verify_id=str(run.id)
+    )
+    return run
+
+
+async def get_verify(session: AsyncSession, *, verify_id: uuid.UUID) -> VerifyRun:
+    run = await repository.verify_run(session, verify_id)
+    if run is None:
+        raise NotFound(f"no verify run {verify_id}", field="id")
+    return run
+
+
+# ---------------------------------------------------------------- carrying out a backup run
+
+
+async def _mailboxes_of(run: BackupRun) -> list[uuid.UUID]:
+    if run.mailbox_id is not None:
+        return [run.mailbox_id]
+    async with unit_of_work() as session:
+        return await repository.backed_up_mailbox_ids(session, department_id=run.department_id)
+
+
+async def execute_backup_run(run_id: uuid.UUID, storage: PackStorage | None = None) -> str:
+    """Back up every mailbox of the run, several at once; idempotent if rerun after a crash."""
+    storage = storage or default_storage()
+    async with unit_of_work() as session:
+        run = await repository.backup_run(session, run_id, lock=True)
+        if run is None or run.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
+            return "nothing to do"
+        run.status = JobStatus.RUNNING.value
+        run.started_at = run.started_at or datetime.now(UTC)
+        run.mailboxes_done = run.mailboxes_failed = 0
+        run.messages_fetched = run.bytes_read = run.bytes_stored = 0
+    mailbox_ids = await _mailboxes_of(run)
+    async with unit_of_work() as session:
+        locked = await repository.backup_run(session, run_id, lock=True)
+        assert locked is not None
+        locked.mailboxes_total = len(mailbox_ids)
+    limit = asyncio.Semaphore(get_settings().backup_imap_connections)
+    failures: list[str] = []
+
+    async def one(mailbox_id: uuid.UUID) -> None:
+        async with limit:
+            try:
+                _, counters = await backup_mailbox(
+                    mailbox_id=mailbox_id, run_id=run_id, storage=storage
+                )
+                failed = False
+            except Exception as exc:
+                # One mailbox's failure must not stop the others; the run reports it.
+                log.warning("mailbox backup failed", extra={"mailbox_id": str(mailbox_id)})
+                failures.append(f"{mailbox_id}: {type(exc).__name__}: {exc}")
+                failed = True
+            async with unit_of_work() as session:
+                row = await repository.backup_run(session, run_id, lock=True)
+                assert row is not None
+                if failed:
+                    row.mailboxes_failed += 1
+                else:
+                    row.mailboxes_done += 1
+                    row.messages_fetched += counters.messages_fetched
+                    row.bytes_read += counters.bytes_read
+                    row.bytes_stored += counters.bytes_stored
+
+    await asyncio.gather(*(one(m) for m in mailbox_ids))
+    async with unit_of_work() as session:
+        row = await repository.backup_run(session, run_id, lock=True)
+        assert row is not None
+        row.finished_at = datetime.now(UTC)
+        if failures:
+            row.status = JobStatus.FAILED.value
+            row.reason = f"{len(failures)} of {len(mailbox_ids)} mailboxes failed: " + "; ".join(
+                failures[:5]
+            )
+        else:
+            row.status = JobStatus.SUCCEEDED.value
+        return row.status
+
+
+async def final_backup_run(mailbox_id: uuid.UUID) -> uuid.UUID | None:
+    """The run for a mailbox's last backup before deletion (reused if one is open)."""
+    async with unit_of_work() as session:
+        mailbox = await repository.mailbox(session, mailbox_id)
+        if mailbox is None or mailbox.status not in repository.BACKED_UP_STATUSES:
+            return None
+        run = await repository.open_final_run(session, mailbox_id)
+        if run is None:
+            run = BackupRun(
+                status=JobStatus.QUEUED.value,
+                scope=BackupScope.FINAL.value,
+                mailbox_id=mailbox_id,
+                requested_by="provisioning",
+            )
+            session.add(run)
+            await session.flush()
+        return run.id
+
+
+async def schedule_due_backups(now: datetime | None = None) -> int:
+    """Create a run for each mailbox whose policy interval has passed since its last snapshot."""
+    now = now or datetime.now(UTC)
+    created = 0
+    async with unit_of_work() as session:
+        policies = {p.department_id: _policy(p) for p in await repository.policies(session)}
+        busy = await repository.mailboxes_with_open_runs(session)
+        for mailbox_id, department_id, last in await repository.mailbox_schedule(session):
+            interval = policies.get(department_id, default_policy()).interval_seconds
+            if mailbox_id in busy or (
+                last is not None and now - last < timedelta(seconds=interval)
+            ):
+                continue
+            await create_run(
+                session, scope=BackupScope.SCHEDULED, mailbox_id=mailbox_id, requested_by="schedule"
+            )
+            created += 1
+    return created
+
+
+# ---------------------------------------------------------------- restore
+
+
+async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = None) -> str:
+    """Carry out a restore job; rerunning it adds nothing already restored."""
+    storage = storage or default_storage()
+    async with unit_of_work() as session:
+        job = await repository.restore_job(session, restore_id, lock=True)
+        if job is None or job.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
+            return "nothing to do"
+        job.status = JobStatus.RUNNING.value
+        job.started_at = job.started_at or datetime.now(UTC)
+        snap = await repository.snapshot(session, job.snapshot_id)
+        target = await repository.mailbox(session, job.target_mailbox_id)
+        assert snap is not None and target is not None
+        address = target.address
+        messages = await repository.snapshot_messages(
+            session, snap, folders=job.folders, message_ids=job.message_ids
+        )
+        blobs = await repository.blobs(session, [m.blob_hash for m, _ in messages])
+        folders: dict[str, list[RestoreItem]] = {}
+        for message, folder in messages:
+            blob = blobs[bytes(message.blob_hash)]
+            name = f"{job.target_folder}/{folder}" if job.target_folder else folder
+            folders.setdefault(name, []).append(_item(message.flags, message, blob))
+        job.total, job.done, job.restored, job.skipped = len(messages), 0, 0, 0
+        target_mode = job.target_mode
+    del messages, blobs
+    progress = RestoreProgress()
+
+    async def report() -> None:
+        async with unit_of_work() as session:
+            row = await repository.restore_job(session, restore_id, lock=True)
+            assert row is not None
+            row.done, row.restored, row.skipped = progress.done, progress.restored, progress.skipped
+
+    try:
+        await restore_messages(
+            address=address,
+            folders=folders,
+            storage=storage,
+            progress=progress,
+            on_progress=report,
+        )
+    except Exception as exc:
+        reason = str(exc) if not isinstance(exc, ExceptionGroup) else _group_reason(exc)
+        async with unit_of_work() as session:
+            row = await repository.restore_job(session, restore_id, lock=True)
+            assert row is not None
+            row.status, row.reason = JobStatus.FAILED.value, reason[:2000]
+            row.done, row.restored, row.skipped = progress.done, progress.restored, progress.skipped
+            row.finished_at = datetime.now(UTC)
+        log.warning("restore failed", extra={"restore_id": str(restore_id), "mode": target_mode})
+        return "failed"
+    async with unit_of_work() as session:
+        row = await repository.restore_job(session, restore_id, lock=True)
+        assert row is not None
+        row.status = JobStatus.SUCCEEDED.value
+        row.done, row.restored, row.skipped = progress.done, progress.restored, progress.skipped
+        row.finished_at = datetime.now(UTC)
+    return "succeeded"
+
+
+def _group_reason(group: BaseExceptionGroup[BaseException]) -> str:
+    return "; ".join(str(e) for e in group.exceptions)
+
+
+def _item(flags: list[str], message: object, blob: BackupBlob) -> RestoreItem:
+    return RestoreItem(
+        blob_hash=bytes(blob.hash),
+        flags=list(flags),
+        internal_date=message.internal_date,  # type: ignore[attr-defined]
+        size=int(blob.size),
+        pack_id=blob.pack_id,
+        offset=int(blob.offset),
+        length=int(blob.length),
+        key_id=blob.key_id,
+    )
+
+
+# ---------------------------------------------------------------- export
+
+
+async def export_mbox(
+    snapshot_id: uuid.UUID, folders: list[str] | None, storage: PackStorage | None = None
+) -> AsyncIterator[bytes]:
+    """The snapshot as an mboxrd stream, a page of messages at a time."""
+    storage = storage or default_storage()
+    offset = 0
+    while True:
+        async with unit_of_work() as session:
+            snap = await get_snapshot(session, snapshot_id=snapshot_id)
+            page = await repository.snapshot_messages(
+                session, snap, folders=folders, limit=200, offset=offset
+            )
+            blobs = await repository.blobs(session, [m.blob_hash for m, _ in page])
+        if not page:
+            return
+        offset += len(page)
+        for message, folder in page:
+            blob = blobs[bytes(message.blob_hash)]
+            stored = await asyncio.to_thread(storage.read, blob.pack_id, blob.offset, blob.length)
+            data = await asyncio.to_thread(
+                read_verified,
+                stored,
+                key_id=blob.key_id,
+                expected_hash=bytes(blob.hash),
+                size=int(blob.size),
+            )
+            yield _mbox_entry(data, message.internal_date, folder, message.flags)
+
+
+def _mbox_entry(data: bytes, when: datetime, folder: str, flags: list[str]) -> bytes:
+    stamp = when.astimezone(UTC).strftime("%a %b %e %H:%M:%S %Y")
+    lines = data.replace(b"\r\n", b"\n").split(b"\n")
+    out = bytearray(b"From MAILER-DAEMON " + stamp.encode() + b"\n")
+    out += b"X-Mailops-Folder: " + folder.encode() + b"\n"
+    out += b"X-Mailops-Flags: " + " ".join(flags).encode() + b"\n"
+    for line in lines:
+        # mboxrd: every line starting with optional '>' then 'From ' gets one more '>'.
+        if line.lstrip(b">").startswith(b"From "):
+            out += b">"
+        out += line + b"\n"
+    if not data.endswith(b"\n"):
+        out += b"\n"
+    return bytes(out)
+
+
+# ---------------------------------------------------------------- verify and prune
+
+
+async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = None) -> str:
+    """Re-read stored blobs (all, or a fraction) and report damage by mailbox and snapshot."""
+    storage = storage or default_storage()
+    async with unit_of_work() as session:
+        run = await repository.verify_run(session, verify_id)
+        if run is None or run.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
+            return "nothing to do"
+        run.status, run.started_at = JobStatus.RUNNING.value, datetime.now(UTC)
+        fraction = run.fraction
+    checked = 0
+    damage: list[dict[str, object]] = []
+    after = b""
+    while True:
+        async with unit_of_work() as session:
+            page = await repository.blob_page(session, after, 200, fraction)
+        if not page:
+            break
+        after = bytes(page[-1].hash)
+        for blob in page:
+            checked += 1
+            try:
+                stored = await asyncio.to_thread(
+                    storage.read, blob.pack_id, blob.offset, blob.length
+                )
+                await asyncio.to_thread(
+                    read_verified,
+                    stored,
+                    key_id=blob.key_id,
+                    expected_hash=bytes(blob.hash),
+                    size=int(blob.size),
+                )
+            except BlobDamaged as exc:
+                async with unit_of_work() as session:
+                    owners = await repository.damage_owners(session, bytes(blob.hash))
+                damage.append(
+                    {"blob": bytes(blob.hash).hex(), "error": str(exc), "mailboxes": owners}
+                )
+    async with unit_of_work() as session:
+        row = await repository.verify_run(session, verify_id)
+        assert row is not None
+        row.blobs_checked, row.blobs_damaged, row.damage = checked, len(damage), damage
+        row.status = JobStatus.SUCCEEDED.value if not damage else JobStatus.FAILED.value
+        row.reason = f"{len(damage)} damaged blobs" if damage else None
+        row.finished_at = datetime.now(UTC)
+        return row.status
+
+
+def retained(snapshots: list[Snapshot], policy: Policy) -> set[uuid.UUID]:
+    """The snapshots a policy keeps: the last N, and the newest of each recent day/week/month."""
+    ordered = sorted(
+        (x for x in snapshots if x.completed_at is not None),
+        key=lambda x: x.completed_at,  # type: ignore[arg-type,return-value]
+        reverse=True,
+    )
+    keep = {x.id for x in ordered[: policy.keep_last]}
+    for count, bucket in (
+        (policy.keep_daily, lambda d: d.strftime("%Y-%m-%d")),
+        (policy.keep_weekly, lambda d: f"{d.isocalendar()[0]}-W{d.isocalendar()[1]:02d}"),
+        (policy.keep_monthly, lambda d: d.strftime("%Y-%m")),
+    ):
+        seen: set[str] = set()
+        for snap in ordered:
+            assert snap.completed_at is not None
+            key = bucket(snap.completed_at.astimezone(UTC))
+            if key in seen:
+                continue
+            if len(seen) >= count:
+                break
+            seen.add(key)
+            keep.add(snap.id)
+    return keep
+
+
+@dataclass
+class PruneResult:
+    snapshots: int = 0
+    rows: int = 0
+    blobs: int = 0
+    packs: int = 0
+
+
+async def prune(storage: PackStorage | None = None) -> PruneResult:
+    """Remove snapshots the policies no longer keep, then catalog rows, blobs and packs that
+    nothing references any more."""
+    storage = storage or default_storage()
+    result = PruneResult()
+    async with unit_of_work() as session:
+        if await repository.running_backups(session):
+            return result  # a backup may be about to reference a blob that looks unused
+        policies = {p.department_id: _policy(p) for p in await repository.policies(session)}
+        schedule = await repository.mailbox_schedule(session)
+    departments = {m: d for m, d, _ in schedule}
+    async with unit_of_work() as session:
+        for mailbox_id in await repository.mailboxes_with_snapshots(session):
+            snaps = await repository.committed_snapshots(session, mailbox_id)
+            policy = policies.get(departments.get(mailbox_id), default_policy())  # type: ignore[arg-type]
+            expired = [x.id for x in snaps if x.id not in retained(snaps, policy)]
+            if expired:
+                await repository.delete_snapshots(session, expired)
+                result.snapshots += len(expired)
+                result.rows += await repository.delete_unreferenced_rows(session, mailbox_id)
+        result.blobs = await repository.delete_unreferenced_blobs(session)
+        empty = await repository.empty_packs(session)
+        await repository.delete_packs(session, empty)
+    for pack_id in empty:
+        await asyncio.to_thread(storage.delete, pack_id)
+    result.packs = len(empty)
+    return result

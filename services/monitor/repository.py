@@ -1,0 +1,383 @@
+"""Every query the monitor makes; services and checks hold the rules, not the SQL.
+
+The backup tables (`backup_policies`, `snapshots`, `backup_runs`) belong to the backup
+service: they are read here with plain SQL against their agreed columns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.models import Department, Domain, Mailbox, MailboxStatus
+from shared.models.monitor import (
+    CheckResult,
+    CheckState,
+    Incident,
+    IncidentEvent,
+    IncidentState,
+    InspectionReport,
+    MaintenanceRun,
+    MaintenanceSettings,
+    MaintenanceWindow,
+    NotificationDelivery,
+)
+
+PROBE_DEPARTMENT = "mailops-monitor"
+# Mailboxes whose quota and backups the monitor watches.
+WATCHED_STATUSES = (MailboxStatus.ACTIVE.value, MailboxStatus.SUSPENDED.value)
+
+# --- mail data ------------------------------------------------------------------------
+
+
+async def probe_domain(session: AsyncSession, name: str | None) -> Domain | None:
+    query = select(Domain)
+    query = query.where(Domain.name == name) if name else query.order_by(Domain.created_at)
+    return (await session.scalars(query.limit(1))).first()
+
+
+async def live_mailbox(session: AsyncSession, address: str) -> Mailbox | None:
+    return await session.scalar(
+        select(Mailbox).where(
+            Mailbox.address == address, Mailbox.status != MailboxStatus.PURGED.value
+        )
+    )
+
+
+async def department_named(session: AsyncSession, name: str) -> Department | None:
+    return await session.scalar(select(Department).where(Department.name == name))
+
+
+@dataclass(frozen=True)
+class WatchedMailbox:
+    address: str
+    department: str
+    quota_bytes: int
+
+
+async def watched_mailboxes(session: AsyncSession) -> list[WatchedMailbox]:
+    """Active and suspended mailboxes (not the probe) with their quota."""
+    rows = await session.execute(
+        select(Mailbox.address, Department.name, Mailbox.quota_bytes)
+        .join(Department, Department.id == Mailbox.department_id)
+        .where(Mailbox.status.in_(WATCHED_STATUSES), Department.name != PROBE_DEPARTMENT)
+    )
+    return [WatchedMailbox(a, d, q) for a, d, q in rows]
+
+
+async def mailboxes_in_status(
+    session: AsyncSession, statuses: Sequence[str], limit: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """How many mailboxes are in these statuses, and the first `limit` of them."""
+    where = Mailbox.status.in_(statuses)
+    total = await session.scalar(select(func.count()).select_from(Mailbox).where(where))
+    rows = await session.execute(
+        select(Mailbox.address, Mailbox.status, Mailbox.status_reason, Mailbox.updated_at)
+        .where(where)
+        .order_by(Mailbox.updated_at)
+        .limit(limit)
+    )
+    return int(total or 0), [
+        {"address": a, "status": s, "reason": r, "since": u.isoformat()} for a, s, r, u in rows
+    ]
+
+
+async def domain_names(session: AsyncSession) -> list[str]:
+    return list(await session.scalars(select(Domain.name).order_by(Domain.name)))
+
+
+async def departments_with_settings(
+    session: AsyncSession,
+) -> list[tuple[Department, MaintenanceSettings | None]]:
+    rows = await session.execute(
+        select(Department, MaintenanceSettings)
+        .outerjoin(MaintenanceSettings, MaintenanceSettings.department_id == Department.id)
+        .order_by(Department.name)
+    )
+    return [(d, s) for d, s in rows]
+
+
+async def department(session: AsyncSession, department_id: uuid.UUID) -> Department | None:
+    return await session.get(Department, department_id)
+
+
+async def maintenance_settings(
+    session: AsyncSession, department_id: uuid.UUID
+) -> MaintenanceSettings | None:
+    return await session.get(MaintenanceSettings, department_id)
+
+
+async def mailbox_departments(session: AsyncSession) -> dict[str, uuid.UUID]:
+    """address → department id, for the mailboxes Dovecot knows."""
+    rows = await session.execute(
+        select(Mailbox.address, Mailbox.department_id).where(
+            Mailbox.status != MailboxStatus.PURGED.value
+        )
+    )
+    return {a: d for a, d in rows}
+
+
+# --- backup service's tables (read only) ----------------------------------------------
+
+DEFAULT_BACKUP_INTERVAL_SECONDS = 86400
+
+_MAILBOX_BACKUP_AGE = f"""
+    WITH last AS (
+        SELECT mailbox_id, max(completed_at) AS completed_at
+        FROM snapshots WHERE completed_at IS NOT NULL GROUP BY mailbox_id
+    )
+    SELECT m.address, d.name AS department, last.completed_at,
+           extract(epoch FROM now() - coalesce(last.completed_at, m.created_at)) AS age,
+           coalesce(p.interval_seconds, {DEFAULT_BACKUP_INTERVAL_SECONDS}) AS interval_seconds
+    FROM mailboxes m
+    JOIN departments d ON d.id = m.department_id
+    LEFT JOIN last ON last.mailbox_id = m.id
+    LEFT JOIN backup_policies p ON p.department_id = m.department_id
+    WHERE m.status IN ('active', 'suspended') AND d.name <> '{PROBE_DEPARTMENT}'
+"""
+
+
+async def backup_ages(session: AsyncSession) -> list[dict[str, Any]]:
+    """Each watched mailbox's last committed snapshot, its age in seconds, and its interval.
+
+    A mailbox never backed up counts its age from its creation.
+    """
+    rows = await session.execute(text(_MAILBOX_BACKUP_AGE))
+    return [dict(row) for row in rows.mappings()]
+
+
+async def failed_backup_runs(session: AsyncSession, window_seconds: int) -> list[dict[str, Any]]:
+    rows = await session.execute(
+        text(
+            """
+            SELECT r.id::text AS id, r.reason, m.address, r.started_at, r.finished_at
+            FROM backup_runs r LEFT JOIN mailboxes m ON m.id = r.mailbox_id
+            WHERE r.status = 'failed'
+              AND coalesce(r.finished_at, r.started_at) > now() - make_interval(secs => :window)
+            ORDER BY coalesce(r.finished_at, r.started_at) DESC
+            LIMIT 50
+            """
+        ),
+        {"window": window_seconds},
+    )
+    return [
+        {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+        for row in rows.mappings()
+    ]
+
+
+# --- check results and states ---------------------------------------------------------
+
+
+async def lock_check_state(session: AsyncSession, check: str) -> CheckState:
+    """The check's state row, created if missing and locked for this transaction."""
+    await session.execute(insert(CheckState).values(check=check).on_conflict_do_nothing())
+    state = await session.scalar(
+        select(CheckState)
+        .where(CheckState.check == check)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    assert state is not None
+    return state
+
+
+async def check_states(session: AsyncSession) -> list[CheckState]:
+    return list(await session.scalars(select(CheckState)))
+
+
+async def latest_results(session: AsyncSession) -> dict[str, CheckResult]:
+    """The last result of every check that has run."""
+    rows = await session.scalars(
+        select(CheckResult).join(CheckState, CheckState.last_result_id == CheckResult.id)
+    )
+    return {r.check: r for r in rows}
+
+
+async def latest_gauges(session: AsyncSession) -> list[tuple[str, str, float, datetime, Any]]:
+    """(check, status, duration, started_at, gauges) of each check's last result: /metrics."""
+    rows = await session.execute(
+        select(
+            CheckResult.check,
+            CheckResult.status,
+            CheckResult.duration_seconds,
+            CheckResult.started_at,
+            CheckResult.gauges,
+        ).join(CheckState, CheckState.last_result_id == CheckResult.id)
+    )
+    return [(c, s, d, t, g) for c, s, d, t, g in rows]
+
+
+async def results(
+    session: AsyncSession, check: str, *, limit: int, before_id: int | None
+) -> list[CheckResult]:
+    query = select(CheckResult).where(CheckResult.check == check)
+    if before_id is not None:
+        query = query.where(CheckResult.id < before_id)
+    return list(await session.scalars(query.order_by(CheckResult.id.desc()).limit(limit)))
+
+
+async def results_by_id(session: AsyncSession, ids: Sequence[int]) -> list[CheckResult]:
+    if not ids:
+        return []
+    return list(
+        await session.scalars(
+            select(CheckResult).where(CheckResult.id.in_(ids)).order_by(CheckResult.id)
+        )
+    )
+
+
+async def status_counts_since(
+    session: AsyncSession, since: datetime | None
+) -> dict[str, dict[str, int]]:
+    """check → status → number of results since `since` (all history if None)."""
+    query = select(CheckResult.check, CheckResult.status, func.count()).group_by(
+        CheckResult.check, CheckResult.status
+    )
+    if since is not None:
+        query = query.where(CheckResult.started_at >= since)
+    counts: dict[str, dict[str, int]] = {}
+    for check, status, count in await session.execute(query):
+        counts.setdefault(check, {})[status] = int(count)
+    return counts
+
+
+# --- maintenance windows --------------------------------------------------------------
+
+
+async def window_silencing(
+    session: AsyncSession, check: str, at: datetime
+) -> MaintenanceWindow | None:
+    return await session.scalar(
+        select(MaintenanceWindow)
+        .where(
+            MaintenanceWindow.starts_at <= at,
+            MaintenanceWindow.ends_at > at,
+            MaintenanceWindow.checks.contains([check]),
+        )
+        .limit(1)
+    )
+
+
+async def windows(session: AsyncSession, *, active_at: datetime | None) -> list[MaintenanceWindow]:
+    query = select(MaintenanceWindow).order_by(MaintenanceWindow.starts_at.desc())
+    if active_at is not None:
+        query = query.where(MaintenanceWindow.ends_at > active_at)
+    return list(await session.scalars(query.limit(200)))
+
+
+# --- incidents and notifications ------------------------------------------------------
+
+
+async def unresolved_incident(session: AsyncSession, check: str) -> Incident | None:
+    return await session.scalar(
+        select(Incident).where(
+            Incident.check == check, Incident.state != IncidentState.RESOLVED.value
+        )
+    )
+
+
+async def incident(
+    session: AsyncSession, incident_id: uuid.UUID, *, lock: bool = False
+) -> Incident | None:
+    query = select(Incident).where(Incident.id == incident_id)
+    if lock:
+        query = query.with_for_update()
+    return await session.scalar(query)
+
+
+async def incidents(session: AsyncSession, *, state: str | None, limit: int) -> list[Incident]:
+    query = select(Incident).order_by(Incident.opened_at.desc()).limit(limit)
+    if state is not None:
+        query = query.where(Incident.state == state)
+    return list(await session.scalars(query))
+
+
+async def open_incident_count(session: AsyncSession) -> int:
+    count = await session.scalar(
+        select(func.count())
+        .select_from(Incident)
+        .where(Incident.state != IncidentState.RESOLVED.value)
+    )
+    return int(count or 0)
+
+
+async def timeline(session: AsyncSession, incident_id: uuid.UUID) -> list[IncidentEvent]:
+    return list(
+        await session.scalars(
+            select(IncidentEvent)
+            .where(IncidentEvent.incident_id == incident_id)
+            .order_by(IncidentEvent.id)
+        )
+    )
+
+
+async def add_delivery(
+    session: AsyncSession, *, incident_id: uuid.UUID, event: str, url: str, payload: Any
+) -> int | None:
+    """A pending webhook delivery; None if this event was already queued for this URL."""
+    delivery_id = await session.scalar(
+        insert(NotificationDelivery)
+        .values(incident_id=incident_id, event=event, url=url, payload=payload)
+        .on_conflict_do_nothing()
+        .returning(NotificationDelivery.id)
+    )
+    return int(delivery_id) if delivery_id is not None else None
+
+
+async def delivery(
+    session: AsyncSession, delivery_id: int, *, lock: bool = False
+) -> NotificationDelivery | None:
+    query = select(NotificationDelivery).where(NotificationDelivery.id == delivery_id)
+    if lock:
+        query = query.with_for_update()
+    return await session.scalar(query)
+
+
+async def deliveries(session: AsyncSession, incident_id: uuid.UUID) -> list[NotificationDelivery]:
+    return list(
+        await session.scalars(
+            select(NotificationDelivery)
+            .where(NotificationDelivery.incident_id == incident_id)
+            .order_by(NotificationDelivery.id)
+        )
+    )
+
+
+# --- reports and maintenance runs -----------------------------------------------------
+
+
+async def last_report(session: AsyncSession, kind: str) -> InspectionReport | None:
+    return await session.scalar(
+        select(InspectionReport)
+        .where(InspectionReport.kind == kind)
+        .order_by(InspectionReport.started_at.desc())
+        .limit(1)
+    )
+
+
+async def reports(session: AsyncSession, *, kind: str | None, limit: int) -> list[InspectionReport]:
+    query = select(InspectionReport).order_by(InspectionReport.started_at.desc()).limit(limit)
+    if kind is not None:
+        query = query.where(InspectionReport.kind == kind)
+    return list(await session.scalars(query))
+
+
+async def report(session: AsyncSession, report_id: uuid.UUID) -> InspectionReport | None:
+    return await session.get(InspectionReport, report_id)
+
+
+async def maintenance_runs_since(
+    session: AsyncSession, since: datetime | None, limit: int = 100
+) -> list[MaintenanceRun]:
+    query = select(MaintenanceRun).order_by(MaintenanceRun.started_at.desc()).limit(limit)
+    if since is not None:
+        query = query.where(MaintenanceRun.started_at >= since)
+    return list(await session.scalars(query))

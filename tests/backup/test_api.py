@@ -1,0 +1,209 @@
+"""The backup API: roles, bad input as problem+json naming the field, and jobs end to end."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from services.backup.engine.backup import backup_mailbox
+from shared import queue
+from shared.models import MailboxStatus
+from tests.backup import helpers
+from tests.backup.conftest import run_backup_worker
+from tests.conftest import service_client
+
+pytestmark = pytest.mark.usefixtures("mail_stack")
+
+
+@pytest.fixture
+async def api():
+    async with service_client("backup") as client:
+        yield client
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def problem_field(response) -> str:
+    assert response.headers["content-type"].startswith("application/problem+json")
+    return response.json()["errors"][0]["field"]
+
+
+async def test_backup_request_runs_and_reports_counts(api, api_key_for, seed, corpus) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(7))
+    key = await api_key_for("operator")
+    accepted = await api.post(
+        "/v1/backups", json={"mailbox_id": str(mailbox.id)}, headers=auth(key)
+    )
+    assert accepted.status_code == 202 and accepted.json()["status"] == "queued"
+    await run_backup_worker()
+    viewer = await api_key_for("viewer")
+    run = (await api.get(f"/v1/backups/{accepted.json()['id']}", headers=auth(viewer))).json()
+    assert run["status"] == "succeeded"
+    assert (run["messages_fetched"], run["mailboxes_done"]) == (7, 1)
+    assert run["bytes_read"] > 0 and run["bytes_stored"] > 0 and run["duration_seconds"] >= 0
+
+    listed = (await api.get(f"/v1/snapshots?mailbox_id={mailbox.id}", headers=auth(viewer))).json()
+    assert [x["message_count"] for x in listed] == [7]
+    detail = (await api.get(f"/v1/snapshots/{listed[0]['id']}", headers=auth(viewer))).json()
+    folders = {f["name"]: f["messages"] for f in detail["folders"]}
+    assert folders["INBOX"] == 7 and folders["Sent"] == 0
+    found = await api.get(
+        f"/v1/snapshots/{listed[0]['id']}/messages",
+        params={"q": "Bericht 3 ", "folder": "INBOX"},
+        headers=auth(key),
+    )
+    assert [m["subject"] for m in found.json()] == ["Bericht 3 — Übersicht"]
+    assert found.json()[0]["from"].startswith("Jörg Müller")
+    export = await api.get(f"/v1/snapshots/{listed[0]['id']}/export", headers=auth(key))
+    assert export.status_code == 200 and export.content.count(b"\nFrom MAILER-DAEMON ") == 6
+
+
+async def test_viewer_reads_but_cannot_start_backups_or_restores(api, api_key_for, seed) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    viewer = await api_key_for("viewer")
+    refused = await api.post(
+        "/v1/backups", json={"mailbox_id": str(mailbox.id)}, headers=auth(viewer)
+    )
+    assert refused.status_code == 403
+    assert (await api.get("/v1/policies", headers=auth(viewer))).status_code == 200
+    assert (await api.post("/v1/verify", headers=auth(viewer))).status_code == 403
+    assert (await api.get("/v1/policies")).status_code == 401
+
+
+async def test_bad_backup_and_restore_input_is_a_4xx_naming_the_field(
+    api, api_key_for, seed, storage, corpus
+) -> None:
+    key = await api_key_for("operator")
+    both = await api.post(
+        "/v1/backups", json={"all": True, "mailbox_id": str(uuid.uuid4())}, headers=auth(key)
+    )
+    assert both.status_code == 422
+    unknown = await api.post(
+        "/v1/backups", json={"mailbox_id": str(uuid.uuid4())}, headers=auth(key)
+    )
+    assert unknown.status_code == 404 and problem_field(unknown) == "mailbox_id"
+    not_uuid = await api.post("/v1/backups", json={"mailbox_id": "nope"}, headers=auth(key))
+    assert not_uuid.status_code == 422 and problem_field(not_uuid) == "mailbox_id"
+
+    department = await seed.department()
+    one = await seed.mailbox("pw-1234567890", department=department)
+    other = await seed.mailbox("pw-1234567890", department=department)
+    await helpers.append(other.address, "INBOX", corpus(1))
+    others_snapshot, _ = await backup_mailbox(mailbox_id=other.id, run_id=None, storage=storage)
+
+    def restore(**fields):
+        body = {"mailbox_id": str(one.id), "target": {"mode": "original"}, **fields}
+        return api.post("/v1/restores", json=body, headers=auth(key))
+
+    missing = await restore(snapshot_id=str(uuid.uuid4()))
+    assert missing.status_code == 404 and problem_field(missing) == "snapshot_id"
+    foreign = await restore(snapshot_id=str(others_snapshot.id))
+    assert foreign.status_code == 422 and problem_field(foreign) == "snapshot_id"
+    none_yet = await restore(at="2000-01-01T00:00:00Z")
+    assert none_yet.status_code == 422 and problem_field(none_yet) == "at"
+    neither = await restore()
+    assert neither.status_code == 422
+    for bad in ("a.b", "/x", "a//b", "~x", "x\x01y", "", "z" * 300):
+        rejected = await api.post(
+            "/v1/restores",
+            json={
+                "mailbox_id": str(other.id),
+                "snapshot_id": str(others_snapshot.id),
+                "target": {"mode": "folder", "folder": bad},
+            },
+            headers=auth(key),
+        )
+        assert rejected.status_code == 422, bad
+        assert problem_field(rejected) == "target.folder"
+    wrong_folder = await api.post(
+        "/v1/restores",
+        json={
+            "mailbox_id": str(other.id),
+            "snapshot_id": str(others_snapshot.id),
+            "folders": ["Nope"],
+            "target": {"mode": "original"},
+        },
+        headers=auth(key),
+    )
+    assert wrong_folder.status_code == 422 and problem_field(wrong_folder) == "folders"
+    policy = await api.put(
+        f"/v1/departments/{department.id}/backup-policy",
+        json={"interval_seconds": 5, "keep_last": 3},
+        headers=auth(key),
+    )
+    assert policy.status_code == 422 and problem_field(policy) == "interval_seconds"
+    nowhere = await api.put(
+        f"/v1/departments/{uuid.uuid4()}/backup-policy",
+        json={"interval_seconds": 3600, "keep_last": 3},
+        headers=auth(key),
+    )
+    assert nowhere.status_code == 404
+    assert (await api.get(f"/v1/restores/{uuid.uuid4()}", headers=auth(key))).status_code == 404
+
+
+async def test_support_restores_into_a_folder_and_other_departments_need_admin(
+    api, api_key_for, seed, storage, corpus
+) -> None:
+    department = await seed.department()
+    mailbox = await seed.mailbox("pw-1234567890", department=department)
+    stranger = await seed.mailbox("pw-1234567890")  # another department
+    await helpers.append(mailbox.address, "INBOX", corpus(4))
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    support = await api_key_for("support")
+    operator = await api_key_for("operator")
+    admin = await api_key_for("admin")
+
+    def restore(key, target):
+        body = {"mailbox_id": str(mailbox.id), "snapshot_id": str(snapshot.id), "target": target}
+        return api.post("/v1/restores", json=body, headers=auth(key))
+
+    assert (await restore(support, {"mode": "original"})).status_code == 403
+    into_other = {"mode": "mailbox", "mailbox_id": str(stranger.id)}
+    assert (await restore(operator, into_other)).status_code == 403
+    assert (await restore(admin, into_other)).status_code == 202
+    accepted = await restore(support, {"mode": "folder", "folder": "Wiederhergestellt"})
+    assert accepted.status_code == 202
+    await run_backup_worker()
+    job = (await api.get(f"/v1/restores/{accepted.json()['id']}", headers=auth(support))).json()
+    assert (job["status"], job["total"], job["restored"], job["skipped"]) == ("succeeded", 4, 4, 0)
+    state = await helpers.state(mailbox.address)
+    assert state["Wiederhergestellt/INBOX"] == state["INBOX"]
+    assert await helpers.state(stranger.address) == {"INBOX": state["INBOX"]}
+
+
+async def test_policies_are_set_per_department_and_listed_with_the_default(
+    api, api_key_for, seed
+) -> None:
+    department = await seed.department()
+    key = await api_key_for("operator")
+    body = {"interval_seconds": 3600, "keep_last": 24, "keep_daily": 7, "keep_weekly": 4}
+    put = await api.put(
+        f"/v1/departments/{department.id}/backup-policy", json=body, headers=auth(key)
+    )
+    assert put.status_code == 200 and put.json()["keep_monthly"] == 0
+    listed = (await api.get("/v1/policies", headers=auth(key))).json()
+    assert any(p["is_default"] for p in listed)
+    assert {
+        **body,
+        "keep_monthly": 0,
+        "department_id": str(department.id),
+        "is_default": False,
+    } in listed
+
+
+async def test_final_backup_job_from_provisioning_snapshots_a_deleting_mailbox(
+    api, api_key_for, seed, corpus
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890", status=MailboxStatus.DELETING)
+    await helpers.append(mailbox.address, "INBOX", corpus(3))
+    await queue.enqueue(
+        "backup", "final_backup", job_id=f"final-backup:{mailbox.id}", mailbox_id=str(mailbox.id)
+    )
+    await run_backup_worker()
+    key = await api_key_for("viewer")
+    listed = (await api.get(f"/v1/snapshots?mailbox_id={mailbox.id}", headers=auth(key))).json()
+    assert [x["message_count"] for x in listed] == [3]

@@ -1,0 +1,124 @@
+"""A worker killed mid-backup leaves no damage; the rerun completes; verify finds bad bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import pytest
+from sqlalchemy import func, select
+
+from services.backup import service
+from services.backup.engine.storage import LocalPackStorage
+from shared.db import unit_of_work
+from shared.models.backup import (
+    BackupBlob,
+    BackupMessage,
+    BackupScope,
+    JobStatus,
+    Snapshot,
+    SnapshotStatus,
+    VerifyRun,
+)
+from tests.backup import helpers
+
+pytestmark = pytest.mark.usefixtures("mail_stack")
+
+WORKER = """
+import asyncio, sys, uuid
+from services.backup import service
+asyncio.run(service.execute_backup_run(uuid.UUID(sys.argv[1])))
+"""
+
+
+async def pending_rows(mailbox_id) -> int:
+    async with unit_of_work() as session:
+        return int(
+            await session.scalar(
+                select(func.count())
+                .select_from(BackupMessage)
+                .join(
+                    Snapshot,
+                    (Snapshot.mailbox_id == BackupMessage.mailbox_id)
+                    & (Snapshot.seq == BackupMessage.since_seq),
+                )
+                .where(
+                    BackupMessage.mailbox_id == mailbox_id,
+                    Snapshot.status == SnapshotStatus.PENDING.value,
+                )
+            )
+        )
+
+
+async def verify() -> VerifyRun:
+    async with unit_of_work() as session:
+        run = VerifyRun(status=JobStatus.QUEUED.value, fraction=1.0)
+        session.add(run)
+        await session.flush()
+        run_id = run.id
+    await service.execute_verify(run_id)
+    async with unit_of_work() as session:
+        found = await session.get(VerifyRun, run_id)
+        assert found is not None
+        return found
+
+
+async def test_killed_backup_reruns_to_completion_and_verify_reports_corruption_by_mailbox(
+    seed, storage, corpus
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    messages = corpus(400, seed=13)
+    await helpers.append(mailbox.address, "INBOX", messages)
+    before = await helpers.state(mailbox.address)
+    async with unit_of_work() as session:
+        run = await service.create_run(session, scope=BackupScope.MAILBOX, mailbox_id=mailbox.id)
+        run_id = run.id
+
+    worker = await asyncio.create_subprocess_exec(sys.executable, "-c", WORKER, str(run_id))
+    try:
+        for _ in range(600):
+            if await pending_rows(mailbox.id) > 0 or worker.returncode is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert worker.returncode is None, "the backup finished before it could be killed"
+        worker.send_signal(signal.SIGKILL)
+    finally:
+        await worker.wait()
+    assert await pending_rows(mailbox.id) > 0
+
+    assert await service.execute_backup_run(run_id) == "succeeded"
+    async with unit_of_work() as session:
+        snapshots = (
+            await session.scalars(select(Snapshot).where(Snapshot.mailbox_id == mailbox.id))
+        ).all()
+    assert [(x.status, x.message_count) for x in snapshots] == [("committed", 400)]
+    assert await helpers.state(mailbox.address) == before
+
+    clean = await verify()
+    assert (clean.status, clean.blobs_damaged) == ("succeeded", 0)
+    assert clean.blobs_checked >= 400
+
+    async with unit_of_work() as session:
+        blob = await session.scalar(
+            select(BackupBlob)
+            .join(BackupMessage, BackupMessage.blob_hash == BackupBlob.hash)
+            .where(BackupMessage.mailbox_id == mailbox.id)
+            .limit(1)
+        )
+        assert blob is not None
+    assert isinstance(storage, LocalPackStorage)
+    path = storage.path(blob.pack_id)
+    data = bytearray(path.read_bytes())
+    data[blob.offset + blob.length // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    try:
+        damaged = await verify()
+        assert (damaged.status, damaged.blobs_damaged) == ("failed", 1)
+        [report] = damaged.damage
+        assert report["blob"] == bytes(blob.hash).hex()
+        assert [m["mailbox_id"] for m in report["mailboxes"]] == [str(mailbox.id)]
+        assert report["mailboxes"][0]["snapshot_ids"] == [str(snapshots[0].id)]
+    finally:
+        data[blob.offset + blob.length // 2] ^= 0xFF
+        path.write_bytes(bytes(data))

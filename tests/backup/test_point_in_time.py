@@ -1,0 +1,45 @@
+"""Restoring `at` a point in time gives exactly the snapshot of that time."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.backup import schemas as s
+from services.backup import service
+from services.backup.engine.backup import backup_mailbox
+from shared.db import unit_of_work
+from tests.backup import helpers
+from tests.backup.test_fidelity import OPERATOR
+
+pytestmark = pytest.mark.usefixtures("mail_stack")
+
+
+async def test_restore_at_snapshot_one_gives_exactly_its_messages(seed, storage, corpus) -> None:
+    department = await seed.department()
+    mailbox = await seed.mailbox("pw-1234567890", department=department)
+    await helpers.append(mailbox.address, "INBOX", corpus(10))
+    await helpers.append(mailbox.address, "Kunden/Zürich", corpus(4, seed=8))
+    at_one = await helpers.state(mailbox.address)
+    first, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+
+    await helpers.delete_messages(mailbox.address, "INBOX", uids="1:3")
+    await helpers.store_flags(mailbox.address, "Kunden/Zürich", "1", "+FLAGS (\\Answered)")
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    await helpers.append(mailbox.address, "INBOX", corpus(5, seed=21))
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+
+    fresh = await seed.mailbox("pw-1234567890", department=department)
+    async with unit_of_work() as session:
+        job = await service.request_restore(
+            session,
+            actor=OPERATOR,
+            data=s.RestoreRequest(
+                mailbox_id=mailbox.id,
+                at=first.completed_at,
+                target=s.RestoreTarget(mode="mailbox", mailbox_id=fresh.id),
+            ),
+        )
+        assert job.snapshot_id == first.id
+        job_id = job.id
+    assert await service.execute_restore(job_id) == "succeeded"
+    assert await helpers.state(fresh.address) == at_one

@@ -1,0 +1,74 @@
+"""Retention keeps the last N and the newest per day/week/month; prune frees unused data."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from services.backup import service
+from services.backup.engine.backup import backup_mailbox
+from shared.db import unit_of_work
+from shared.models.backup import BackupBlob, BackupPolicy, Snapshot
+from tests.backup import helpers
+
+
+def snap(when: datetime) -> Snapshot:
+    return Snapshot(id=uuid.uuid4(), completed_at=when)
+
+
+def test_policy_keeps_last_n_and_newest_of_each_day_week_and_month() -> None:
+    now = datetime(2024, 6, 30, 23, 0, tzinfo=UTC)
+    hourly = [snap(now - timedelta(hours=h)) for h in range(24 * 70)]
+    policy = service.Policy(
+        3600, keep_last=5, keep_daily=3, keep_weekly=2, keep_monthly=3, is_default=False
+    )
+    kept = service.retained(hourly, policy)
+    kept_times = sorted((s.completed_at for s in hourly if s.id in kept), reverse=True)
+    assert kept_times[:5] == [now - timedelta(hours=h) for h in range(5)]
+    days = {t.date() for t in kept_times}
+    assert {now.date() - timedelta(days=d) for d in range(3)} <= days
+    assert len(kept) == 5 + 2 + 1 + 2  # 2 more days, 1 more week (Sunday's is a day), 2 months
+
+
+@pytest.mark.usefixtures("mail_stack")
+async def test_prune_removes_expired_snapshots_and_then_unreferenced_blobs(
+    seed, storage, corpus
+) -> None:
+    department = await seed.department()
+    mailbox = await seed.mailbox("pw-1234567890", department=department)
+    async with unit_of_work() as session:
+        session.add(
+            BackupPolicy(
+                department_id=department.id,
+                interval_seconds=3600,
+                keep_last=1,
+                keep_daily=0,
+                keep_weekly=0,
+                keep_monthly=0,
+            )
+        )
+    only_old = corpus(3, seed=31)
+    await helpers.append(mailbox.address, "INBOX", only_old)
+    first, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    await helpers.delete_messages(mailbox.address, "INBOX")
+    await helpers.append(mailbox.address, "INBOX", corpus(2, seed=32))
+    second, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+
+    result = await service.prune()
+    assert result.snapshots >= 1 and result.blobs >= 3
+    async with unit_of_work() as session:
+        left = (
+            await session.scalars(select(Snapshot.id).where(Snapshot.mailbox_id == mailbox.id))
+        ).all()
+        import hashlib
+
+        old_blobs = await session.scalar(
+            select(func.count())
+            .select_from(BackupBlob)
+            .where(BackupBlob.hash.in_([hashlib.sha256(m[0]).digest() for m in only_old]))
+        )
+    assert list(left) == [second.id] and old_blobs == 0
+    assert first.id not in left

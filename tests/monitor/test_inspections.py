@@ -1,0 +1,83 @@
+"""Quota and backup freshness, and the daily report that lists what needs follow-up."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.monitor.checks import CHECKS, CheckContext
+from shared.db import unit_of_work
+from shared.imap import check, imap_session
+from shared.models.backup import BackupPolicy, Snapshot
+from shared.settings import Settings
+from tests.mail import message
+from tests.monitor.conftest import Api
+
+pytestmark = pytest.mark.usefixtures("mail_stack")
+
+
+async def fill(address: str, settings: Settings, size: int) -> None:
+    """APPEND one message of about `size` bytes (as the master user)."""
+    async with imap_session(address, settings=settings) as client:
+        body = message(address, "filler", "x" * 76 + "\n") + b"y" * size
+        check(await client.append(body, mailbox="INBOX"), "APPEND")
+
+
+async def test_mailbox_past_80_percent_of_quota_shows_in_the_quota_check_and_daily_report(
+    settings: Settings, seed, operator: Api
+) -> None:
+    full = await seed.mailbox("pw-1234567890", quota_bytes=200_000)
+    await fill(full.address, settings, 170_000)
+    outcome = (await CHECKS["quota"].run(CheckContext(settings))).outcome
+    assert outcome.status in ("warn", "fail"), outcome.message
+    (entry,) = [m for m in outcome.details["near_quota"] if m["address"] == full.address]
+    assert entry["level"] == "warn" and 0.8 <= entry["ratio"] < 0.95
+    assert {g.name for g in outcome.gauges} >= {"mailops_mailboxes_over_quota_ratio"}
+
+    response = await operator.post("/v1/reports", {"kind": "daily"})
+    assert response.status_code == 201, response.text
+    report = response.json()
+    assert full.address in [m["address"] for m in report["body"]["near_quota"]]
+    assert {c["name"] for c in report["body"]["checks"]} == set(CHECKS)
+    page = await operator.get(f"/v1/reports/{report['id']}", headers={"Accept": "text/html"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert full.address in page.text and "Mailboxes near quota" in page.text
+
+
+async def test_mailbox_whose_last_snapshot_is_older_than_its_policy_shows_as_stale(
+    settings: Settings, seed, operator: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "monitor_backup_grace_seconds", 0)
+    department = await seed.department()
+    stale = await seed.mailbox("pw-1234567890", department=department)
+    fresh = await seed.mailbox("pw-1234567890", department=department)
+    now = datetime.now(UTC)
+    async with unit_of_work() as session:
+        session.add(
+            BackupPolicy(
+                department_id=department.id,
+                interval_seconds=3600,
+                keep_last=1,
+                keep_daily=0,
+                keep_weekly=0,
+                keep_monthly=0,
+            )
+        )
+        for mailbox, age in ((stale, timedelta(hours=2)), (fresh, timedelta(minutes=10))):
+            session.add(
+                Snapshot(mailbox_id=mailbox.id, seq=1, status="committed", completed_at=now - age)
+            )
+    outcome = (await CHECKS["backup_freshness"].run(CheckContext(settings))).outcome
+    assert outcome.status == "fail", outcome.message
+    stale_addresses = [m["address"] for m in outcome.details["stale"]]
+    assert stale.address in stale_addresses and fresh.address not in stale_addresses
+    (entry,) = [m for m in outcome.details["stale"] if m["address"] == stale.address]
+    assert entry["interval_seconds"] == 3600 and entry["age_seconds"] >= 7200
+    oldest = [g for g in outcome.gauges if g.name == "mailops_backup_oldest_age_seconds"]
+    assert oldest and oldest[0].value >= 7200
+
+    report = (await operator.post("/v1/reports", {"kind": "weekly"})).json()
+    assert stale.address in [m["address"] for m in report["body"]["stale_backups"]]
+    listed = (await operator.get("/v1/reports", params={"kind": "weekly"})).json()
+    assert [r["id"] for r in listed] == [report["id"]]
