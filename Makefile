@@ -58,8 +58,8 @@ format: venv ## Reformat and autofix
 test: venv mail-packages services lint ## Lint, then every test against real PostgreSQL, Redis, Dovecot, Postfix
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-bench: venv mail-packages services ## Run the benchmarks side by side with the peer tools
-	$(PY) bench/run.py
+bench: venv mail-packages services ## Benchmarks vs the peer tools (BENCH="backup monitor" for some)
+	$(PY) bench/run.py $(BENCH)
 
 lock: ## Refresh requirements.lock from pyproject.toml
 	rm -rf /tmp/mailops-lock && python3 -m venv /tmp/mailops-lock

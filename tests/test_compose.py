@@ -85,7 +85,9 @@ def test_every_named_volume_is_declared_and_mounted_at_the_state_dir() -> None:
             assert volume in declared, f"{name} mounts undeclared volume {volume}"
             used.add(volume)
             if name != "postgres":
-                assert target == state_dir, f"{name} mounts {volume} off the state dir"
+                assert target == state_dir or target.startswith(state_dir + "/"), (
+                    f"{name} mounts {volume} outside the state dir"
+                )
     assert used == declared, f"declared but unused: {declared - used}"
 
 
@@ -101,6 +103,26 @@ def test_dependencies_wait_for_health_of_services_that_have_a_healthcheck() -> N
             else:
                 assert condition == "service_completed_successfully"
                 assert SERVICES[dependency].get("restart") == "no"
+
+
+def test_a_volume_is_mounted_at_the_same_path_wherever_it_is_shared() -> None:
+    targets: dict[str, set[str]] = {}
+    for service in SERVICES.values():
+        for mount in service.get("volumes", []):
+            volume, target = mount.split(":")[:2]
+            targets.setdefault(volume, set()).add(target)
+    assert all(len(paths) == 1 for paths in targets.values()), targets
+
+
+def test_services_sharing_an_image_build_it_from_the_same_target() -> None:
+    targets: dict[str, set[str]] = {}
+    for service in SERVICES.values():
+        if "build" in service:
+            targets.setdefault(service["image"], set()).add(service["build"]["target"])
+    assert all(len(t) == 1 for t in targets.values()), targets
+    for name, service in SERVICES.items():
+        image = service.get("image", "")
+        assert image in targets or ":" in image, f"{name} uses an image nothing builds"
 
 
 def test_every_image_builds_from_a_dockerfile_target_that_exists() -> None:
