@@ -103,6 +103,15 @@ def visible_departments(principal: Principal) -> set[uuid.UUID] | None:
     return None
 
 
+def require_visible(principal: Principal, department_id: uuid.UUID) -> None:
+    """403 unless the principal may read the department's data."""
+    visible = visible_departments(principal)
+    if visible is not None and department_id not in visible:
+        raise Forbidden(
+            "this API key is not scoped to that department", code="department_out_of_scope"
+        )
+
+
 def require_scope(principal: Principal, department_id: uuid.UUID) -> None:
     if not principal.can_act_in(department_id):
         raise Forbidden(
@@ -161,11 +170,7 @@ async def get_department(
     department = await repository.department(session, department_id, lock=lock)
     if department is None:
         raise NotFound(f"no department {department_id}")
-    visible = visible_departments(principal)
-    if visible is not None and department.id not in visible:
-        raise Forbidden(
-            "this API key is not scoped to that department", code="department_out_of_scope"
-        )
+    require_visible(principal, department.id)
     return department
 
 
@@ -414,11 +419,7 @@ async def get_mailbox(
     mailbox = await repository.mailbox(session, mailbox_id, lock=lock)
     if mailbox is None or mailbox.status == MailboxStatus.PURGED:
         raise NotFound(f"no mailbox {mailbox_id}")
-    visible = visible_departments(principal)
-    if visible is not None and mailbox.department_id not in visible:
-        raise Forbidden(
-            "this API key is not scoped to the mailbox's department", code="department_out_of_scope"
-        )
+    require_visible(principal, mailbox.department_id)
     return mailbox
 
 
@@ -904,11 +905,7 @@ async def get_request(
     request = await repository.request(session, request_id, lock=lock)
     if request is None:
         raise NotFound(f"no request {request_id}")
-    visible = visible_departments(principal)
-    if visible is not None and request.department_id not in visible:
-        raise Forbidden(
-            "this API key is not scoped to the request's department", code="department_out_of_scope"
-        )
+    require_visible(principal, request.department_id)
     return request
 
 
