@@ -278,7 +278,14 @@ def start_dovecot(settings: Settings, paths: StackPaths) -> None:
         )
         out.seek(0)
         if result.returncode != 0:
-            raise StackError(f"dovecot failed to start: {out.read().strip()}")
+            output = out.read().strip()
+            hint = (
+                "\nanother stack or mail server holds these ports: stop it, or set "
+                "MAILOPS_IMAP_PORT / _LMTP_PORT / _SIEVE_PORT to free ones"
+                if "Address already in use" in output
+                else ""
+            )
+            raise StackError(f"dovecot failed to start: {output}{hint}")
     _wait_for(
         "dovecot IMAP",
         lambda: port_answers(settings.mail_host, settings.imap_port, b"* OK"),
