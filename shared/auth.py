@@ -63,7 +63,9 @@ class Principal:
         return department_id in self.department_ids
 
 
-SessionDep = Annotated[AsyncSession, Depends(transaction)]
+# scope="function": commit before the response is sent, so a client that got its 201 can
+# read what it made (FastAPI would otherwise finish the dependency after sending).
+SessionDep = Annotated[AsyncSession, Depends(transaction, scope="function")]
 
 
 async def current_principal(request: Request, session: SessionDep) -> Principal:

@@ -1,21 +1,22 @@
 """Dovecot-ready password hashes and strong generated passwords.
 
-Hashes are argon2id at one of OWASP's recommended minimum costs (12 MiB, 3 passes, 1 lane;
-~16 ms of CPU here). Dovecot verifies the same string at every login, so the cost is paid
-twice per new account; generated passwords carry 128+ bits of entropy, which no hash cost
-needs to make up for.
+Every password mailops stores is a secret it generated itself (132+ bits of entropy for
+mailboxes) or a machine secret from settings (the master user), never a human's choice.
+A slow hash (argon2, bcrypt) exists to make guessing weak human passwords expensive; for
+these it buys nothing and costs ~16 ms of CPU in the API and again in Dovecot at every
+login (measured in docs/benchmarks.md). So hashes are salted SHA-512 in Dovecot's
+`{SSHA512}` scheme: base64(SHA-512(password + salt) + salt).
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
+import hashlib
+import hmac
 import secrets
 
-from argon2 import PasswordHasher
-from argon2.exceptions import VerificationError
-
-DOVECOT_SCHEME = "{ARGON2ID}"
-_hasher = PasswordHasher(time_cost=3, memory_cost=12288, parallelism=1)
+DOVECOT_SCHEME = "{SSHA512}"
+_SALT_BYTES = 16
 
 
 def generate_password() -> str:
@@ -24,19 +25,15 @@ def generate_password() -> str:
 
 
 def hash_password(password: str) -> str:
-    """The Dovecot-ready hash, e.g. `{ARGON2ID}$argon2id$v=19$m=12288,t=3,p=1$...`."""
-    return DOVECOT_SCHEME + _hasher.hash(password)
-
-
-async def hash_password_async(password: str) -> str:
-    """`hash_password` off the event loop: argon2 is CPU work."""
-    return await asyncio.to_thread(hash_password, password)
+    """The Dovecot-ready hash, e.g. `{SSHA512}base64...`."""
+    salt = secrets.token_bytes(_SALT_BYTES)
+    digest = hashlib.sha512(password.encode() + salt).digest()
+    return DOVECOT_SCHEME + base64.b64encode(digest + salt).decode()
 
 
 def verify_password(password_hash: str, password: str) -> bool:
     if not password_hash.startswith(DOVECOT_SCHEME):
         return False
-    try:
-        return _hasher.verify(password_hash.removeprefix(DOVECOT_SCHEME), password)
-    except VerificationError:
-        return False
+    raw = base64.b64decode(password_hash.removeprefix(DOVECOT_SCHEME))
+    digest, salt = raw[:64], raw[64:]
+    return hmac.compare_digest(digest, hashlib.sha512(password.encode() + salt).digest())

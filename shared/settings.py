@@ -145,6 +145,11 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"MAILOPS_{name.upper()} is a placeholder; set a real secret in production"
                 )
+            # Hashed with salted SHA-512 (see shared/passwords.py): long random secrets only.
+            if len(secret.get_secret_value()) < 24:
+                raise ValueError(
+                    f"MAILOPS_{name.upper()} must be a random secret of 24 or more characters"
+                )
         return self
 
     @property

@@ -118,3 +118,18 @@ def test_logs_never_show_passwords_keys_or_bodies() -> None:
     for secret in ("hunter2", "mo_secretkey", "mo_abc", "Dear Bob"):
         assert secret not in line
     assert "a@b.test" in line
+
+
+def test_production_refuses_placeholder_and_short_secrets() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from shared.settings import Settings
+
+    strong = {"master_password": "m" * 32, "credential_secret": "c" * 32, "backup_key": "b" * 64}
+    for name, weak in (
+        ("master_password", "mailops-dev-master-password"),
+        ("credential_secret", "short"),
+    ):
+        with pytest.raises(ValidationError, match=name.upper()):
+            Settings(environment="production", **{**strong, name: weak})

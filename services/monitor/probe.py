@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from services.monitor import repository
 from shared.db import unit_of_work
 from shared.models import Department, Mailbox, MailboxStatus
-from shared.passwords import generate_password, hash_password_async
+from shared.passwords import generate_password, hash_password
 from shared.settings import Settings
 
 PROBE_DEPARTMENT = repository.PROBE_DEPARTMENT
@@ -66,7 +66,7 @@ async def _ensure(settings: Settings) -> str:
                 domain_id=domain.id,
                 department_id=department.id,
                 display_name="mailops monitor probe",
-                password_hash=await hash_password_async(generate_password()),
+                password_hash=hash_password(generate_password()),
                 quota_bytes=PROBE_QUOTA_BYTES,
                 status=MailboxStatus.ACTIVE.value,
             )

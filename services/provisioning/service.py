@@ -42,7 +42,7 @@ from shared.models.provisioning import (
     RequestStatus,
     RuleStatus,
 )
-from shared.passwords import hash_password_async
+from shared.passwords import hash_password
 from shared.queue import enqueue_after_commit
 from shared.settings import get_settings
 
@@ -279,7 +279,7 @@ def mailbox_out(mailbox: Mailbox, credential: s.CredentialOut | None = None) -> 
 async def _issue_credential(session: AsyncSession, mailbox: Mailbox) -> s.CredentialOut:
     """Derive a new password for the mailbox's generation; store its hash and a pickup."""
     token = credentials.pickup_token(mailbox.id, mailbox.credential_generation)
-    mailbox.password_hash = await hash_password_async(credentials.password_for(token))
+    mailbox.password_hash = hash_password(credentials.password_for(token))
     expires_at = datetime.now(UTC) + timedelta(seconds=get_settings().credential_ttl_seconds)
     session.add(
         CredentialPickup(

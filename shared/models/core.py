@@ -97,7 +97,7 @@ class Department(Base):
 
 
 class Mailbox(Base):
-    """One user's mailbox; `password_hash` is Dovecot-ready (`{ARGON2ID}$argon2id$...`)."""
+    """One user's mailbox; `password_hash` is Dovecot-ready (`{SSHA512}...`)."""
 
     __tablename__ = "mailboxes"
     __table_args__ = (
