@@ -45,7 +45,8 @@ async def prepare_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
         if mailbox is None or mailbox.status != MailboxStatus.PROVISIONING:
             return "nothing to do"
         try:
-            async with imap_session(mailbox.address) as client:
+            # By id: works for internationalised addresses too (see sql.conf.ext).
+            async with imap_session(str(mailbox.id)) as client:
                 listing = check(await client.list('""', "*"), "LIST")
         except ImapError as exc:
             mailbox.status_reason = f"mail server not ready (try {ctx.get('job_try', 1)}): {exc}"

@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from shared import queue
-from tests.provisioning.conftest import Api, address_in
+from tests.provisioning.conftest import Api, address_in, run_worker
 
 
 async def test_fifty_parallel_creates_against_room_for_ten_give_exactly_ten(
@@ -148,10 +147,9 @@ async def test_an_internationalised_address_is_accepted(admin: Api) -> None:
     )
     assert response.status_code == 201, response.text
     assert response.json()["address"] == f"jürgen@{domain}"
-    # IMAP LOGIN cannot carry a UTF-8 user name (no UTF8=ACCEPT in aioimaplib), so its
-    # preparation job would retry for minutes; it is not what this test is about.
-    pool = await queue.get_pool()
-    await pool.zrem(queue.queue_name("provisioning"), f"prepare-mailbox:{response.json()['id']}")
+    await run_worker()
+    mailbox = (await admin.get(f"/v1/mailboxes/{response.json()['id']}")).json()
+    assert mailbox["status"] == "active", mailbox
 
 
 async def test_a_body_that_is_not_json_is_422_not_500(admin: Api) -> None:
