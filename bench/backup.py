@@ -8,6 +8,10 @@ mailboxes over IMAP, then times (a) full backup vs mbsync full pull, (b) a secon
 nothing changed, (c) restore into empty mailboxes vs mbsync push, and reports (d) store
 size vs the Maildir and the backup process's peak RSS. mailops phases run in a child
 process so their peak RSS is their own. Prints a Markdown table of ratios.
+
+Where the time goes: MAILOPS_BENCH_PROFILE=DIR writes a cProfile of each mailops phase to
+DIR (slows Python code ~2x: ratios from such a run are not comparable); MAILOPS_BENCH_SAMPLE=
+PREFIX writes every thread's innermost frame, sampled each 5 ms, to PREFIX-<phase>-N.txt.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -237,6 +242,36 @@ async def phase_restore(pairs: list[tuple[str, str, str]]) -> dict[str, float]:
     return {"seconds": time.perf_counter() - started}
 
 
+def _sampled(main: Any, out: Path) -> dict[str, float]:
+    import collections
+    import threading
+
+    counts: collections.Counter[str] = collections.Counter()
+    done = threading.Event()
+    main_id = threading.get_ident()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            for ident, frame in sys._current_frames().items():
+                if ident == threading.get_ident():
+                    continue
+                where = f"{frame.f_code.co_filename.split('/')[-1]}:{frame.f_code.co_name}"
+                ours = frame
+                while ours is not None and "/work/" not in ours.f_code.co_filename:
+                    ours = ours.f_back
+                mine = f"{ours.f_code.co_name}:{ours.f_lineno}" if ours is not None else "-"
+                counts[f"{'main' if ident == main_id else 'thread'} {where} <- {mine}"] += 1
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        return dict(asyncio.run(main()))
+    finally:
+        done.set()
+        total = sum(counts.values()) or 1
+        out.write_text("".join(f"{n / total:6.1%} {n:6d} {k}\n" for k, n in counts.most_common(60)))
+
+
 def child(phase: str, argument: str) -> None:
     from shared.db import get_engine
 
@@ -248,7 +283,21 @@ def child(phase: str, argument: str) -> None:
         finally:
             await get_engine().dispose()
 
-    result = asyncio.run(main())
+    profile_dir = os.environ.get("MAILOPS_BENCH_PROFILE")
+    sample_file = os.environ.get("MAILOPS_BENCH_SAMPLE")
+    if sample_file:  # a low-overhead sampler: every thread's innermost frame each 5 ms
+        n = len(list(Path(sample_file).parent.glob(f"{Path(sample_file).name}-{phase}-*")))
+        result = _sampled(main, Path(f"{sample_file}-{phase}-{n}.txt"))
+    elif profile_dir:  # cProfile the phase: MAILOPS_BENCH_PROFILE=DIR writes DIR/<phase>-N.prof
+        import cProfile
+
+        with cProfile.Profile() as profiler:
+            result = asyncio.run(main())
+        out = Path(profile_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(out / f"{phase}-{len(list(out.glob(phase + '-*')))}.prof")
+    else:
+        result = asyncio.run(main())
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 

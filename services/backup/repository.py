@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Table, and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
@@ -26,6 +26,10 @@ from shared.models.backup import (
     SnapshotStatus,
     VerifyRun,
 )
+
+# Core statements on the tables for bulk inserts: the ORM's bulk path costs far more CPU.
+_MESSAGES = cast(Table, BackupMessage.__table__)
+_BLOBS = cast(Table, BackupBlob.__table__)
 
 # Mailboxes whose mail Dovecot still serves to the master user, so they can be backed up.
 BACKED_UP_STATUSES = (
@@ -414,8 +418,10 @@ MESSAGE_COPY_FIELDS = (
 
 
 async def insert_messages(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """A Core executemany on the table (the ORM's bulk path costs ~10x the CPU per row);
+    every row must carry the same keys."""
     if rows:
-        await session.execute(insert(BackupMessage), list(rows))
+        await session.execute(insert(_MESSAGES), list(rows))
 
 
 async def known_by_identity(
@@ -454,7 +460,7 @@ async def record_pack(session: AsyncSession, pack_id: uuid.UUID, size: int) -> N
 async def insert_blobs(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         await session.execute(
-            pg_insert(BackupBlob).on_conflict_do_nothing(index_elements=[BackupBlob.hash]),
+            pg_insert(_BLOBS).on_conflict_do_nothing(index_elements=[BackupBlob.hash]),
             list(rows),
         )
 
@@ -462,24 +468,23 @@ async def insert_blobs(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
 async def commit_snapshot(session: AsyncSession, snapshot_id: uuid.UUID, seq: int) -> Snapshot:
     snap = await session.get(Snapshot, snapshot_id)
     assert snap is not None
-    counts = (
-        await session.execute(
-            select(func.count(), func.coalesce(func.sum(BackupMessage.size), 0)).where(
-                BackupMessage.mailbox_id == snap.mailbox_id, BackupMessage.until_seq.is_(None)
-            )
-        )
-    ).one()
-    snap.folder_count = int(
-        await session.scalar(
-            select(func.count())
-            .select_from(BackupFolder)
-            .where(BackupFolder.mailbox_id == snap.mailbox_id, BackupFolder.until_seq.is_(None))
-        )
-        or 0
+    messages = (
+        select(func.count(), func.coalesce(func.sum(BackupMessage.size), 0))
+        .where(BackupMessage.mailbox_id == snap.mailbox_id, BackupMessage.until_seq.is_(None))
+        .subquery()
     )
-    snap.message_count, snap.total_bytes = int(counts[0]), int(counts[1])
+    folders = (
+        select(func.count())
+        .select_from(BackupFolder)
+        .where(BackupFolder.mailbox_id == snap.mailbox_id, BackupFolder.until_seq.is_(None))
+        .scalar_subquery()
+    )
+    # One round trip for the counts and the clock.
+    row = (await session.execute(select(messages, folders, func.clock_timestamp()))).one()
+    snap.message_count, snap.total_bytes = int(row[0]), int(row[1])
+    snap.folder_count = int(row[2] or 0)
     snap.status = SnapshotStatus.COMMITTED.value
-    snap.completed_at = await session.scalar(select(func.clock_timestamp()))
+    snap.completed_at = row[3]
     return snap
 
 

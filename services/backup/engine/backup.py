@@ -11,6 +11,7 @@ recorded without a download. The snapshot is committed after its blobs are fsync
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -24,6 +25,8 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import parsedate_to_datetime
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.backup import repository
 from services.backup.engine import utf7
@@ -104,11 +107,25 @@ def _header_text(message: Any, name: str) -> str:
     value = message.get(name)
     if value is None:
         return ""
-    try:
-        text = str(make_header(decode_header(str(value))))
-    except Exception:  # malformed encoded words: keep the raw header
-        text = str(value)
+    text = str(value)
+    if not text.isascii() or "=?" in text:  # plain ASCII has nothing to decode
+        try:
+            text = str(make_header(decode_header(text)))
+        except Exception:  # malformed encoded words: keep the raw header
+            text = str(value)
     return _SPACES.sub(" ", text).replace("\x00", "").strip()[:2000]
+
+
+def _message_id(header: bytes) -> str:
+    """envelope(header)["message_id"] for the answer to `BODY.PEEK[HEADER.FIELDS
+    (MESSAGE-ID)]`, without the email parser when it is one plain ASCII line."""
+    lines = header.rstrip(b"\r\n").split(b"\r\n")
+    if len(lines) == 1 and header.isascii() and b"=?" not in header:
+        name, colon, value = lines[0].partition(b":")
+        if colon and name.lower() == b"message-id":
+            text = value.decode("ascii")
+            return _SPACES.sub(" ", text).replace("\x00", "").strip()[:2000]
+    return str(envelope(header)["message_id"])
 
 
 def envelope(data: bytes) -> dict[str, Any]:
@@ -157,7 +174,7 @@ def _parse_meta(response: Untagged) -> _Meta | None:
         flags=_flags(items.get("FLAGS")),
         internal_date=parse_internaldate(as_str(items["INTERNALDATE"])),
         size=int(items.get("RFC822.SIZE", 0)),
-        message_id=envelope(bytes(header or b""))["message_id"],
+        message_id=_message_id(bytes(header or b"")),
     )
 
 
@@ -176,17 +193,38 @@ def _batches(metas: Sequence[_Meta]) -> Iterator[list[_Meta]]:
 
 
 @asynccontextmanager
-async def mailbox_lock(mailbox_id: uuid.UUID) -> AsyncIterator[None]:
+async def mailbox_lock(mailbox_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
     """One backup of a mailbox at a time, across workers (a PostgreSQL advisory lock that
-    the server drops if the holder dies)."""
+    the server drops if the holder dies). Yields the connection holding the lock, on which
+    the run does its catalog work: one connection per run, no pool checkout per step."""
     key = f"backup:{mailbox_id}"
     async with get_engine().connect() as connection:
         await repository.advisory_lock(connection, key)
+        await connection.commit()  # a session-level lock: it outlives this transaction
         try:
-            yield
+            yield connection
         finally:
+            if connection.in_transaction():
+                await connection.rollback()
             # Pooled connections outlive this block: release the lock before returning it.
             await repository.advisory_unlock(connection, key)
+            await connection.commit()
+
+
+@asynccontextmanager
+async def _transaction(connection: AsyncConnection | None) -> AsyncIterator[AsyncSession]:
+    """A unit of work on `connection` (or a pooled one): commits, or rolls back on error."""
+    if connection is None:
+        async with unit_of_work() as session:
+            yield session
+        return
+    async with AsyncSession(bind=connection, expire_on_commit=False) as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
 
 
 class MailboxBackup:
@@ -200,8 +238,10 @@ class MailboxBackup:
         seq: int,
         storage: PackStorage,
         settings: Settings,
+        connection: AsyncConnection | None = None,
     ) -> None:
         self.mailbox_id = mailbox_id
+        self.connection = connection
         self.snapshot_id = snapshot_id
         self.seq = seq
         self.storage = storage
@@ -212,11 +252,13 @@ class MailboxBackup:
 
     # -------------------------------------------------------------- the run
 
-    async def run(self, imap: ImapConnection) -> None:
-        async with unit_of_work() as session:
-            current = {
-                f.name: f for f in await repository.current_folders(session, self.mailbox_id)
-            }
+    async def run(self, imap: ImapConnection, current: dict[str, Any] | None = None) -> None:
+        """`current`: the catalog's open folders by name, if the caller read them already."""
+        if current is None:
+            async with _transaction(self.connection) as session:
+                current = {
+                    f.name: f for f in await repository.current_folders(session, self.mailbox_id)
+                }
         try:
             for status in await self._list(imap):
                 previous = current.pop(status.name, None)
@@ -228,9 +270,10 @@ class MailboxBackup:
                 ):
                     continue
                 await self._sync_folder(imap, status, previous)
-            async with unit_of_work() as session:
-                for gone in current.values():
-                    await repository.close_folder(session, gone.id, self.seq)
+            if current:
+                async with _transaction(self.connection) as session:
+                    for gone in current.values():
+                        await repository.close_folder(session, gone.id, self.seq)
         finally:
             if self._pack is not None:
                 await asyncio.to_thread(self._pack.close)
@@ -284,7 +327,7 @@ class MailboxBackup:
             await self._sync_changes(imap, folder_id, previous.uidnext, previous.highestmodseq)
             first_new = int(previous.uidnext)
         else:
-            async with unit_of_work() as session:
+            async with _transaction(self.connection) as session:
                 if previous is not None:
                     await repository.close_folder(session, previous.id, self.seq)
                 folder_id = await repository.add_folder(
@@ -317,7 +360,7 @@ class MailboxBackup:
             uid = int(items.get("UID", 0))
             if 0 < uid < uidnext:
                 changed[uid] = _flags(items.get("FLAGS"))
-        async with unit_of_work() as session:
+        async with _transaction(self.connection) as session:
             await repository.close_messages(session, folder_id, vanished, self.seq)
             if not changed:
                 return
@@ -362,7 +405,7 @@ class MailboxBackup:
         return sorted((m for m in metas if m.uid in wanted), key=lambda m: m.uid)
 
     async def _store_new(self, imap: ImapConnection, folder_id: int, metas: list[_Meta]) -> None:
-        async with unit_of_work() as session:
+        async with _transaction(self.connection) as session:
             known = await repository.known_by_identity(
                 session, self.mailbox_id, [m.message_id for m in metas if m.message_id]
             )
@@ -383,11 +426,25 @@ class MailboxBackup:
             else:
                 to_fetch.append(meta)
         if rows:
-            async with unit_of_work() as session:
+            async with _transaction(self.connection) as session:
                 await repository.insert_messages(session, rows)
         small = [m for m in to_fetch if m.size <= FRAME_PLAINTEXT_BYTES]
-        for batch in _batches(small):
-            await self._store_batch(imap, folder_id, batch)
+        # One body batch in flight while the previous one is hashed, sealed, written and
+        # catalogued: the connection never idles during the CPU, fsync and DB work.
+        pending: asyncio.Task[dict[int, bytes]] | None = None
+        batches = list(_batches(small))
+        try:
+            for index, batch in enumerate(batches):
+                bodies = await (pending or self._fetch_bodies(imap, batch))
+                pending = None
+                if index + 1 < len(batches):
+                    pending = asyncio.create_task(self._fetch_bodies(imap, batches[index + 1]))
+                await self._store_batch(folder_id, batch, bodies)
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await pending
         for meta in to_fetch:
             if meta.size > FRAME_PLAINTEXT_BYTES:
                 await self._store_large(imap, folder_id, meta)
@@ -403,12 +460,13 @@ class MailboxBackup:
                 bodies[int(items["UID"])] = bytes(items["BODY[]"])
         return bodies
 
-    async def _store_batch(self, imap: ImapConnection, folder_id: int, batch: list[_Meta]) -> None:
-        bodies = await self._fetch_bodies(imap, batch)
+    async def _store_batch(
+        self, folder_id: int, batch: list[_Meta], bodies: dict[int, bytes]
+    ) -> None:
         present = [m for m in batch if m.uid in bodies]  # expunged meanwhile: not in snapshot
         data = [bodies[m.uid] for m in present]
         hashed = await asyncio.to_thread(_hash_all, data)
-        async with unit_of_work() as session:
+        async with _transaction(self.connection) as session:
             stored = await repository.existing_blobs(session, [h for h, _ in hashed])
         fresh: dict[bytes, bytes] = {}
         for (digest, _), body in zip(hashed, data, strict=True):
@@ -437,7 +495,7 @@ class MailboxBackup:
             }
             for meta, (digest, fields), body in zip(present, hashed, data, strict=True)
         ]
-        async with unit_of_work() as session:
+        async with _transaction(self.connection) as session:
             if blob_rows:
                 assert self._pack is not None
                 await repository.record_pack(session, self._pack.pack_id, self._pack.size)
@@ -513,7 +571,7 @@ class MailboxBackup:
         blob_hash = digest.digest()
         self.counters.messages_fetched += 1
         self.counters.bytes_read += offset
-        async with unit_of_work() as session:
+        async with _transaction(self.connection) as session:
             already = await repository.existing_blobs(session, [blob_hash])
         blob_rows: list[dict[str, Any]] = []
         if already:
@@ -531,7 +589,7 @@ class MailboxBackup:
                 }
             )
             self.counters.bytes_stored += pack.size - start
-        async with unit_of_work() as session:
+        async with _transaction(self.connection) as session:
             if blob_rows:
                 await repository.record_pack(session, pack.pack_id, pack.size)
                 await repository.insert_blobs(session, blob_rows)
@@ -569,8 +627,8 @@ async def backup_mailbox(
 ) -> tuple[Snapshot, BackupCounters]:
     """Back up the mailbox into a new committed snapshot; idempotent after a crash."""
     settings = settings or get_settings()
-    async with mailbox_lock(mailbox_id):
-        async with unit_of_work() as session:
+    async with mailbox_lock(mailbox_id) as connection:
+        async with _transaction(connection) as session:
             mailbox = await repository.mailbox(session, mailbox_id)
             if mailbox is None or mailbox.status not in repository.BACKED_UP_STATUSES:
                 raise MailboxUnavailable(
@@ -590,16 +648,18 @@ async def backup_mailbox(
             session.add(snap)
             await session.flush()
             snapshot_id = snap.id
+            current = {f.name: f for f in await repository.current_folders(session, mailbox_id)}
         job = MailboxBackup(
             mailbox_id=mailbox_id,
             snapshot_id=snapshot_id,
             seq=seq,
             storage=storage,
             settings=settings,
+            connection=connection,
         )
         async with master_connection(address, settings) as imap:
-            await job.run(imap)
-        async with unit_of_work() as session:
+            await job.run(imap, current)
+        async with _transaction(connection) as session:
             for folder_id, (uidnext, modseq) in job.folder_states.items():
                 await repository.set_folder_state(
                     session, folder_id, uidnext=uidnext, highestmodseq=modseq
