@@ -212,7 +212,7 @@ def _process_dir() -> Path:
 
 def _spawn(name: str, args: list[str]) -> None:
     pid_file = _process_dir() / f"{name}.pid"
-    if pid_file.exists() and _alive(int(pid_file.read_text())):
+    if mailstack.read_pid(pid_file) is not None:
         return
     log = get_settings().resolved_state_dir / "log" / f"{name}.log"
     with log.open("ab") as out:
@@ -224,14 +224,6 @@ def _spawn(name: str, args: list[str]) -> None:
             start_new_session=True,
         )
     pid_file.write_text(str(process.pid))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _wait_ready(url: str, timeout: float = 30.0) -> bool:
@@ -274,8 +266,7 @@ def up() -> None:
 def down() -> None:
     """Stop what `mailops up` started: APIs, workers and the mail stack."""
     for pid_file in sorted(_process_dir().glob("*.pid")):
-        pid = int(pid_file.read_text())
-        if _alive(pid):
+        if pid := mailstack.read_pid(pid_file):
             os.killpg(pid, signal.SIGTERM)
         pid_file.unlink()
     stack_down()

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,7 +202,8 @@ def port_answers(host: str, port: int, greeting: bytes, timeout: float = 2.0) ->
         return False
 
 
-def _read_pid(pid_file: Path) -> int | None:
+def read_pid(pid_file: Path) -> int | None:
+    """The pid in the file if that process is alive, else None."""
     try:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -233,7 +235,7 @@ def status(settings: Settings) -> list[DaemonStatus]:
     return [
         DaemonStatus(
             "dovecot",
-            _read_pid(paths.dovecot_pid_file),
+            read_pid(paths.dovecot_pid_file),
             {
                 "imap": (settings.imap_port, port_answers(host, settings.imap_port, b"* OK")),
                 "lmtp": (settings.lmtp_port, port_answers(host, settings.lmtp_port, b"220")),
@@ -242,7 +244,7 @@ def status(settings: Settings) -> list[DaemonStatus]:
         ),
         DaemonStatus(
             "postfix",
-            _read_pid(paths.postfix_pid_file),
+            read_pid(paths.postfix_pid_file),
             {
                 "smtp": (
                     settings.smtp_port,
@@ -253,10 +255,10 @@ def status(settings: Settings) -> list[DaemonStatus]:
     ]
 
 
-def _wait_for(check: str, condition: object, timeout: float, log: Path) -> None:
+def _wait_for(check: str, condition: Callable[[], bool], timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if callable(condition) and condition():
+        if condition():
             return
         time.sleep(0.1)
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
@@ -264,7 +266,7 @@ def _wait_for(check: str, condition: object, timeout: float, log: Path) -> None:
 
 
 def start_dovecot(settings: Settings, paths: StackPaths) -> None:
-    if _read_pid(paths.dovecot_pid_file) is not None:
+    if read_pid(paths.dovecot_pid_file) is not None:
         return
     dovecot = _require("dovecot")
     log = paths.log_dir / "dovecot-start.log"
@@ -295,7 +297,7 @@ def start_dovecot(settings: Settings, paths: StackPaths) -> None:
 
 
 def start_postfix(settings: Settings, paths: StackPaths) -> None:
-    if _read_pid(paths.postfix_pid_file) is not None:
+    if read_pid(paths.postfix_pid_file) is not None:
         return
     postfix = _require("postfix")
     _register_postfix_config_dir(paths.postfix_dir)
@@ -338,15 +340,15 @@ def run_foreground(settings: Settings, daemon: str) -> None:
 
 
 def _terminate(pid_file: Path, timeout: float = 10.0) -> None:
-    pid = _read_pid(pid_file)
+    pid = read_pid(pid_file)
     if pid is None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _read_pid(pid_file) == pid:
+    while time.monotonic() < deadline and read_pid(pid_file) == pid:
         time.sleep(0.05)
-    if _read_pid(pid_file) == pid:
+    if read_pid(pid_file) == pid:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

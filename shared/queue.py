@@ -71,16 +71,13 @@ async def close_pool() -> None:
         _pool = None
 
 
-async def enqueue(
-    service: str, function: str, *, job_id: str, defer_seconds: float = 0, **kwargs: Any
-) -> bool:
+async def enqueue(service: str, function: str, *, job_id: str, **kwargs: Any) -> bool:
     """Put `function(**kwargs)` on `service`'s queue; False if that job id is already there."""
     pool = await get_pool()
     job = await pool.enqueue_job(
         function,
         _job_id=job_id,
         _queue_name=queue_name(service),
-        _defer_by=defer_seconds or None,
         **kwargs,
     )
     return job is not None
@@ -92,14 +89,13 @@ def enqueue_after_commit(
     function: str,
     *,
     job_id: str,
-    defer_seconds: float = 0,
     **kwargs: Any,
 ) -> None:
     """Enqueue the job once `session` commits, so a worker never sees uncommitted state."""
     serialize(kwargs)  # fail now, inside the transaction, if the arguments are not JSON
 
     async def send() -> None:
-        await enqueue(service, function, job_id=job_id, defer_seconds=defer_seconds, **kwargs)
+        await enqueue(service, function, job_id=job_id, **kwargs)
 
     after_commit(session, send)
 

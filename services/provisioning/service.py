@@ -276,7 +276,7 @@ def mailbox_out(mailbox: Mailbox, credential: s.CredentialOut | None = None) -> 
     )
 
 
-async def _issue_credential(session: AsyncSession, mailbox: Mailbox) -> s.CredentialOut:
+def _issue_credential(session: AsyncSession, mailbox: Mailbox) -> s.CredentialOut:
     """Derive a new password for the mailbox's generation; store its hash and a pickup."""
     token = credentials.pickup_token(mailbox.id, mailbox.credential_generation)
     mailbox.password_hash = hash_password(credentials.password_for(token))
@@ -380,7 +380,7 @@ async def create_mailbox(
         forward_targets=[],
         forward_keep_copy=True,
     )
-    credential = await _issue_credential(session, mailbox)
+    credential = _issue_credential(session, mailbox)
     session.add(mailbox)
     try:
         await session.flush()
@@ -546,7 +546,7 @@ async def reset_password(
         raise Conflict(f"a {mailbox.status} mailbox gets no new password", code="invalid_state")
     await repository.forget_pickups(session, mailbox.id)
     mailbox.credential_generation += 1
-    credential = await _issue_credential(session, mailbox)
+    credential = _issue_credential(session, mailbox)
     await session.flush()
     audit.record(
         session,
