@@ -186,10 +186,12 @@ def worker(service: ServiceName) -> None:
     """Run one service's job worker (arq)."""
     import importlib
 
+    import uvloop
     from arq.worker import run_worker
 
     _check_service(service)
     module = importlib.import_module(f"services.{service}.worker")
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # as uvicorn runs the APIs
     run_worker(module.WorkerSettings)
 
 

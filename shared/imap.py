@@ -19,7 +19,8 @@ class ImapError(RuntimeError):
     """The IMAP server could not be reached or refused a command; the message says which."""
 
 
-def _quoted(value: str) -> str:
+def quoted(value: str) -> str:
+    """An IMAP quoted string."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -65,7 +66,7 @@ async def imap_session(
         else:
             login, secret = address, password
         # aioimaplib does not quote the user name; `*` in a master login needs quotes.
-        check(await client.login(_quoted(login), secret), f"LOGIN {address}")
+        check(await client.login(quoted(login), secret), f"LOGIN {address}")
         yield client
     finally:
         if client.get_state() in ("AUTH", "SELECTED"):

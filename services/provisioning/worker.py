@@ -16,4 +16,8 @@ WorkerSettings = worker_settings(
     [prepare_mailbox, deploy_rules, purge_mailbox, carry_out_request],
     cron_jobs=[cron(sweep, minute=set(range(0, 60, 5)), run_at_startup=True)],
     max_tries=8,
+    # A new hire waits for `active`: look for jobs every 50 ms (arq's default is 0.5 s), and
+    # prepare many at once, since each mostly waits on Dovecot.
+    poll_delay=0.05,
+    max_jobs=32,
 )
