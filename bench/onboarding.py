@@ -11,8 +11,7 @@ mailboxes at a time) and logs in over IMAP as the user.
 
 Starts its own database, Dovecot/Postfix on free loopback ports, one uvicorn provisioning
 API process and one provisioning worker process, and removes all of it at the end (also on
-failure or timeout). Prints a Markdown table; `--write-docs` puts it into
-docs/benchmarks.md in place of the section's "(pending)" line.
+failure or timeout). Prints a Markdown table for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -75,7 +74,6 @@ from shared.models import Role  # noqa: E402
 from shared.settings import get_settings  # noqa: E402
 
 DOMAIN = "onboarding.test"
-SECTION = "## Onboarding (provisioning) — `bench/onboarding.py`"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -442,27 +440,14 @@ def render(rows: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    doc = path.read_text()
-    head, marker, rest = doc.partition(SECTION)
-    if not marker or "(pending)" not in rest.split("\n## ", 1)[0]:
-        raise SystemExit("docs/benchmarks.md: no pending onboarding section to fill")
-    path.write_text(head + marker + rest.replace("(pending)", text, 1))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mailboxes", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     parser.add_argument("--timeout", type=float, default=900, help="give up after (s)")
-    parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
     rows = asyncio.run(run(args.mailboxes, args.concurrency, args.timeout))
-    text = render(rows)
-    print(text)
-    if args.write_docs:
-        write_docs(text)
+    print(render(rows))
 
 
 if __name__ == "__main__":
