@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from shared import mailstack
+from shared.imap import check, imap_session
 from shared.models import MailboxStatus
 from shared.settings import Settings
 from tests.conftest import Seed
@@ -36,6 +37,22 @@ async def test_mail_sent_over_smtp_arrives_in_the_inbox(seed: Seed, settings: Se
     assert await wait_for_subject(mailbox.address, subject)
 
 
+async def test_sessions_one_after_another_each_see_only_their_own_mailbox(
+    seed: Seed, settings: Settings
+) -> None:
+    # Dovecot's imap processes serve one session after another (service_count > 1).
+    first, second = await seed.mailbox("pw-first-123456"), await seed.mailbox("pw-second-12345")
+    for mailbox in (first, second):
+        send(settings, mailbox.address, f"for {mailbox.address}")
+        assert await wait_for_subject(mailbox.address, f"for {mailbox.address}")
+    for mailbox, password in [(first, "pw-first-123456"), (second, "pw-second-12345")] * 4:
+        async with imap_session(mailbox.address, password) as client:
+            check(await client.select("INBOX"), "SELECT")
+            fetched = check(await client.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])"), "")
+            subjects = [bytes(line).strip() for line in fetched.lines if b"Subject:" in line]
+        assert subjects == [f"Subject: for {mailbox.address}".encode()]
+
+
 async def test_mail_to_an_unknown_address_is_refused_at_rcpt(
     seed: Seed, settings: Settings
 ) -> None:
@@ -48,8 +65,6 @@ async def test_mail_to_an_unknown_address_is_refused_at_rcpt(
 
 async def test_master_user_opens_any_mailbox_even_a_suspended_one(seed: Seed) -> None:
     mailbox = await seed.mailbox("pw-1234567890", status=MailboxStatus.SUSPENDED)
-    from shared.imap import imap_session
-
     async with imap_session(mailbox.address) as client:
         assert client.get_state() == "AUTH"
 
