@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Select, Text, and_, cast, func, or_, select, tuple_
+from sqlalchemy import Select, Text, and_, cast, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -79,6 +79,19 @@ async def mailbox(
 ) -> Mailbox | None:
     query = select(Mailbox).where(Mailbox.id == mailbox_id)
     return await session.scalar(query.with_for_update() if lock else query)
+
+
+async def settle_provisioning(
+    session: AsyncSession, mailbox_id: uuid.UUID, status: MailboxStatus, reason: str | None
+) -> bool:
+    """Set the status and reason of a mailbox still `provisioning`; False if it no longer is."""
+    settled = await session.scalar(
+        update(Mailbox)
+        .where(Mailbox.id == mailbox_id, Mailbox.status == MailboxStatus.PROVISIONING.value)
+        .values(status=status.value, status_reason=reason)
+        .returning(Mailbox.id)
+    )
+    return settled is not None
 
 
 async def address_taken(session: AsyncSession, address: str) -> bool:

@@ -38,30 +38,48 @@ def _retry_or_give_up(ctx: dict[str, Any], exc: Exception) -> None:
         raise Retry(defer=min(60, 5 * tries)) from exc
 
 
+def _folders_ready(listing: list[Any]) -> tuple[MailboxStatus, str | None]:
+    """`active` if the LIST answer holds every default folder, else `failed` naming them."""
+    names = b"\n".join(line for line in listing if isinstance(line, bytes))
+    missing = [f for f in DEFAULT_FOLDERS if f.encode() not in names]
+    if missing:
+        return MailboxStatus.FAILED, f"default folders missing after login: {', '.join(missing)}"
+    return MailboxStatus.ACTIVE, None
+
+
 async def prepare_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
-    """Open the mailbox in Dovecot (creating its default folders), then mark it active."""
+    """Open the mailbox in Dovecot (creating its default folders), then mark it active.
+
+    No database connection is held while Dovecot works: the status changes only if the
+    mailbox is still `provisioning` then (a suspend or delete meanwhile wins).
+    """
+    mailbox_uuid = uuid.UUID(mailbox_id)
     async with unit_of_work() as session:
-        mailbox = await repository.mailbox(session, uuid.UUID(mailbox_id), lock=True)
+        mailbox = await repository.mailbox(session, mailbox_uuid)
         if mailbox is None or mailbox.status != MailboxStatus.PROVISIONING:
             return "nothing to do"
-        try:
-            # By id: works for internationalised addresses too (see sql.conf.ext).
-            async with imap_session(str(mailbox.id)) as client:
-                listing = check(await client.list('""', "*"), "LIST")
-        except ImapError as exc:
-            mailbox.status_reason = f"mail server not ready (try {ctx.get('job_try', 1)}): {exc}"
-            await session.commit()
-            _retry_or_give_up(ctx, exc)
-            mailbox.status = MailboxStatus.FAILED.value
-            return "failed"
-        names = b"\n".join(line for line in listing.lines if isinstance(line, bytes))
-        missing = [f for f in DEFAULT_FOLDERS if f.encode() not in names]
-        if missing:
-            mailbox.status = MailboxStatus.FAILED.value
-            mailbox.status_reason = f"default folders missing after login: {', '.join(missing)}"
-            return "failed"
-        mailbox.status, mailbox.status_reason = MailboxStatus.ACTIVE.value, None
-    return "active"
+    reason: str | None
+    try:
+        # By id: works for internationalised addresses too (see sql.conf.ext).
+        async with imap_session(mailbox_id) as client:
+            listing = check(await client.list('""', "*"), "LIST")
+    except ImapError as exc:
+        tries = ctx.get("job_try", 1)
+        async with unit_of_work() as session:
+            await repository.settle_provisioning(
+                session,
+                mailbox_uuid,
+                MailboxStatus.PROVISIONING,
+                f"mail server not ready (try {tries}): {exc}",
+            )
+        _retry_or_give_up(ctx, exc)
+        status, reason = MailboxStatus.FAILED, f"mail server not ready after {tries} tries: {exc}"
+    else:
+        status, reason = _folders_ready(listing.lines)
+    async with unit_of_work() as session:
+        if not await repository.settle_provisioning(session, mailbox_uuid, status, reason):
+            return "nothing to do"
+    return str(status.value)
 
 
 async def deploy_rules(ctx: dict[str, Any], mailbox_id: str, version: int) -> str:

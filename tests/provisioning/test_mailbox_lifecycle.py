@@ -8,8 +8,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from arq import Retry
 from sqlalchemy import select, update
 
+from services.provisioning import tasks
 from shared import queue
 from shared.models import Mailbox
 from tests.mail import can_log_in, send, wait_for_subject
@@ -55,6 +57,31 @@ async def test_created_mailbox_logs_in_with_its_picked_up_password_and_receives_
     subject = f"welcome {uuid.uuid4().hex}"
     send(settings, mailbox["address"], subject)
     assert await wait_for_subject(mailbox["address"], subject)
+
+
+async def test_a_mailbox_dovecot_cannot_prepare_says_why_and_ends_failed_after_its_last_try(
+    admin: Api, department: Any, settings: Any, unused_tcp_port: int, monkeypatch: Any
+) -> None:
+    mailbox = await _create(admin, await department())
+    monkeypatch.setattr(settings, "imap_port", unused_tcp_port)  # nothing listens there
+    with pytest.raises(Retry):
+        await tasks.prepare_mailbox({"job_try": 1}, mailbox["id"])
+    waiting = (await admin.get(f"/v1/mailboxes/{mailbox['id']}")).json()
+    assert waiting["status"] == "provisioning"
+    assert waiting["status_reason"].startswith("mail server not ready (try 1): IMAP server")
+    assert await tasks.prepare_mailbox({"job_try": tasks.MAX_TRIES}, mailbox["id"]) == "failed"
+    failed = (await admin.get(f"/v1/mailboxes/{mailbox['id']}")).json()
+    assert failed["status"] == "failed"
+    assert f"after {tasks.MAX_TRIES} tries" in failed["status_reason"]
+
+
+async def test_a_mailbox_suspended_while_dovecot_prepares_it_stays_suspended(
+    admin: Api, department: Any
+) -> None:
+    mailbox = await _create(admin, await department())
+    assert (await admin.post(f"/v1/mailboxes/{mailbox['id']}/suspend")).status_code == 200
+    assert await tasks.prepare_mailbox({"job_try": 1}, mailbox["id"]) == "nothing to do"
+    assert (await admin.get(f"/v1/mailboxes/{mailbox['id']}")).json()["status"] == "suspended"
 
 
 async def test_the_password_is_handed_out_once_then_410(admin: Api, department: Any) -> None:
