@@ -50,14 +50,10 @@ def _folders_ready(listing: list[Any]) -> tuple[MailboxStatus, str | None]:
 async def prepare_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
     """Open the mailbox in Dovecot (creating its default folders), then mark it active.
 
-    No database connection is held while Dovecot works: the status changes only if the
-    mailbox is still `provisioning` then (a suspend or delete meanwhile wins).
+    No database connection is held while Dovecot works, and the status changes only if the
+    mailbox is still `provisioning` afterwards (a suspend or delete meanwhile wins).
     """
     mailbox_uuid = uuid.UUID(mailbox_id)
-    async with unit_of_work() as session:
-        mailbox = await repository.mailbox(session, mailbox_uuid)
-        if mailbox is None or mailbox.status != MailboxStatus.PROVISIONING:
-            return "nothing to do"
     reason: str | None
     try:
         # By id: works for internationalised addresses too (see sql.conf.ext).
@@ -66,12 +62,14 @@ async def prepare_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
     except ImapError as exc:
         tries = ctx.get("job_try", 1)
         async with unit_of_work() as session:
-            await repository.settle_provisioning(
+            still_provisioning = await repository.settle_provisioning(
                 session,
                 mailbox_uuid,
                 MailboxStatus.PROVISIONING,
                 f"mail server not ready (try {tries}): {exc}",
             )
+        if not still_provisioning:  # gone, or suspended or deleted meanwhile
+            return "nothing to do"
         _retry_or_give_up(ctx, exc)
         status, reason = MailboxStatus.FAILED, f"mail server not ready after {tries} tries: {exc}"
     else:
