@@ -36,14 +36,19 @@ def _quoted(text: str) -> bytes:
 
 
 class ManageSieve:
-    """One authenticated ManageSieve session as a mailbox, opened with the master user."""
+    """One ManageSieve session as a mailbox, opened with the master user.
+
+    With `address=None` the session only reads the server's greeting (`capabilities`) and
+    does not log in: enough to see that the server is up.
+    """
 
     def __init__(
-        self, address: str, settings: Settings | None = None, timeout: float = 10.0
+        self, address: str | None, settings: Settings | None = None, timeout: float = 10.0
     ) -> None:
         self.address = address
         self.settings = settings or get_settings()
         self.timeout = timeout
+        self.capabilities: dict[str, str] = {}
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -58,7 +63,13 @@ class ManageSieve:
                 f"ManageSieve {self.settings.mail_host}:"
                 f"{self.settings.sieve_port} unreachable: {exc}"
             ) from exc
-        await self._response()  # capabilities greeting
+        greeting: list[bytes] = []
+        await self._response(greeting)
+        for line in greeting:
+            name, _, value = line.partition(b" ")
+            self.capabilities[name.strip(b'"').decode()] = value.strip(b'"').decode()
+        if self.address is None:
+            return self
         credentials = "\0".join(
             (
                 "",
@@ -107,12 +118,17 @@ class ManageSieve:
             raise SieveUnavailable("ManageSieve server closed the connection")
         return line.rstrip(b"\r\n")
 
-    async def _response(self) -> str:
-        """Read up to the status line; return its text, or raise SieveError on NO/BYE."""
+    async def _response(self, data: list[bytes] | None = None) -> str:
+        """Read up to the status line; return its text, or raise SieveError on NO/BYE.
+
+        The lines before the status line go into `data` if given.
+        """
         while True:
             line = await self._read_line()
             status = _STATUS.match(line)
             if status is None:
+                if data is not None:
+                    data.append(line)
                 continue
             kind, rest = status.group(1), status.group(2).strip()
             literal = _LITERAL.search(rest)
