@@ -142,6 +142,44 @@ async def test_tls_check_grades_days_to_certificate_expiry(
     assert outcome.gauges[0].name == "mailops_tls_cert_expiry_timestamp_seconds"
 
 
+async def _starttls_server(context: ssl.SSLContext) -> asyncio.Server:
+    """Speaks the SMTP or IMAP (by the client's first command) greeting, then STARTTLS."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 ready for SMTP or * OK ready for IMAP\r\n")
+        command = await reader.readline()
+        if command.startswith(b"EHLO"):
+            writer.write(b"250-test\r\n250 STARTTLS\r\n")
+            assert await reader.readline() == b"STARTTLS\r\n"
+            writer.write(b"220 go ahead\r\n")
+        else:
+            assert command == b"a STARTTLS\r\n"
+            writer.write(b"a OK begin TLS now\r\n")
+        await writer.drain()
+        await writer.start_tls(context)
+        await reader.read(1)
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+async def test_tls_check_reads_certificates_behind_smtp_and_imap_starttls(
+    settings: Settings,
+) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*_tls_server_files(30))
+    server = await _starttls_server(context)
+    port = server.sockets[0].getsockname()[1]
+    endpoints = [f"smtp://127.0.0.1:{port}", f"imap://127.0.0.1:{port}"]
+    try:
+        outcome = await run("tls", settings.model_copy(update={"monitor_tls_endpoints": endpoints}))
+    finally:
+        server.close()
+    assert outcome.status == "pass", outcome.message
+    assert [e["endpoint"] for e in outcome.details["endpoints"]] == endpoints
+    assert all(abs(e["days_left"] - 30) < 0.1 for e in outcome.details["endpoints"])
+
+
 async def test_a_check_that_raises_is_recorded_as_a_failure_not_an_error(
     settings: Settings,
 ) -> None:
