@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
+from services.monitor import mailqueue, maintenance
+from shared import mailstack
 from shared.db import unit_of_work
 from shared.imap import check, imap_session
 from shared.models import AuditEvent
 from shared.settings import Settings
-from tests.mail import message
+from tests.conftest import Seed
+from tests.mail import message, send
 from tests.monitor.conftest import Api
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
@@ -106,6 +111,38 @@ async def test_deferred_cleanup_reports_without_removing_by_default(operator: Ap
     assert run["dry_run"] is True and run["summary"]["action"] == "would remove"
     runs = (await operator.get("/v1/maintenance/runs")).json()
     assert run["id"] in [r["id"] for r in runs]
+
+
+async def test_deferred_cleanup_removes_mail_stuck_in_the_real_postfix_queue(
+    spare_stack: Settings, seed: Seed
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    mailstack.stop_dovecot(spare_stack)  # Postfix cannot hand the mail to LMTP: deferred
+    try:
+        send(spare_stack, mailbox.address, "stuck")
+        deadline = time.monotonic() + 20
+        while not (stuck := await _deferred(spare_stack)):
+            assert time.monotonic() < deadline, "the message never reached the deferred queue"
+            await asyncio.sleep(0.2)
+        (queued,) = stuck
+        assert queued.recipients == (mailbox.address,)
+        dry, dry_summary = await maintenance.deferred_cleanup(
+            settings=spare_stack, older_than_days=0, dry_run=True
+        )
+        assert (dry, dry_summary["action"]) == (1, "would remove")
+        assert await _deferred(spare_stack) == stuck
+        removed, summary = await maintenance.deferred_cleanup(
+            settings=spare_stack, older_than_days=0, dry_run=False
+        )
+        assert (removed, summary["action"]) == (1, "removed")
+        assert summary["messages"][0]["queue_id"] == queued.queue_id
+        assert await _deferred(spare_stack) == []
+    finally:
+        mailstack.start_dovecot(spare_stack, mailstack.StackPaths(spare_stack.resolved_state_dir))
+
+
+async def _deferred(settings: Settings) -> list[mailqueue.QueuedMessage]:
+    return [m for m in await mailqueue.read_queue(settings) if m.queue_name == "deferred"]
 
 
 async def test_unknown_maintenance_job_and_bad_settings_are_422_naming_the_field(
