@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     monitor_webhook_urls: list[str] = []
     monitor_webhook_max_tries: int = Field(default=6, ge=1)
     monitor_check_timeout_seconds: float = 10.0
+    # Run intervals overriding a check's default, e.g. {"tls": 86400, "quota": 300}; at
+    # least 60 s, since the scheduler ticks once a minute.
+    monitor_check_intervals: dict[str, Annotated[int, Field(ge=60)]] = {}
     monitor_imap_warn_seconds: float = 1.0
     monitor_delivery_warn_seconds: float = 5.0
     monitor_delivery_crit_seconds: float = 20.0

@@ -3,6 +3,7 @@
 from fastapi import FastAPI, Request, Response
 from starlette.middleware.base import RequestResponseEndpoint
 
+from services.monitor.checks import check_intervals
 from services.monitor.endpoints import router
 from services.monitor.metrics import CheckMetrics
 from shared.app import create_service_app, service_metrics
@@ -10,6 +11,7 @@ from shared.settings import get_settings
 
 
 def create_app() -> FastAPI:
+    check_intervals(get_settings())  # a misnamed check in the settings stops the start here
     app = create_service_app(
         "monitor",
         title="mailops monitor",

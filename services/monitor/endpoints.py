@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from services.monitor import maintenance, reports, repository, runner, service
-from services.monitor.checks import CHECKS
+from services.monitor.checks import CHECKS, check_intervals
 from services.monitor.maintenance import MaintenanceJob
 from services.monitor.schemas import (
     CheckOut,
@@ -92,11 +92,12 @@ async def list_checks(session: SessionDep, _: Reader) -> list[CheckOut]:
         for i in await repository.incidents(session, state=None, limit=500)
         if i.state != IncidentState.RESOLVED
     }
+    intervals = check_intervals(get_settings())
     return [
         CheckOut(
             name=name,
             description=check.description,
-            interval_seconds=check.interval_seconds,
+            interval_seconds=intervals[name],
             last_result=CheckResultOut.model_validate(latest[name]) if name in latest else None,
             open_incident_id=unresolved.get(name),
         )

@@ -15,7 +15,7 @@ import httpx
 from arq import Retry
 
 from services.monitor import maintenance, reports, repository, runner
-from services.monitor.checks import CHECKS
+from services.monitor.checks import CHECKS, check_intervals
 from services.monitor.maintenance import MaintenanceJob
 from shared.db import unit_of_work
 from shared.models.monitor import DeliveryStatus, IncidentEvent, ReportKind
@@ -42,8 +42,8 @@ async def schedule_checks(ctx: dict[str, Any]) -> int:
     """Every minute: enqueue each check whose interval slot has not run yet."""
     now = time.time()
     queued = 0
-    for name, check in CHECKS.items():
-        slot = int(now // check.interval_seconds)
+    for name, interval in check_intervals(get_settings()).items():
+        slot = int(now // interval)
         # The job id names the slot: a second scheduler tick in the same slot is a no-op.
         queued += await enqueue("monitor", "run_check", job_id=f"check:{name}:{slot}", name=name)
     return queued

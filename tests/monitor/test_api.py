@@ -6,8 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
-from services.monitor.checks import CHECKS
+from services.monitor.checks import CHECKS, check_intervals
+from shared.settings import Settings
 from tests.monitor.conftest import Api
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
@@ -42,6 +44,19 @@ async def test_an_on_demand_run_counts_like_a_scheduled_one_in_the_history(
     listed = {c["name"]: c for c in (await viewer.get("/v1/checks")).json()}
     assert listed["lmtp"]["last_result"]["id"] == history[0]["id"]
     assert listed["delivery"]["interval_seconds"] == 300
+
+
+async def test_check_intervals_can_be_set_per_check_and_a_misnamed_check_is_refused(
+    viewer: Api, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "monitor_check_intervals", {"tls": 86400})
+    listed = {c["name"]: c for c in (await viewer.get("/v1/checks")).json()}
+    assert (listed["tls"]["interval_seconds"], listed["lmtp"]["interval_seconds"]) == (86400, 60)
+    monkeypatch.setattr(settings, "monitor_check_intervals", {"tsl": 86400})
+    with pytest.raises(ValueError, match="unknown checks tsl; the checks are imap, "):
+        check_intervals(settings)
+    with pytest.raises(ValidationError, match="greater than or equal to 60"):
+        Settings(monitor_check_intervals={"tls": 5})
 
 
 async def test_a_viewer_reads_but_cannot_run_checks_or_open_windows(viewer: Api) -> None:

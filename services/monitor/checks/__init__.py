@@ -13,6 +13,7 @@ from services.monitor.checks.queue import QueueCheck
 from services.monitor.checks.quota import QuotaCheck
 from services.monitor.checks.sieve import SieveCheck
 from services.monitor.checks.tls import TlsCheck
+from shared.settings import Settings
 
 CHECKS: dict[str, Check] = {
     check.name: check
@@ -30,4 +31,25 @@ CHECKS: dict[str, Check] = {
     )
 }
 
-__all__ = ["CHECKS", "Check", "CheckContext", "Gauge", "Measurement", "Outcome"]
+
+def check_intervals(settings: Settings) -> dict[str, int]:
+    """Each check's run interval in seconds: its default or MAILOPS_MONITOR_CHECK_INTERVALS."""
+    overrides = settings.monitor_check_intervals
+    unknown = sorted(set(overrides) - set(CHECKS))
+    if unknown:
+        raise ValueError(
+            f"MAILOPS_MONITOR_CHECK_INTERVALS names unknown checks {', '.join(unknown)}; "
+            f"the checks are {', '.join(CHECKS)}"
+        )
+    return {name: overrides.get(name, check.interval_seconds) for name, check in CHECKS.items()}
+
+
+__all__ = [
+    "CHECKS",
+    "Check",
+    "CheckContext",
+    "Gauge",
+    "Measurement",
+    "Outcome",
+    "check_intervals",
+]
