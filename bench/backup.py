@@ -5,9 +5,13 @@
 
 Starts its own database and Dovecot/Postfix on free ports (like the tests), fills the
 mailboxes over IMAP, then times (a) full backup vs mbsync full pull, (b) a second run with
-nothing changed, (c) restore into empty mailboxes vs mbsync push, and reports (d) store
-size vs the Maildir and the backup process's peak RSS. mailops phases run in a child
-process so their peak RSS is their own. Prints a Markdown table of ratios.
+nothing changed (mbsync: median of 5 runs; mailops: the first run in a new process, and the
+median of 5 more in that process, as a long-running worker runs them), (c) restore into
+empty mailboxes vs mbsync push, and reports (d) store size vs the Maildir and the backup
+process's peak RSS. mailops phases run in a child process so their peak RSS is their own;
+each backup phase is one multi-mailbox run (`backup_mailboxes`, what a department or `all`
+run executes). Also prints the CPU seconds of mailops, Dovecot and PostgreSQL during (a), and
+(unless --scale-mailboxes 0) (b) at 10x the messages per folder. Prints Markdown.
 
 Where the time goes: MAILOPS_BENCH_PROFILE=DIR writes a cProfile of each mailops phase to
 DIR (slows Python code ~2x: ratios from such a run are not comparable); MAILOPS_BENCH_SAMPLE=
@@ -18,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,7 +108,7 @@ def corpus_message(rng: random.Random, i: int, mailbox: int) -> bytes:
     return bytes(msg).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-async def fill(addresses: list[str], messages: int) -> None:
+async def fill(addresses: list[str], messages: int, first_index: int = 0) -> None:
     from services.backup.engine import utf7
     from services.backup.engine.imap import AppendItem, master_connection, quote
 
@@ -140,7 +146,7 @@ async def fill(addresses: list[str], messages: int) -> None:
         async with sem:
             await one(i, a)
 
-    await asyncio.gather(*(limited(i, a) for i, a in enumerate(addresses)))
+    await asyncio.gather(*(limited(i, a) for i, a in enumerate(addresses, first_index)))
 
 
 async def create_mailboxes(count: int, prefix: str) -> list[tuple[str, str]]:
@@ -186,28 +192,58 @@ async def create_mailboxes(count: int, prefix: str) -> list[tuple[str, str]]:
 
 
 async def phase_backup(mailbox_ids: list[str]) -> dict[str, float]:
-    from services.backup.engine.backup import backup_mailbox
+    """One backup run over the mailboxes, as a department or `all` run does it."""
+    from services.backup.engine.backup import backup_mailboxes
     from services.backup.engine.storage import default_storage
-    from shared.settings import get_settings
 
     storage = default_storage()
-    sem = asyncio.Semaphore(get_settings().backup_imap_connections)
-    fetched = 0
-    snapshots: dict[str, str] = {}
+    started, loop_cpu = time.perf_counter(), time.thread_time()
+    outcomes = await backup_mailboxes(
+        mailbox_ids=[uuid.UUID(m) for m in mailbox_ids], run_id=None, storage=storage
+    )
+    seconds, loop_cpu = time.perf_counter() - started, time.thread_time() - loop_cpu
+    failed = [o.error for o in outcomes if o.error is not None]
+    assert not failed, failed
+    fetched = sum(o.counters.messages_fetched for o in outcomes)
+    snapshots = {str(o.mailbox_id): str(o.snapshot.id) for o in outcomes if o.snapshot}
+    return {  # type: ignore[dict-item]
+        "seconds": seconds,
+        "loop_cpu_seconds": loop_cpu,
+        "fetched": fetched,
+        "snapshots": snapshots,
+    }
 
-    async def one(mailbox_id: str) -> None:
-        nonlocal fetched
-        async with sem:
-            snap, counters = await backup_mailbox(
-                mailbox_id=uuid.UUID(mailbox_id), run_id=None, storage=storage
+
+async def phase_again(mailbox_ids: list[str]) -> dict[str, float]:
+    """(b): the unchanged run in a fresh process (engine, first connection, mapper set-up and
+    statement compilation inside the timed region), then ROUNDS more in the same process,
+    as a long-running worker runs them (median)."""
+    first = await phase_backup(mailbox_ids)
+    warm = [float(str((await phase_backup(mailbox_ids))["seconds"])) for _ in range(ROUNDS)]
+    return {**first, "warm_seconds": statistics.median(warm)}
+
+
+async def phase_unchanged(groups: dict[str, list[str]]) -> dict[str, float]:
+    """Unchanged runs over each group of mailboxes, alternating, ROUNDS times: the median
+    seconds of each (both groups warm alike, unlike the first run of (b))."""
+    from services.backup.engine.backup import backup_mailboxes
+    from services.backup.engine.storage import default_storage
+
+    storage = default_storage()
+    times: dict[str, list[float]] = {name: [] for name in groups}
+    for _ in range(ROUNDS):
+        for name, ids in groups.items():
+            started = time.perf_counter()
+            outcomes = await backup_mailboxes(
+                mailbox_ids=[uuid.UUID(m) for m in ids], run_id=None, storage=storage
             )
-            fetched += counters.messages_fetched
-            snapshots[mailbox_id] = str(snap.id)
+            times[name].append(time.perf_counter() - started)
+            assert sum(o.counters.messages_fetched for o in outcomes) == 0
+            assert all(o.error is None for o in outcomes)
+    return {name: statistics.median(values) for name, values in times.items()}
 
-    started = time.perf_counter()
-    await asyncio.gather(*(one(m) for m in mailbox_ids))
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "fetched": fetched, "snapshots": snapshots}  # type: ignore[dict-item]
+
+ROUNDS = 5
 
 
 async def phase_restore(pairs: list[tuple[str, str, str]]) -> dict[str, float]:
@@ -279,6 +315,10 @@ def child(phase: str, argument: str) -> None:
         try:
             if phase == "backup":
                 return await phase_backup(json.loads(argument))
+            if phase == "again":
+                return await phase_again(json.loads(argument))
+            if phase == "unchanged":
+                return await phase_unchanged(json.loads(argument))
             return await phase_restore(json.loads(argument))
         finally:
             await get_engine().dispose()
@@ -298,7 +338,9 @@ def child(phase: str, argument: str) -> None:
         profiler.dump_stats(out / f"{phase}-{len(list(out.glob(phase + '-*')))}.prof")
     else:
         result = asyncio.run(main())
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime
     print(json.dumps(result))
 
 
@@ -358,6 +400,59 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def tree_cpu(root: int | None) -> float:
+    """CPU seconds used so far by a process and its descendants, live or reaped."""
+    if root is None:
+        return 0.0
+    parents: dict[int, int] = {}
+    cpu: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def postmaster() -> int | None:
+    """The local PostgreSQL's postmaster (its backends and their CPU are its children)."""
+    for pid_file in Path("/var/lib/postgresql").glob("*/main/postmaster.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            return int(pid_file.read_text().split()[0])
+    return None
+
+
+class CpuMeter:
+    """CPU seconds of Dovecot, PostgreSQL and this script's children over a phase."""
+
+    def __init__(self, dovecot: int | None) -> None:
+        self.roots = {"Dovecot": dovecot, "PostgreSQL": postmaster()}
+
+    def __enter__(self) -> CpuMeter:
+        self.start = {name: tree_cpu(pid) for name, pid in self.roots.items()}
+        self.start["children"] = _children_cpu()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.used = {name: tree_cpu(pid) - self.start[name] for name, pid in self.roots.items()}
+        self.used["children"] = _children_cpu() - self.start["children"]
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -369,6 +464,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mailboxes", type=int, default=20)
     parser.add_argument("--messages", type=int, default=500)
+    parser.add_argument(
+        "--scale-mailboxes",
+        type=int,
+        default=2,
+        help="mailboxes with 10x the messages for (b)'s scaling check (0: skip it)",
+    )
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("argument", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -389,8 +490,8 @@ def main() -> None:
     settings = get_settings()
     upgrade(settings.database_url)
     try:
-        mailstack.up(settings)
-        results = run(args, work, env)
+        paths = mailstack.up(settings)
+        results = run(args, work, env, mailstack.read_pid(paths.dovecot_pid_file))
     finally:
         mailstack.down(settings)
         asyncio.run(drop_database(settings.database_url))
@@ -398,7 +499,7 @@ def main() -> None:
     print(results)
 
 
-def run(args: argparse.Namespace, work: Path, env: dict[str, str]) -> str:
+def run(args: argparse.Namespace, work: Path, env: dict[str, str], dovecot: int | None) -> str:
     from shared.db import get_engine
 
     async def setup() -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
@@ -422,10 +523,14 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str]) -> str:
     pull = work / "pull.rc"
     mbsync_config(pull, maildir, addresses, "Pull", env, state)
 
-    mbsync_full = timed(["mbsync", "-c", str(pull), "-a", "-q"])
-    full = run_child("backup", [m for m, _ in sources])
-    mbsync_again = timed(["mbsync", "-c", str(pull), "-a", "-q"])
-    again = run_child("backup", [m for m, _ in sources])
+    with CpuMeter(dovecot) as theirs_cpu:
+        mbsync_full = timed(["mbsync", "-c", str(pull), "-a", "-q"])
+    with CpuMeter(dovecot) as ours_cpu:
+        full = run_child("backup", [m for m, _ in sources])
+    mbsync_again = statistics.median(
+        timed(["mbsync", "-c", str(pull), "-a", "-q"]) for _ in range(ROUNDS)
+    )
+    again = run_child("again", [m for m, _ in sources])
 
     push_state = work / "push-state"
     push_state.mkdir()
@@ -442,6 +547,11 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str]) -> str:
         float(full["peak_rss_mb"]), float(again["peak_rss_mb"]), float(restored["peak_rss_mb"])
     )  # type: ignore[arg-type]
 
+    scaling = ""
+    if args.scale_mailboxes:
+        scaling, scaling_peak = scale_check(args, sources[: args.scale_mailboxes])
+        peak = max(peak, scaling_peak)
+
     def row(name: str, ours_s: float, theirs_s: float, goal: str) -> str:
         return f"| {name} | {ours_s:.2f} s | {theirs_s:.2f} s | {ours_s / theirs_s:.2f}x | {goal} |"
 
@@ -453,7 +563,18 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str]) -> str:
         "| work | mailops | mbsync | ratio | goal |",
         "|---|---|---|---|---|",
         row("(a) full backup vs full pull", float(str(full["seconds"])), mbsync_full, "≤ 0.5x"),
-        row("(b) second run, unchanged", float(str(again["seconds"])), mbsync_again, "≤ 0.5x"),
+        row(
+            "(b) second run, unchanged, in a new process",
+            float(str(again["seconds"])),
+            mbsync_again,
+            "≤ 0.5x",
+        ),
+        row(
+            "(b) the same in a worker that has run before",
+            float(str(again["warm_seconds"])),
+            mbsync_again,
+            "≤ 0.5x",
+        ),
         row(
             "(c) restore into empty mailboxes vs push",
             float(restored["seconds"]),
@@ -464,7 +585,49 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str]) -> str:
         f"{store / maildir_size:.2f}x | ≤ 0.6x |",
         f"| (d) peak RSS of the backup process | {peak:.0f} MB | | | ≤ 256 MB |",
     ]
+    lines += [
+        "",
+        f"CPU seconds during (a): mailops {float(str(full['cpu_seconds'])):.1f} "
+        f"(its event-loop thread {float(str(full['loop_cpu_seconds'])):.1f}, "
+        f"wall {float(str(full['seconds'])):.1f}), its Dovecot {ours_cpu.used['Dovecot']:.1f}, "
+        f"PostgreSQL {ours_cpu.used['PostgreSQL']:.1f}; mbsync {theirs_cpu.used['children']:.1f} "
+        f"(wall {mbsync_full:.1f}), its Dovecot {theirs_cpu.used['Dovecot']:.1f}, "
+        f"PostgreSQL {theirs_cpu.used['PostgreSQL']:.1f}.",
+    ]
+    if scaling:
+        lines += ["", scaling]
     return "\n".join(lines)
+
+
+def scale_check(args: argparse.Namespace, small: list[tuple[str, str]]) -> tuple[str, float]:
+    """(b) at 10x the messages per folder: as many mailboxes as `small`, each with 10x the
+    messages, backed up once; then unchanged runs of both groups, alternating."""
+    from shared.db import get_engine
+
+    count, messages = len(small), args.messages * 10
+
+    async def setup() -> list[tuple[str, str]]:
+        big = await create_mailboxes(count, "big")
+        started = time.perf_counter()
+        await fill([a for _, a in big], messages, first_index=1000)
+        print(f"filled {count}x{messages} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+        await get_engine().dispose()
+        return big
+
+    big = asyncio.run(setup())
+    full = run_child("backup", [m for m, _ in big])
+    timed_runs = run_child(
+        "unchanged", {"small": [m for m, _ in small], "big": [m for m, _ in big]}
+    )
+    one, ten = float(str(timed_runs["small"])), float(str(timed_runs["big"]))
+    peak = max(float(str(full["peak_rss_mb"])), float(str(timed_runs["peak_rss_mb"])))
+    line = (
+        f"(b) at 10x messages per folder: an unchanged run of {count} mailboxes x {messages} "
+        f"messages took {ten * 1000:.1f} ms, of {count} x {args.messages} {one * 1000:.1f} ms "
+        f"(medians of {ROUNDS} alternating runs): {ten / one:.2f}x, goal ≤ 1.2x. "
+        f"Their full backup: {float(str(full['seconds'])):.2f} s, peak RSS {peak:.0f} MB."
+    )
+    return line, peak
 
 
 if __name__ == "__main__":

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Table,
+    and_,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, TEXT
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
@@ -592,6 +607,141 @@ async def empty_packs(session: AsyncSession) -> list[uuid.UUID]:
 async def delete_packs(session: AsyncSession, pack_ids: Sequence[uuid.UUID]) -> None:
     if pack_ids:
         await session.execute(delete(BackupPack).where(BackupPack.id.in_(list(pack_ids))))
+
+
+@dataclass(frozen=True)
+class CatalogState:
+    """What the catalog holds for a mailbox's next backup: its latest snapshot and the
+    open folders' sync state by name, (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ)."""
+
+    address: str
+    status: str
+    latest_seq: int | None
+    pending: bool
+    folders: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+
+
+async def fast_path_candidates(
+    session: AsyncSession, mailbox_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """Those of the mailboxes that are backed up, have a committed snapshot and no pending
+    one (an interrupted run's), by id with their addresses."""
+    committed = exists().where(
+        Snapshot.mailbox_id == Mailbox.id, Snapshot.status == SnapshotStatus.COMMITTED.value
+    )
+    pending = exists().where(
+        Snapshot.mailbox_id == Mailbox.id, Snapshot.status == SnapshotStatus.PENDING.value
+    )
+    rows = await session.execute(
+        select(Mailbox.id, Mailbox.address).where(
+            Mailbox.id.in_(list(mailbox_ids)),
+            Mailbox.status.in_(BACKED_UP_STATUSES),
+            committed,
+            ~pending,
+        )
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+async def catalog_states(
+    session: AsyncSession, mailbox_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, CatalogState]:
+    """The catalog state of many mailboxes in one query (absent ids are unknown mailboxes)."""
+    if not mailbox_ids:
+        return {}
+    latest = (
+        select(
+            func.max(Snapshot.seq).label("seq"),
+            func.coalesce(
+                func.bool_or(Snapshot.status == SnapshotStatus.PENDING.value), False
+            ).label("pending"),
+        )
+        .where(Snapshot.mailbox_id == Mailbox.id)
+        .lateral("latest")
+    )
+    rows = await session.execute(
+        select(
+            Mailbox.id,
+            Mailbox.address,
+            Mailbox.status,
+            latest.c.seq,
+            latest.c.pending,
+            BackupFolder.name,
+            BackupFolder.uidvalidity,
+            BackupFolder.uidnext,
+            BackupFolder.highestmodseq,
+        )
+        .select_from(Mailbox)
+        .join(latest, true())
+        .outerjoin(
+            BackupFolder,
+            and_(BackupFolder.mailbox_id == Mailbox.id, BackupFolder.until_seq.is_(None)),
+        )
+        .where(Mailbox.id.in_(list(mailbox_ids)))
+    )
+    states: dict[uuid.UUID, CatalogState] = {}
+    for mailbox_id, address, status, seq, pending, name, uidvalidity, uidnext, modseq in rows:
+        state = states.get(mailbox_id)
+        if state is None:
+            state = states[mailbox_id] = CatalogState(
+                address, status, None if seq is None else int(seq), bool(pending)
+            )
+        if name is not None:
+            state.folders[name] = (int(uidvalidity), int(uidnext), int(modseq))
+    return states
+
+
+async def try_lock_all(session: AsyncSession, keys: Sequence[str]) -> set[str]:
+    """Take, in one statement, those of the advisory locks named by `keys` that are free,
+    until the end of this transaction; return the keys taken. Never waits."""
+    if not keys:
+        return set()
+    key = func.unnest(literal(list(keys), ARRAY(TEXT))).table_valued("key").render_derived()
+    rows = await session.scalars(
+        select(key.c.key).where(func.pg_try_advisory_xact_lock(func.hashtext(key.c.key)))
+    )
+    return set(rows.all())
+
+
+async def add_unchanged_snapshots(
+    session: AsyncSession, latest: Mapping[uuid.UUID, int], run_id: uuid.UUID | None
+) -> list[Snapshot]:
+    """Commit, in one statement, a snapshot after each mailbox's committed snapshot `latest`
+    with the same content: its catalog rows are open-ended, so they belong to the new one too.
+    Only for mailboxes whose catalog and server are known unchanged since, under their lock."""
+    if not latest:
+        return []
+    previous = select(
+        Snapshot.mailbox_id,
+        literal(run_id, Snapshot.run_id.type),
+        Snapshot.seq + 1,
+        literal(SnapshotStatus.COMMITTED.value),
+        func.clock_timestamp(),
+        Snapshot.folder_count,
+        Snapshot.message_count,
+        Snapshot.total_bytes,
+    ).where(
+        tuple_(Snapshot.mailbox_id, Snapshot.seq).in_(list(latest.items())),
+        Snapshot.status == SnapshotStatus.COMMITTED.value,
+    )
+    rows = await session.scalars(
+        insert(Snapshot)
+        .from_select(
+            [
+                "mailbox_id",
+                "run_id",
+                "seq",
+                "status",
+                "completed_at",
+                "folder_count",
+                "message_count",
+                "total_bytes",
+            ],
+            previous,
+        )
+        .returning(Snapshot)
+    )
+    return list(rows.all())
 
 
 async def advisory_lock(connection: AsyncConnection, key: str) -> None:

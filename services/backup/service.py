@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.backup import repository
 from services.backup import schemas as s
-from services.backup.engine.backup import backup_mailbox
+from services.backup.engine.backup import MailboxOutcome, backup_mailboxes
 from services.backup.engine.restore import RestoreItem, RestoreProgress, restore_messages
 from services.backup.engine.storage import (
     BlobDamaged,
@@ -338,33 +338,23 @@ async def execute_backup_run(run_id: uuid.UUID, storage: PackStorage | None = No
         locked = await repository.backup_run(session, run_id, lock=True)
         assert locked is not None
         locked.mailboxes_total = len(mailbox_ids)
-    limit = asyncio.Semaphore(get_settings().backup_imap_connections)
     failures: list[str] = []
 
-    async def one(mailbox_id: uuid.UUID) -> None:
-        async with limit:
-            try:
-                _, counters = await backup_mailbox(
-                    mailbox_id=mailbox_id, run_id=run_id, storage=storage
-                )
-                failed = False
-            except Exception as exc:
-                # One mailbox's failure must not stop the others; the run reports it.
-                log.warning("mailbox backup failed", extra={"mailbox_id": str(mailbox_id)})
-                failures.append(f"{mailbox_id}: {type(exc).__name__}: {exc}")
-                failed = True
-            async with unit_of_work() as session:
-                row = await repository.backup_run(session, run_id, lock=True)
-                assert row is not None
-                if failed:
+    async def record(outcomes: list[MailboxOutcome]) -> None:
+        async with unit_of_work() as session:
+            row = await repository.backup_run(session, run_id, lock=True)
+            assert row is not None
+            for outcome in outcomes:
+                if outcome.error is not None:
+                    failures.append(f"{outcome.mailbox_id}: {outcome.error}")
                     row.mailboxes_failed += 1
                 else:
                     row.mailboxes_done += 1
-                    row.messages_fetched += counters.messages_fetched
-                    row.bytes_read += counters.bytes_read
-                    row.bytes_stored += counters.bytes_stored
+                    row.messages_fetched += outcome.counters.messages_fetched
+                    row.bytes_read += outcome.counters.bytes_read
+                    row.bytes_stored += outcome.counters.bytes_stored
 
-    await asyncio.gather(*(one(m) for m in mailbox_ids))
+    await backup_mailboxes(mailbox_ids=mailbox_ids, run_id=run_id, storage=storage, on_done=record)
     async with unit_of_work() as session:
         row = await repository.backup_run(session, run_id, lock=True)
         assert row is not None

@@ -6,6 +6,10 @@ decide the work: an unchanged folder costs nothing more; flag changes and expung
 batches, hashed, and stored only if their SHA-256 is new. A message the mailbox already had
 (same INTERNALDATE, size and Message-ID: moved, or seen again after a UIDVALIDITY change) is
 recorded without a download. The snapshot is committed after its blobs are fsynced.
+
+A run over several mailboxes (`backup_mailboxes`) first takes the unchanged ones together
+(`backup_unchanged`): one pipelined LOGIN + LIST-STATUS per mailbox, compared with the
+catalog, and one transaction that commits a snapshot for each of them under their locks.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,10 +36,13 @@ from services.backup import repository
 from services.backup.engine import utf7
 from services.backup.engine.imap import (
     ImapConnection,
+    ImapProtocolError,
     Literal,
+    Tagged,
     Untagged,
     as_str,
     fetch_items,
+    master_commands,
     master_connection,
     parse_internaldate,
     parse_uid_set,
@@ -59,6 +66,11 @@ BODY_BATCH = 50
 BODY_BATCH_BYTES = 8 << 20
 PACK_TARGET_BYTES = 64 << 20
 _SPACES = re.compile(r"\s+")
+LIST_STATUS = b'LIST "" "*" RETURN (STATUS (UIDVALIDITY UIDNEXT HIGHESTMODSEQ))'
+# Status probes of the fast path at once: each is a login and one LIST-STATUS, mostly
+# waiting on Dovecot's auth and imap processes, so more than the body connections.
+STATUS_PROBES = 8
+FAST_PATH_CHUNK = 200
 
 
 class MailboxUnavailable(Exception):
@@ -151,8 +163,8 @@ def envelope(data: bytes) -> dict[str, Any]:
     }
 
 
-def _hash_all(bodies: Sequence[bytes]) -> list[tuple[bytes, dict[str, Any]]]:
-    return [(hashlib.sha256(b).digest(), envelope(b)) for b in bodies]
+def _hash_all(bodies: Sequence[bytes]) -> list[bytes]:
+    return [hashlib.sha256(b).digest() for b in bodies]
 
 
 def _seal_all(bodies: Sequence[bytes], key_id: str, level: int) -> list[bytes]:
@@ -178,6 +190,38 @@ def _parse_meta(response: Untagged) -> _Meta | None:
     )
 
 
+def _status_values(response: Untagged) -> dict[str, int]:
+    values = response.data[1] if len(response.data) > 1 else []
+    return {as_str(values[i]).upper(): int(values[i + 1]) for i in range(0, len(values) - 1, 2)}
+
+
+def _folder_status(raw: str, values: dict[str, int]) -> _FolderStatus:
+    return _FolderStatus(
+        raw=raw,
+        name=utf7.decode(raw),
+        uidvalidity=values.get("UIDVALIDITY", 0),
+        uidnext=values.get("UIDNEXT", 0),
+        highestmodseq=values.get("HIGHESTMODSEQ", 0),
+    )
+
+
+def _list_status(answer: Tagged) -> list[_FolderStatus | str]:
+    """The selectable folders of a LIST-STATUS answer; a folder the server sent no STATUS
+    for is left as its raw name."""
+    statuses = {as_str(r.data[0]): _status_values(r) for r in answer.of("STATUS")}
+    folders: list[_FolderStatus | str] = []
+    for response in answer.of("LIST"):
+        if len(response.data) < 3:
+            continue
+        attributes = {as_str(a).lower() for a in response.data[0]}
+        if attributes & {"\\noselect", "\\nonexistent"}:
+            continue
+        raw = as_str(response.data[2])
+        values = statuses.get(raw)
+        folders.append(raw if values is None else _folder_status(raw, values))
+    return folders
+
+
 def _batches(metas: Sequence[_Meta]) -> Iterator[list[_Meta]]:
     """Body batches of at most BODY_BATCH messages and about BODY_BATCH_BYTES."""
     batch: list[_Meta] = []
@@ -192,12 +236,16 @@ def _batches(metas: Sequence[_Meta]) -> Iterator[list[_Meta]]:
         yield batch
 
 
+def _lock_key(mailbox_id: uuid.UUID) -> str:
+    return f"backup:{mailbox_id}"
+
+
 @asynccontextmanager
 async def mailbox_lock(mailbox_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
     """One backup of a mailbox at a time, across workers (a PostgreSQL advisory lock that
     the server drops if the holder dies). Yields the connection holding the lock, on which
     the run does its catalog work: one connection per run, no pool checkout per step."""
-    key = f"backup:{mailbox_id}"
+    key = _lock_key(mailbox_id)
     async with get_engine().connect() as connection:
         await repository.advisory_lock(connection, key)
         await connection.commit()  # a session-level lock: it outlives this transaction
@@ -279,44 +327,14 @@ class MailboxBackup:
                 await asyncio.to_thread(self._pack.close)
 
     async def _list(self, imap: ImapConnection) -> list[_FolderStatus]:
-        answer = await imap.command(
-            b'LIST "" "*" RETURN (STATUS (UIDVALIDITY UIDNEXT HIGHESTMODSEQ))'
-        )
-        selectable: list[str] = []
-        for response in answer.of("LIST"):
-            if len(response.data) < 3:
-                continue
-            attributes = {as_str(a).lower() for a in response.data[0]}
-            if attributes & {"\\noselect", "\\nonexistent"}:
-                continue
-            selectable.append(as_str(response.data[2]))
-        statuses: dict[str, dict[str, int]] = {}
-        for response in answer.of("STATUS"):
-            values = response.data[1] if len(response.data) > 1 else []
-            statuses[as_str(response.data[0])] = {
-                as_str(values[i]).upper(): int(values[i + 1]) for i in range(0, len(values) - 1, 2)
-            }
-        folders = []
-        for raw in selectable:
-            values = statuses.get(raw)
-            if values is None:  # an older server: one STATUS each
+        folders = _list_status(await imap.command(LIST_STATUS))
+        for index, folder in enumerate(folders):
+            if isinstance(folder, str):  # an older server: one STATUS each
                 reply = await imap.command(
-                    b"STATUS " + quote(raw) + b" (UIDVALIDITY UIDNEXT HIGHESTMODSEQ)"
+                    b"STATUS " + quote(folder) + b" (UIDVALIDITY UIDNEXT HIGHESTMODSEQ)"
                 )
-                found = next(reply.of("STATUS")).data[1]
-                values = {
-                    as_str(found[i]).upper(): int(found[i + 1]) for i in range(0, len(found) - 1, 2)
-                }
-            folders.append(
-                _FolderStatus(
-                    raw=raw,
-                    name=utf7.decode(raw),
-                    uidvalidity=values.get("UIDVALIDITY", 0),
-                    uidnext=values.get("UIDNEXT", 0),
-                    highestmodseq=values.get("HIGHESTMODSEQ", 0),
-                )
-            )
-        return folders
+                folders[index] = _folder_status(folder, _status_values(next(reply.of("STATUS"))))
+        return [f for f in folders if isinstance(f, _FolderStatus)]
 
     async def _sync_folder(
         self, imap: ImapConnection, status: _FolderStatus, previous: Any | None
@@ -465,7 +483,11 @@ class MailboxBackup:
     ) -> None:
         present = [m for m in batch if m.uid in bodies]  # expunged meanwhile: not in snapshot
         data = [bodies[m.uid] for m in present]
-        hashed = await asyncio.to_thread(_hash_all, data)
+        # Threads get only the work that releases the GIL (hashing, compression, cipher,
+        # writes); the pure-Python header parse runs here: in a thread it holds the GIL in
+        # 5 ms slices that every socket call of the event loop then waits for.
+        digests = await asyncio.to_thread(_hash_all, data)
+        hashed = [(digest, envelope(body)) for digest, body in zip(digests, data, strict=True)]
         async with _transaction(self.connection) as session:
             stored = await repository.existing_blobs(session, [h for h, _ in hashed])
         fresh: dict[bytes, bytes] = {}
@@ -669,3 +691,151 @@ async def backup_mailbox(
             committed.bytes_read = job.counters.bytes_read
             committed.bytes_stored = job.counters.bytes_stored
         return committed, job.counters
+
+
+# ---------------------------------------------------------------- many mailboxes at once
+
+
+@dataclass
+class MailboxOutcome:
+    """How one mailbox of a multi-mailbox backup ended: a snapshot, or an error."""
+
+    mailbox_id: uuid.UUID
+    snapshot: Snapshot | None
+    counters: BackupCounters
+    error: str | None = None
+
+
+async def _server_folders(
+    address: str, settings: Settings
+) -> dict[str, tuple[int, int, int]] | None:
+    """The mailbox's folders with (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ), from one pipelined
+    LOGIN + LIST-STATUS + LOGOUT; None if that did not give every folder's status."""
+    try:
+        login, listing = await master_commands(address, [LIST_STATUS], settings)
+    except ImapProtocolError:
+        return None  # the full path retries and reports it
+    if login.status != "OK" or listing.status != "OK":
+        return None
+    folders = _list_status(listing)
+    if not all(isinstance(f, _FolderStatus) for f in folders):
+        return None
+    return {
+        f.name: (f.uidvalidity, f.uidnext, f.highestmodseq)
+        for f in folders
+        if isinstance(f, _FolderStatus)
+    }
+
+
+async def backup_unchanged(
+    *,
+    mailbox_ids: Sequence[uuid.UUID],
+    run_id: uuid.UUID | None,
+    settings: Settings | None = None,
+) -> dict[uuid.UUID, Snapshot]:
+    """The fast path of a run over many mailboxes: commit a new snapshot for each mailbox
+    whose every folder is unchanged on the server since its latest committed snapshot, with
+    two catalog queries for all of them, one pipelined status probe each (several at once),
+    and one transaction for all of them.
+
+    Returns those snapshots; every other mailbox (changed, interrupted before, never backed
+    up, locked by a run in progress, unreachable) needs `backup_mailbox`."""
+    settings = settings or get_settings()
+    async with get_engine().connect() as connection:
+        async with _transaction(connection) as session:
+            addresses = await repository.fast_path_candidates(session, mailbox_ids)
+        if not addresses:
+            return {}
+        probes = asyncio.Semaphore(STATUS_PROBES)
+
+        async def probe(address: str) -> dict[str, tuple[int, int, int]] | None:
+            async with probes:
+                return await _server_folders(address, settings)
+
+        # The server is asked while the catalog is read.
+        server = {m: asyncio.create_task(probe(a)) for m, a in addresses.items()}
+        try:
+            async with _transaction(connection) as session:
+                states = await repository.catalog_states(session, list(addresses))
+            found = dict(zip(server, await asyncio.gather(*server.values()), strict=True))
+        finally:
+            for task in server.values():
+                task.cancel()
+        candidates = {
+            m: state
+            for m, state in states.items()
+            if state.status in repository.BACKED_UP_STATUSES
+            and state.latest_seq is not None
+            and not state.pending
+            and state.folders
+            and found.get(m) == state.folders
+        }
+        snapshots: dict[uuid.UUID, Snapshot] = {}
+        unchanged = list(candidates)
+        # Each advisory lock takes a slot of PostgreSQL's shared lock table until commit:
+        # a run over thousands of mailboxes commits them a chunk at a time.
+        for start in range(0, len(unchanged), FAST_PATH_CHUNK):
+            async with _transaction(connection) as session:
+                # A run of the same mailbox in progress holds its lock: that mailbox is left
+                # to the full path, which waits for it. One that starts now waits for this
+                # commit.
+                keys = {_lock_key(m): m for m in unchanged[start : start + FAST_PATH_CHUNK]}
+                locked = [keys[k] for k in await repository.try_lock_all(session, list(keys))]
+                # Under the lock, the catalog must still be what the server was compared with.
+                again = await repository.catalog_states(session, locked)
+                latest = {
+                    m: seq
+                    for m in locked
+                    if again.get(m) == candidates[m]
+                    and (seq := candidates[m].latest_seq) is not None
+                }
+                for snap in await repository.add_unchanged_snapshots(session, latest, run_id):
+                    snapshots[snap.mailbox_id] = snap
+    return snapshots
+
+
+async def backup_mailboxes(
+    *,
+    mailbox_ids: Sequence[uuid.UUID],
+    run_id: uuid.UUID | None,
+    storage: PackStorage,
+    settings: Settings | None = None,
+    on_done: Callable[[list[MailboxOutcome]], Awaitable[None]] | None = None,
+) -> list[MailboxOutcome]:
+    """Back up every mailbox into a new committed snapshot: unchanged ones together through
+    `backup_unchanged`, the rest one by one, several at once. A mailbox's failure does not
+    stop the others; `on_done` hears of each outcome as it comes."""
+    settings = settings or get_settings()
+    outcomes: list[MailboxOutcome] = []
+
+    async def report(done: list[MailboxOutcome]) -> None:
+        outcomes.extend(done)
+        if on_done is not None and done:
+            await on_done(done)
+
+    try:
+        fast = await backup_unchanged(mailbox_ids=mailbox_ids, run_id=run_id, settings=settings)
+    except Exception:
+        # The fast path only saves work: whatever stopped it, the full path does it all.
+        log.warning("unchanged-mailbox fast path failed", exc_info=True)
+        fast = {}
+    await report([MailboxOutcome(m, snap, BackupCounters()) for m, snap in fast.items()])
+    limit = asyncio.Semaphore(settings.backup_imap_connections)
+
+    async def one(mailbox_id: uuid.UUID) -> None:
+        async with limit:
+            try:
+                snap, counters = await backup_mailbox(
+                    mailbox_id=mailbox_id, run_id=run_id, storage=storage, settings=settings
+                )
+                outcome = MailboxOutcome(mailbox_id, snap, counters)
+            except Exception as exc:
+                # One mailbox's failure must not stop the others; the outcome reports it.
+                log.warning("mailbox backup failed", extra={"mailbox_id": str(mailbox_id)})
+                outcome = MailboxOutcome(
+                    mailbox_id, None, BackupCounters(), f"{type(exc).__name__}: {exc}"
+                )
+            await report([outcome])
+
+    await asyncio.gather(*(one(m) for m in mailbox_ids if m not in fast))
+    return outcomes

@@ -286,6 +286,23 @@ class ImapConnection:
             )
         return answer
 
+    async def pipeline(self, commands: Sequence[bytes]) -> list[Tagged]:
+        """Send `commands` (no literals) at once and read their answers in order: one round
+        trip for all of them. Answers are not checked: a NO/BAD is the caller's to judge."""
+        async with self._lock, asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
+            tags = [self._tag() for _ in commands]
+            self._writer.write(
+                b"".join(
+                    tag + b" " + command + b"\r\n"
+                    for tag, command in zip(tags, commands, strict=True)
+                )
+            )
+            try:
+                await self._writer.drain()
+                return [await self._read_until(tag) for tag in tags]
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                raise ImapProtocolError(f"IMAP connection lost: {exc!r}") from exc
+
     async def login(self, user: str, password: str) -> None:
         await self.command(b"LOGIN " + quote(user) + b" " + quote(password))
         answer = await self.command(b"CAPABILITY")
@@ -332,9 +349,32 @@ class ImapConnection:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await self.command(b"LOGOUT", check=False)
+        await self.disconnect()
+
+    async def disconnect(self) -> None:
+        """Close the socket (after a LOGOUT already answered, or on an error)."""
         self._writer.close()
         with contextlib.suppress(Exception):
             await self._writer.wait_closed()
+
+
+async def master_commands(
+    address: str, commands: Sequence[bytes], settings: Settings | None = None
+) -> list[Tagged]:
+    """Log in to `address` as the master user, run `commands` and log out, all pipelined
+    behind the LOGIN: one round trip after the greeting. The first answer is LOGIN's; on a
+    failed LOGIN the others are errors too."""
+    settings = settings or get_settings()
+    connection = await ImapConnection.connect(settings.mail_host, settings.imap_port)
+    try:
+        login = b"LOGIN %s %s" % (
+            quote(master_login(address, settings)),
+            quote(settings.master_password.get_secret_value()),
+        )
+        answers = await connection.pipeline([login, *commands, b"LOGOUT"])
+        return answers[:-1]
+    finally:
+        await connection.disconnect()
 
 
 @asynccontextmanager
