@@ -309,7 +309,12 @@ def _sampled(main: Any, out: Path) -> dict[str, float]:
 
 
 def child(phase: str, argument: str) -> None:
+    import uvloop
+
     from shared.db import get_engine
+
+    if os.environ.get("MAILOPS_BENCH_LOOP", "uvloop") == "uvloop":
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # as `mailops worker` runs
 
     async def main() -> dict[str, float]:
         try:
