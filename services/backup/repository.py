@@ -35,6 +35,7 @@ from shared.models.backup import (
     BackupPack,
     BackupPolicy,
     BackupRun,
+    BackupScope,
     JobStatus,
     RestoreJob,
     Snapshot,
@@ -90,28 +91,32 @@ async def policies(session: AsyncSession) -> list[BackupPolicy]:
 
 
 async def mailbox_schedule(
-    session: AsyncSession,
+    session: AsyncSession, *, department_id: uuid.UUID | None = None
 ) -> list[tuple[uuid.UUID, uuid.UUID, datetime | None]]:
-    """Each backed-up mailbox with its department and its latest committed snapshot's time."""
+    """Each backed-up mailbox (of one department if given) with its department and its
+    latest committed snapshot's time."""
     latest = (
         select(Snapshot.mailbox_id, func.max(Snapshot.completed_at).label("last"))
         .where(Snapshot.status == SnapshotStatus.COMMITTED.value)
         .group_by(Snapshot.mailbox_id)
         .subquery()
     )
-    rows = await session.execute(
+    query = (
         select(Mailbox.id, Mailbox.department_id, latest.c.last)
         .outerjoin(latest, latest.c.mailbox_id == Mailbox.id)
         .where(Mailbox.status.in_(BACKED_UP_STATUSES))
     )
-    return [(r[0], r[1], r[2]) for r in rows]
+    if department_id is not None:
+        query = query.where(Mailbox.department_id == department_id)
+    return [(r[0], r[1], r[2]) for r in await session.execute(query.order_by(Mailbox.address))]
 
 
-async def mailboxes_with_open_runs(session: AsyncSession) -> set[uuid.UUID]:
+async def departments_with_open_scheduled_runs(session: AsyncSession) -> set[uuid.UUID]:
     rows = await session.scalars(
-        select(BackupRun.mailbox_id).where(
+        select(BackupRun.department_id).where(
+            BackupRun.scope == BackupScope.SCHEDULED.value,
             BackupRun.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value)),
-            BackupRun.mailbox_id.is_not(None),
+            BackupRun.department_id.is_not(None),
         )
     )
     return {r for r in rows if r is not None}

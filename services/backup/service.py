@@ -319,6 +319,10 @@ async def _mailboxes_of(run: BackupRun) -> list[uuid.UUID]:
     if run.mailbox_id is not None:
         return [run.mailbox_id]
     async with unit_of_work() as session:
+        if run.scope == BackupScope.SCHEDULED and run.department_id is not None:
+            # Those still due when the run starts (a manual backup meanwhile counts).
+            due = await _due_mailboxes(session, datetime.now(UTC), run.department_id)
+            return due.get(run.department_id, [])
         return await repository.backed_up_mailbox_ids(session, department_id=run.department_id)
 
 
@@ -388,24 +392,40 @@ async def final_backup_run(mailbox_id: uuid.UUID) -> uuid.UUID | None:
         return run.id
 
 
+async def _due_mailboxes(
+    session: AsyncSession, now: datetime, department_id: uuid.UUID | None = None
+) -> dict[uuid.UUID, list[uuid.UUID]]:
+    """By department, the mailboxes whose department's policy interval has passed since
+    their latest committed snapshot (or that have none)."""
+    policies = {p.department_id: _policy(p) for p in await repository.policies(session)}
+    due: dict[uuid.UUID, list[uuid.UUID]] = {}
+    for mailbox_id, department, last in await repository.mailbox_schedule(
+        session, department_id=department_id
+    ):
+        interval = timedelta(seconds=policies.get(department, default_policy()).interval_seconds)
+        if last is None or now - last >= interval:
+            due.setdefault(department, []).append(mailbox_id)
+    return due
+
+
 async def schedule_due_backups(now: datetime | None = None) -> int:
-    """Create a run for each mailbox whose policy interval has passed since its last snapshot."""
+    """Create a scheduled run for each department with mailboxes due for a backup.
+
+    One run per department, not per mailbox: its unchanged mailboxes then share one fast
+    path (`backup_unchanged`). A department whose scheduled run is still open gets none.
+    """
     now = now or datetime.now(UTC)
-    created = 0
     async with unit_of_work() as session:
-        policies = {p.department_id: _policy(p) for p in await repository.policies(session)}
-        busy = await repository.mailboxes_with_open_runs(session)
-        for mailbox_id, department_id, last in await repository.mailbox_schedule(session):
-            interval = policies.get(department_id, default_policy()).interval_seconds
-            if mailbox_id in busy or (
-                last is not None and now - last < timedelta(seconds=interval)
-            ):
-                continue
+        busy = await repository.departments_with_open_scheduled_runs(session)
+        departments = [d for d in await _due_mailboxes(session, now) if d not in busy]
+        for department_id in departments:
             await create_run(
-                session, scope=BackupScope.SCHEDULED, mailbox_id=mailbox_id, requested_by="schedule"
+                session,
+                scope=BackupScope.SCHEDULED,
+                department_id=department_id,
+                requested_by="schedule",
             )
-            created += 1
-    return created
+    return len(departments)
 
 
 # ---------------------------------------------------------------- restore

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from services.backup import service
 from services.backup.engine.backup import backup_mailbox
 from shared.db import unit_of_work
-from shared.models.backup import BackupBlob, BackupPolicy, Snapshot
+from shared.models.backup import BackupBlob, BackupPolicy, BackupRun, Snapshot
 from tests.backup import helpers
 
 
@@ -72,3 +72,72 @@ async def test_prune_removes_expired_snapshots_and_then_unreferenced_blobs(
         )
     assert list(left) == [second.id] and old_blobs == 0
     assert first.id not in left
+
+
+async def _scheduled_runs(department_ids: set[uuid.UUID]) -> list[BackupRun]:
+    async with unit_of_work() as session:
+        runs = (
+            await session.scalars(select(BackupRun).where(BackupRun.scope == "scheduled"))
+        ).all()
+    return [r for r in runs if r.department_id in department_ids]
+
+
+async def _set_aside_other_scheduled_runs(department_ids: set[uuid.UUID]) -> None:
+    """Other tests' mailboxes are due too: their runs end as no-ops if a worker meets them."""
+    async with unit_of_work() as session:
+        queued = select(BackupRun).where(
+            BackupRun.scope == "scheduled", BackupRun.status == "queued"
+        )
+        for run in await session.scalars(queued):
+            if run.department_id not in department_ids:
+                run.status, run.reason = "failed", "set aside by a test"
+
+
+@pytest.mark.usefixtures("mail_stack")
+async def test_the_schedule_backs_up_each_departments_due_mailboxes_in_one_run(
+    seed, storage
+) -> None:
+    hourly = await seed.department()
+    daily = await seed.department()
+    async with unit_of_work() as session:
+        session.add(
+            BackupPolicy(
+                department_id=hourly.id,
+                interval_seconds=3600,
+                keep_last=5,
+                keep_daily=0,
+                keep_weekly=0,
+                keep_monthly=0,
+            )
+        )
+    fresh, due_1, due_2 = [await seed.mailbox("pw-1234567890", department=hourly) for _ in "abc"]
+    never = await seed.mailbox("pw-1234567890", department=daily)
+    await backup_mailbox(mailbox_id=fresh.id, run_id=None, storage=storage)
+    ours = {hourly.id, daily.id}
+
+    assert await service.schedule_due_backups() >= 2
+    await _set_aside_other_scheduled_runs(ours)
+    runs = {r.department_id: r for r in await _scheduled_runs(ours)}
+    assert set(runs) == ours and all(r.status == "queued" for r in runs.values())
+    await service.schedule_due_backups()  # open runs: nothing new for these departments
+    assert len(await _scheduled_runs(ours)) == 2
+
+    for run in runs.values():
+        assert await service.execute_backup_run(run.id, storage) == "succeeded"
+    assert await _backed_up_by(runs[hourly.id].id) == {due_1.id, due_2.id}  # not `fresh`
+    assert await _backed_up_by(runs[daily.id].id) == {never.id}
+    await service.schedule_due_backups()
+    await _set_aside_other_scheduled_runs(ours)
+    assert len(await _scheduled_runs(ours)) == 2, "nothing of theirs is due right after"
+
+
+async def _backed_up_by(run_id: uuid.UUID) -> set[uuid.UUID]:
+    async with unit_of_work() as session:
+        run = await session.get(BackupRun, run_id)
+        assert run is not None and run.mailboxes_failed == 0
+        snapshots = await session.scalars(
+            select(Snapshot.mailbox_id).where(Snapshot.run_id == run_id)
+        )
+        mailboxes = set(snapshots)
+        assert run.mailboxes_done == len(mailboxes)
+        return mailboxes
