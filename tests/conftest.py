@@ -51,6 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncSession  # noqa: E402
 from shared import mailstack  # noqa: E402
 from shared.database_admin import drop_database, upgrade  # noqa: E402
 from shared.models import Department, Domain, Mailbox, MailboxStatus  # noqa: E402
+from shared.models.backup import BackupPolicy  # noqa: E402
 from shared.passwords import hash_password  # noqa: E402
 from shared.settings import Settings, get_settings  # noqa: E402
 
@@ -140,6 +141,22 @@ class Seed:
         self.session.add(mailbox)
         await self.session.commit()
         return mailbox
+
+    async def backup_policy(
+        self, department: Department, *, interval_seconds: int = 3600, keep_last: int = 1
+    ) -> None:
+        """A department backup policy keeping only the last `keep_last` snapshots."""
+        self.session.add(
+            BackupPolicy(
+                department_id=department.id,
+                interval_seconds=interval_seconds,
+                keep_last=keep_last,
+                keep_daily=0,
+                keep_weekly=0,
+                keep_monthly=0,
+            )
+        )
+        await self.session.commit()
 
 
 @pytest.fixture

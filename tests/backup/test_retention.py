@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from services.backup import service
 from services.backup.engine.backup import backup_mailbox
 from shared.db import unit_of_work
-from shared.models.backup import BackupBlob, BackupPolicy, BackupRun, Snapshot
+from shared.models.backup import BackupBlob, BackupRun, Snapshot
 from tests.backup import helpers
 
 
@@ -39,17 +39,7 @@ async def test_prune_removes_expired_snapshots_and_then_unreferenced_blobs(
 ) -> None:
     department = await seed.department()
     mailbox = await seed.mailbox("pw-1234567890", department=department)
-    async with unit_of_work() as session:
-        session.add(
-            BackupPolicy(
-                department_id=department.id,
-                interval_seconds=3600,
-                keep_last=1,
-                keep_daily=0,
-                keep_weekly=0,
-                keep_monthly=0,
-            )
-        )
+    await seed.backup_policy(department)
     only_old = corpus(3, seed=31)
     await helpers.append(mailbox.address, "INBOX", only_old)
     first, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
@@ -99,17 +89,7 @@ async def test_the_schedule_backs_up_each_departments_due_mailboxes_in_one_run(
 ) -> None:
     hourly = await seed.department()
     daily = await seed.department()
-    async with unit_of_work() as session:
-        session.add(
-            BackupPolicy(
-                department_id=hourly.id,
-                interval_seconds=3600,
-                keep_last=5,
-                keep_daily=0,
-                keep_weekly=0,
-                keep_monthly=0,
-            )
-        )
+    await seed.backup_policy(hourly, keep_last=5)
     fresh, due_1, due_2 = [await seed.mailbox("pw-1234567890", department=hourly) for _ in "abc"]
     never = await seed.mailbox("pw-1234567890", department=daily)
     await backup_mailbox(mailbox_id=fresh.id, run_id=None, storage=storage)

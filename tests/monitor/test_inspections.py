@@ -9,7 +9,7 @@ import pytest
 from services.monitor.checks import CHECKS, CheckContext
 from shared.db import unit_of_work
 from shared.imap import check, imap_session
-from shared.models.backup import BackupPolicy, Snapshot
+from shared.models.backup import Snapshot
 from shared.settings import Settings
 from tests.mail import message
 from tests.monitor.conftest import Api
@@ -53,17 +53,8 @@ async def test_mailbox_whose_last_snapshot_is_older_than_its_policy_shows_as_sta
     stale = await seed.mailbox("pw-1234567890", department=department)
     fresh = await seed.mailbox("pw-1234567890", department=department)
     now = datetime.now(UTC)
+    await seed.backup_policy(department)
     async with unit_of_work() as session:
-        session.add(
-            BackupPolicy(
-                department_id=department.id,
-                interval_seconds=3600,
-                keep_last=1,
-                keep_daily=0,
-                keep_weekly=0,
-                keep_monthly=0,
-            )
-        )
         for mailbox, age in ((stale, timedelta(hours=2)), (fresh, timedelta(minutes=10))):
             session.add(
                 Snapshot(mailbox_id=mailbox.id, seq=1, status="committed", completed_at=now - age)
