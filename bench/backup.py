@@ -29,7 +29,6 @@ import os
 import random
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,29 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _environment(state: Path) -> dict[str, str]:
-    return {
-        "MAILOPS_ENVIRONMENT": "test",
-        "MAILOPS_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/"
-        f"mailops_bench_{uuid.uuid4().hex[:8]}",
-        "MAILOPS_REDIS_URL": "redis://127.0.0.1:6379/14",
-        "MAILOPS_STATE_DIR": str(state),
-        "MAILOPS_IMAP_PORT": str(_free_port()),
-        "MAILOPS_SMTP_PORT": str(_free_port()),
-        "MAILOPS_LMTP_PORT": str(_free_port()),
-        "MAILOPS_SIEVE_PORT": str(_free_port()),
-        "MAILOPS_MASTER_PASSWORD": f"bench-{uuid.uuid4().hex}",
-        "MAILOPS_AUTH_PENALTY": "false",
-        "MAILOPS_QUEUE_PREFIX": f"mailops-bench-{uuid.uuid4().hex[:8]}",
-    }
-
+from bench.common import private_environment  # noqa: E402
 
 FOLDERS = ("INBOX", "Sent", "Archive", "Projekte/Überblick")
 FLAGS = ([], ["\\Seen"], ["\\Seen", "\\Answered"], ["\\Seen", "$Label1"], ["\\Flagged"])
@@ -506,7 +483,7 @@ def main() -> None:
         sys.exit("mbsync (Debian package isync) is not installed")
     work = Path(tempfile.mkdtemp(prefix="mailops-bench-"))
     work.chmod(0o755)  # the daemons' own users must reach the state dir inside
-    env = _environment(work / "state")
+    env = private_environment("backup", work / "state")
     os.environ.update(env)
 
     from shared import mailstack

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -21,30 +20,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import free_port, private_environment
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-DATABASE = f"mailops_bench_monitor_{uuid.uuid4().hex[:6]}"
 os.environ.update(
     {
-        "MAILOPS_ENVIRONMENT": "test",
-        "MAILOPS_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{DATABASE}",
-        "MAILOPS_REDIS_URL": "redis://127.0.0.1:6379/14",
-        "MAILOPS_STATE_DIR": tempfile.mkdtemp(prefix="mailops-bench-monitor-"),
-        "MAILOPS_IMAP_PORT": str(_free_port()),
-        "MAILOPS_SMTP_PORT": str(_free_port()),
-        "MAILOPS_LMTP_PORT": str(_free_port()),
-        "MAILOPS_SIEVE_PORT": str(_free_port()),
-        "MAILOPS_AUTH_PENALTY": "false",
-        "MAILOPS_QUEUE_PREFIX": f"mailops-bench-{uuid.uuid4().hex[:6]}",
+        **private_environment("monitor", tempfile.mkdtemp(prefix="mailops-bench-monitor-")),
         "MAILOPS_MONITOR_PROBE_ADDRESS": "probe@bench.test",
         # No network here: point DNS at a closed port so it answers `unknown` at once, and
         # leave the (not running) APIs out of the platform check.
-        "MAILOPS_MONITOR_DNS_RESOLVER": f"127.0.0.1:{_free_port()}",
+        "MAILOPS_MONITOR_DNS_RESOLVER": f"127.0.0.1:{free_port()}",
         "MAILOPS_MONITOR_DNS_TIMEOUT_SECONDS": "0.5",
         "MAILOPS_MONITOR_READYZ_URLS": "[]",
         "MAILOPS_MONITOR_METRICS_CACHE_SECONDS": "0",
@@ -52,21 +36,21 @@ os.environ.update(
     }
 )
 
-import httpx  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
+import httpx
+from sqlalchemy import insert
 
-from services.monitor import reports  # noqa: E402
-from services.monitor.checks import CHECKS, CheckContext  # noqa: E402
-from shared import mailstack  # noqa: E402
-from shared.database_admin import drop_database, upgrade  # noqa: E402
-from shared.db import get_engine, unit_of_work  # noqa: E402
-from shared.imap import check, imap_session  # noqa: E402
-from shared.models import Department, Domain, Mailbox  # noqa: E402
-from shared.models.backup import BackupPolicy, Snapshot  # noqa: E402
-from shared.models.monitor import ReportKind  # noqa: E402
-from shared.passwords import hash_password  # noqa: E402
-from shared.queue import close_pool  # noqa: E402
-from shared.settings import get_settings  # noqa: E402
+from services.monitor import reports
+from services.monitor.checks import CHECKS, CheckContext
+from shared import mailstack
+from shared.database_admin import drop_database, upgrade
+from shared.db import get_engine, unit_of_work
+from shared.imap import check, imap_session
+from shared.models import Department, Domain, Mailbox
+from shared.models.backup import BackupPolicy, Snapshot
+from shared.models.monitor import ReportKind
+from shared.passwords import hash_password
+from shared.queue import close_pool
+from shared.settings import get_settings
 
 
 async def seed(count: int) -> list[str]:

@@ -21,44 +21,27 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port, private_environment  # noqa: E402
+
 PEER_WRITES_PER_SECOND = 20.0  # Microsoft Graph's documented write limit
 GOAL_PER_SECOND = 40.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 STATE_DIR = tempfile.mkdtemp(prefix="mailops-bench-onboarding-")
-API_PORT = _free_port()
+API_PORT = free_port()
 ENVIRONMENT = {
-    "MAILOPS_ENVIRONMENT": "test",
-    "MAILOPS_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/"
-    f"mailops_bench_onboarding_{uuid.uuid4().hex[:6]}",
-    "MAILOPS_REDIS_URL": "redis://127.0.0.1:6379/14",
-    "MAILOPS_STATE_DIR": STATE_DIR,
-    "MAILOPS_IMAP_PORT": str(_free_port()),
-    "MAILOPS_SMTP_PORT": str(_free_port()),
-    "MAILOPS_LMTP_PORT": str(_free_port()),
-    "MAILOPS_SIEVE_PORT": str(_free_port()),
-    "MAILOPS_MASTER_PASSWORD": f"bench-{uuid.uuid4().hex}",
-    "MAILOPS_AUTH_PENALTY": "false",
-    "MAILOPS_QUEUE_PREFIX": f"mailops-bench-{uuid.uuid4().hex[:6]}",
+    **private_environment("onboarding", STATE_DIR),
     "MAILOPS_LOG_LEVEL": "WARNING",
 }
 os.environ.update(ENVIRONMENT)

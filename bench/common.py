@@ -1,0 +1,36 @@
+"""What every benchmark needs: a private mailops environment beside anything else running.
+
+Its own database, Redis queue prefix, state dir and free loopback ports, so a benchmark's
+Dovecot and Postfix never meet a developer's stack or the test suite's.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def private_environment(name: str, state_dir: Path | str) -> dict[str, str]:
+    """MAILOPS_* settings for a benchmark's own database, queue, state dir and ports."""
+    run = uuid.uuid4().hex[:8]
+    database = f"mailops_bench_{name}_{run}"
+    return {
+        "MAILOPS_ENVIRONMENT": "test",
+        "MAILOPS_DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database}",
+        "MAILOPS_REDIS_URL": "redis://127.0.0.1:6379/14",
+        "MAILOPS_STATE_DIR": str(state_dir),
+        "MAILOPS_IMAP_PORT": str(free_port()),
+        "MAILOPS_SMTP_PORT": str(free_port()),
+        "MAILOPS_LMTP_PORT": str(free_port()),
+        "MAILOPS_SIEVE_PORT": str(free_port()),
+        "MAILOPS_MASTER_PASSWORD": f"bench-{uuid.uuid4().hex}",
+        "MAILOPS_AUTH_PENALTY": "false",
+        "MAILOPS_QUEUE_PREFIX": f"mailops-bench-{run}",
+    }
