@@ -43,7 +43,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import private_environment  # noqa: E402
+from bench.common import private_environment, tree_cpu  # noqa: E402
 
 FOLDERS = ("INBOX", "Sent", "Archive", "Projekte/Überblick")
 FLAGS = ([], ["\\Seen"], ["\\Seen", "\\Answered"], ["\\Seen", "$Label1"], ["\\Flagged"])
@@ -381,30 +381,6 @@ def timed(command: list[str]) -> float:
     if done.returncode != 0:
         raise RuntimeError(f"{command[0]} failed: {done.stderr[-2000:]}")
     return time.perf_counter() - started
-
-
-def tree_cpu(root: int | None) -> float:
-    """CPU seconds used so far by a process and its descendants, live or reaped."""
-    if root is None:
-        return 0.0
-    parents: dict[int, int] = {}
-    cpu: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            text = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2 :].split()
-        parents[int(entry.name)] = int(fields[1])
-        cpu[int(entry.name)] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += cpu.get(pid, 0)
-        todo.extend(child for child, parent in parents.items() if parent == pid)
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def postmaster() -> int | None:

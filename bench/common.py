@@ -1,4 +1,5 @@
-"""What every benchmark needs: a private mailops environment beside anything else running.
+"""What every benchmark needs: a private mailops environment beside anything else running,
+and the CPU its processes used.
 
 Its own database, Redis queue prefix, state dir and free loopback ports, so a benchmark's
 Dovecot and Postfix never meet a developer's stack or the test suite's.
@@ -6,6 +7,7 @@ Dovecot and Postfix never meet a developer's stack or the test suite's.
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from pathlib import Path
@@ -34,3 +36,27 @@ def private_environment(name: str, state_dir: Path | str) -> dict[str, str]:
         "MAILOPS_AUTH_PENALTY": "false",
         "MAILOPS_QUEUE_PREFIX": f"mailops-bench-{run}",
     }
+
+
+def tree_cpu(root: int | None) -> float:
+    """CPU seconds used so far by a process and its descendants, live or reaped."""
+    if root is None:
+        return 0.0
+    parents: dict[int, int] = {}
+    cpu: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return total / os.sysconf("SC_CLK_TCK")

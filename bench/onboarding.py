@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import free_port, private_environment  # noqa: E402
+from bench.common import free_port, private_environment, tree_cpu  # noqa: E402
 
 PEER_WRITES_PER_SECOND = 20.0  # Microsoft Graph's documented write limit
 GOAL_PER_SECOND = 40.0
@@ -63,37 +63,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # ---------------------------------------------------------------- CPU accounting
 
 
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, own + reaped children's CPU seconds) of a live process, from /proc."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = raw.rsplit(")", 1)[1].split()
-    ppid = int(fields[1])
-    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    return ppid, (utime + stime + cutime + cstime) / CLK_TCK
-
-
-def tree_cpu_seconds(root: int | None) -> float:
-    """CPU seconds used by a process and its descendants (live ones and reaped ones)."""
-    if root is None:
-        return 0.0
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
-            parents[int(entry.name)], cpu[int(entry.name)] = stat
-    total = 0.0
-    for pid in cpu:
-        walk = pid
-        while walk not in (root, 0, 1) and walk in parents:
-            walk = parents[walk]
-        if walk == root:
-            total += cpu[pid]
-    return total
-
-
 def machine_cpu_seconds() -> float:
     """Busy CPU seconds of the whole machine (all cores) since boot."""
     values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -102,10 +71,7 @@ def machine_cpu_seconds() -> float:
 
 
 def dovecot_pid() -> int | None:
-    try:
-        return int(mailstack.StackPaths(Path(STATE_DIR)).dovecot_pid_file.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
+    return mailstack.read_pid(mailstack.StackPaths(Path(STATE_DIR)).dovecot_pid_file)
 
 
 # ---------------------------------------------------------------- the private platform
@@ -328,9 +294,9 @@ async def run(count: int, concurrency: int, seconds: float) -> list[tuple[str, s
             results = watch.results = Results()
 
             cpu_before = {
-                "api": tree_cpu_seconds(api.pid),
-                "worker": tree_cpu_seconds(worker.pid),
-                "dovecot": tree_cpu_seconds(dovecot_pid()),
+                "api": tree_cpu(api.pid),
+                "worker": tree_cpu(worker.pid),
+                "dovecot": tree_cpu(dovecot_pid()),
                 "client": time.process_time(),
                 "machine": machine_cpu_seconds(),
             }
@@ -347,9 +313,9 @@ async def run(count: int, concurrency: int, seconds: float) -> list[tuple[str, s
             )
             watcher.cancel()
             cpu = {
-                "api": tree_cpu_seconds(api.pid) - cpu_before["api"],
-                "worker": tree_cpu_seconds(worker.pid) - cpu_before["worker"],
-                "dovecot": tree_cpu_seconds(dovecot_pid()) - cpu_before["dovecot"],
+                "api": tree_cpu(api.pid) - cpu_before["api"],
+                "worker": tree_cpu(worker.pid) - cpu_before["worker"],
+                "dovecot": tree_cpu(dovecot_pid()) - cpu_before["dovecot"],
                 "client": time.process_time() - cpu_before["client"],
                 "machine": machine_cpu_seconds() - cpu_before["machine"],
             }
