@@ -87,11 +87,7 @@ async def get_status(session: SessionDep, _: Reader) -> JSONResponse:
 @router.get("/checks", summary="Every check with its interval and last result")
 async def list_checks(session: SessionDep, _: Reader) -> list[CheckOut]:
     latest = await repository.latest_results(session)
-    unresolved = {
-        i.check: i.id
-        for i in await repository.incidents(session, state=None, limit=500)
-        if i.state != IncidentState.RESOLVED
-    }
+    unresolved = {i.check: i.id for i in await repository.unresolved_incidents(session)}
     intervals = check_intervals(get_settings())
     return [
         CheckOut(
@@ -206,7 +202,6 @@ async def add_note(
 async def create_window(
     body: MaintenanceWindowIn, session: SessionDep, principal: Operator
 ) -> MaintenanceWindowOut:
-
     window = await service.create_window(
         session,
         checks=body.checks,
@@ -220,7 +215,6 @@ async def create_window(
 
 @router.get("/maintenance-windows", summary="Current and future maintenance windows")
 async def list_windows(session: SessionDep, _: Reader) -> list[MaintenanceWindowOut]:
-
     rows = await repository.windows(session, active_at=datetime.now(UTC))
     return [MaintenanceWindowOut.model_validate(w) for w in rows]
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 
+from services.monitor.commands import run_command
 from shared.mailstack import StackPaths
 from shared.settings import Settings
 
@@ -26,19 +26,6 @@ class QueuedMessage:
     reason: str
 
 
-async def _run(*args: str, time_limit: float) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), time_limit)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
-
-
 def postfix_config_dir(settings: Settings) -> str:
     return str(StackPaths(settings.resolved_state_dir).postfix_dir)
 
@@ -46,7 +33,7 @@ def postfix_config_dir(settings: Settings) -> str:
 async def read_queue(settings: Settings, time_limit: float = 10.0) -> list[QueuedMessage]:
     """Every message in Postfix's queues (one `postqueue -j` call)."""
     try:
-        code, out, err = await _run(
+        code, out, err = await run_command(
             "postqueue", "-c", postfix_config_dir(settings), "-j", time_limit=time_limit
         )
     except FileNotFoundError as exc:
@@ -76,18 +63,17 @@ async def remove(settings: Settings, queue_ids: list[str], time_limit: float = 3
     """Delete messages from the queue by id (`postsuper -d -` reading ids from stdin)."""
     if not queue_ids:
         return
-    process = await asyncio.create_subprocess_exec(
-        "postsuper",
-        "-c",
-        postfix_config_dir(settings),
-        "-d",
-        "-",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(
-        process.communicate("\n".join(queue_ids).encode() + b"\n"), time_limit
-    )
-    if process.returncode:
-        raise QueueUnavailable(f"postsuper failed: {(err or out).decode().strip()[:300]}")
+    try:
+        code, out, err = await run_command(
+            "postsuper",
+            "-c",
+            postfix_config_dir(settings),
+            "-d",
+            "-",
+            time_limit=time_limit,
+            stdin="\n".join(queue_ids).encode() + b"\n",
+        )
+    except FileNotFoundError as exc:
+        raise QueueUnavailable("postsuper is not installed here") from exc
+    if code:
+        raise QueueUnavailable(f"postsuper failed: {(err or out).strip()[:300]}")

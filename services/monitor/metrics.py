@@ -1,7 +1,8 @@
 """Check metrics for /metrics, from the latest stored results (not from in-process state).
 
-A scrape reads one small query's worth of rows (each check's last result and its gauges)
-at most every `monitor_metrics_cache_seconds`; the collector serves that snapshot.
+A scrape reads two small queries' worth of rows (each check's last result with its gauges
+and run counters, and the open incidents) at most every `monitor_metrics_cache_seconds`;
+the collector serves that snapshot.
 Base units, no per-mailbox labels; counters end in `_total`.
 """
 
@@ -11,7 +12,6 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -48,8 +48,7 @@ STATUSES = ("pass", "warn", "fail", "unknown")
 @dataclass
 class Snapshot:
     taken_at: float = 0.0
-    rows: list[tuple[str, str, float, Any, Any]] = field(default_factory=list)
-    states: list[tuple[str, int, int]] = field(default_factory=list)
+    runs: list[repository.LatestRun] = field(default_factory=list)
     open_incidents: int = 0
 
 
@@ -65,8 +64,7 @@ class CheckMetrics(Collector):
             return
         try:
             async with get_sessionmaker()() as session:
-                rows = await repository.latest_gauges(session)
-                states = await repository.check_states(session)
+                runs = await repository.latest_runs(session)
                 open_incidents = await repository.open_incident_count(session)
         except Exception:
             # A scrape must still answer (with the last snapshot) when the database does not.
@@ -74,8 +72,7 @@ class CheckMetrics(Collector):
             return
         self.snapshot = Snapshot(
             taken_at=time.monotonic(),
-            rows=rows,
-            states=[(s.check, s.runs_total, s.failures_total) for s in states],
+            runs=runs,
             open_incidents=open_incidents,
         )
 
@@ -98,13 +95,20 @@ class CheckMetrics(Collector):
             "mailops_check_last_run_timestamp_seconds", "When the check last ran", labels=["check"]
         )
         gauges: dict[str, GaugeMetricFamily] = {}
-        for check, verdict, seconds, started_at, samples in snapshot.rows:
+        runs = CounterMetricFamily("mailops_check_runs", "Check runs recorded", labels=["check"])
+        failures = CounterMetricFamily(
+            "mailops_check_failures", "Check runs that failed", labels=["check"]
+        )
+        for run in snapshot.runs:
+            check, verdict = run.check, run.status
             up.add_metric([check], 1.0 if verdict in ("pass", "warn") else 0.0)
             for name in STATUSES:
                 status.add_metric([check, name], 1.0 if verdict == name else 0.0)
-            duration.add_metric([check], seconds)
-            last_run.add_metric([check], started_at.timestamp())
-            for sample in samples or []:
+            duration.add_metric([check], run.duration_seconds)
+            last_run.add_metric([check], run.started_at.timestamp())
+            runs.add_metric([check], run.runs_total)
+            failures.add_metric([check], run.failures_total)
+            for sample in run.gauges:
                 name, labels = sample["name"], sample.get("labels") or {}
                 family = gauges.get(name)
                 if family is None:
@@ -112,13 +116,6 @@ class CheckMetrics(Collector):
                         name, HELP.get(name, name), labels=sorted(labels)
                     )
                 family.add_metric([labels[k] for k in sorted(labels)], float(sample["value"]))
-        runs = CounterMetricFamily("mailops_check_runs", "Check runs recorded", labels=["check"])
-        failures = CounterMetricFamily(
-            "mailops_check_failures", "Check runs that failed", labels=["check"]
-        )
-        for check, total, failed in snapshot.states:
-            runs.add_metric([check], total)
-            failures.add_metric([check], failed)
         incidents = GaugeMetricFamily("mailops_incidents_open", "Unresolved incidents")
         incidents.add_metric([], snapshot.open_incidents)
         yield from (up, status, duration, last_run, runs, failures, incidents)

@@ -62,7 +62,6 @@ async def inspect(
         }
         for r in results
     ]
-    incidents = await repository.incidents(session, state=None, limit=LISTED)
     open_incidents = [
         {
             "id": str(i.id),
@@ -72,8 +71,7 @@ async def inspect(
             "title": i.title,
             "opened_at": i.opened_at.isoformat(),
         }
-        for i in incidents
-        if i.state != "resolved"
+        for i in await repository.unresolved_incidents(session)
     ]
     held_count, held = await repository.mailboxes_in_status(
         session, (MailboxStatus.SUSPENDED.value, MailboxStatus.DELETING.value), LISTED

@@ -189,8 +189,17 @@ async def lock_check_state(session: AsyncSession, check: str) -> CheckState:
     return state
 
 
-async def check_states(session: AsyncSession) -> list[CheckState]:
-    return list(await session.scalars(select(CheckState)))
+@dataclass(frozen=True)
+class LatestRun:
+    """A check's last result and its run counters: what /metrics shows."""
+
+    check: str
+    status: str
+    duration_seconds: float
+    started_at: datetime
+    gauges: list[dict[str, Any]]
+    runs_total: int
+    failures_total: int
 
 
 async def latest_results(session: AsyncSession) -> dict[str, CheckResult]:
@@ -201,8 +210,8 @@ async def latest_results(session: AsyncSession) -> dict[str, CheckResult]:
     return {r.check: r for r in rows}
 
 
-async def latest_gauges(session: AsyncSession) -> list[tuple[str, str, float, datetime, Any]]:
-    """(check, status, duration, started_at, gauges) of each check's last result: /metrics."""
+async def latest_runs(session: AsyncSession) -> list[LatestRun]:
+    """Each check's last result with its counters, in one query (for /metrics)."""
     rows = await session.execute(
         select(
             CheckResult.check,
@@ -210,9 +219,11 @@ async def latest_gauges(session: AsyncSession) -> list[tuple[str, str, float, da
             CheckResult.duration_seconds,
             CheckResult.started_at,
             CheckResult.gauges,
+            CheckState.runs_total,
+            CheckState.failures_total,
         ).join(CheckState, CheckState.last_result_id == CheckResult.id)
     )
-    return [(c, s, d, t, g) for c, s, d, t, g in rows]
+    return [LatestRun(c, s, d, t, g or [], r, f) for c, s, d, t, g, r, f in rows]
 
 
 async def results(
@@ -280,6 +291,17 @@ async def unresolved_incident(session: AsyncSession, check: str) -> Incident | N
     return await session.scalar(
         select(Incident).where(
             Incident.check == check, Incident.state != IncidentState.RESOLVED.value
+        )
+    )
+
+
+async def unresolved_incidents(session: AsyncSession) -> list[Incident]:
+    """Every open or acknowledged incident (at most one per check), newest first."""
+    return list(
+        await session.scalars(
+            select(Incident)
+            .where(Incident.state != IncidentState.RESOLVED.value)
+            .order_by(Incident.opened_at.desc())
         )
     )
 

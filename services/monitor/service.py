@@ -41,6 +41,29 @@ def known_check(name: str) -> str:
     return name
 
 
+def add_event(
+    session: AsyncSession,
+    *,
+    incident_id: uuid.UUID,
+    kind: str,
+    actor: str,
+    message: str,
+    result_id: int | None = None,
+    occurred_at: datetime | None = None,
+) -> IncidentEvent:
+    """Append one entry to an incident's timeline."""
+    event = IncidentEvent(
+        incident_id=incident_id,
+        occurred_at=occurred_at or datetime.now(UTC),
+        kind=kind,
+        actor_name=actor,
+        message=message,
+        result_id=result_id,
+    )
+    session.add(event)
+    return event
+
+
 async def record_result(
     session: AsyncSession,
     *,
@@ -116,15 +139,14 @@ async def _open_incident(
         opened_at=now,
     )
     session.add(incident)
-    session.add(
-        IncidentEvent(
-            incident_id=incident.id,
-            occurred_at=now,
-            kind="opened",
-            actor_name=SYSTEM_ACTOR,
-            message=f"{len(evidence)} consecutive failures: {result.message}"[:2000],
-            result_id=result.id,
-        )
+    add_event(
+        session,
+        incident_id=incident.id,
+        kind="opened",
+        actor=SYSTEM_ACTOR,
+        message=f"{len(evidence)} consecutive failures: {result.message}"[:2000],
+        result_id=result.id,
+        occurred_at=now,
     )
     await session.flush()
     await notifications.notify(
@@ -145,15 +167,14 @@ async def _resolve(
     now = datetime.now(UTC)
     incident.state = IncidentState.RESOLVED.value
     incident.resolved_at, incident.resolved_by = now, actor
-    session.add(
-        IncidentEvent(
-            incident_id=incident.id,
-            occurred_at=now,
-            kind="resolved",
-            actor_name=actor,
-            message=message[:2000],
-            result_id=result.id if result else None,
-        )
+    add_event(
+        session,
+        incident_id=incident.id,
+        kind="resolved",
+        actor=actor,
+        message=message[:2000],
+        result_id=result.id if result else None,
+        occurred_at=now,
     )
     await session.flush()
     await notifications.notify(
@@ -170,24 +191,29 @@ async def get_incident(
     return incident
 
 
-async def acknowledge(
-    session: AsyncSession, *, incident_id: uuid.UUID, actor: str, note: str | None
-) -> Incident:
+async def _unresolved_incident(session: AsyncSession, incident_id: uuid.UUID) -> Incident:
+    """The incident, locked for this transaction; Conflict if it is already resolved."""
     incident = await get_incident(session, incident_id, lock=True)
     if incident.state == IncidentState.RESOLVED:
         raise Conflict("The incident is already resolved.", field="state")
+    return incident
+
+
+async def acknowledge(
+    session: AsyncSession, *, incident_id: uuid.UUID, actor: str, note: str | None
+) -> Incident:
+    incident = await _unresolved_incident(session, incident_id)
     if incident.state == IncidentState.OPEN:
         now = datetime.now(UTC)
         incident.state = IncidentState.ACKNOWLEDGED.value
         incident.acknowledged_at, incident.acknowledged_by = now, actor
-        session.add(
-            IncidentEvent(
-                incident_id=incident.id,
-                occurred_at=now,
-                kind="acknowledged",
-                actor_name=actor,
-                message=note or "",
-            )
+        add_event(
+            session,
+            incident_id=incident.id,
+            kind="acknowledged",
+            actor=actor,
+            message=note or "",
+            occurred_at=now,
         )
     return incident
 
@@ -200,9 +226,7 @@ async def resolve(
     actor: str,
     note: str | None,
 ) -> Incident:
-    incident = await get_incident(session, incident_id, lock=True)
-    if incident.state == IncidentState.RESOLVED:
-        raise Conflict("The incident is already resolved.", field="state")
+    incident = await _unresolved_incident(session, incident_id)
     await _resolve(
         session,
         settings=settings,
@@ -218,14 +242,7 @@ async def add_note(
     session: AsyncSession, *, incident_id: uuid.UUID, actor: str, message: str
 ) -> IncidentEvent:
     incident = await get_incident(session, incident_id)
-    event = IncidentEvent(
-        incident_id=incident.id,
-        occurred_at=datetime.now(UTC),
-        kind="note",
-        actor_name=actor,
-        message=message,
-    )
-    session.add(event)
+    event = add_event(session, incident_id=incident.id, kind="note", actor=actor, message=message)
     await session.flush()
     return event
 
@@ -273,10 +290,7 @@ def overall(statuses: list[str]) -> str:
 async def status(session: AsyncSession) -> dict[str, Any]:
     """Each check's last result and the overall verdict (never-run checks are `unknown`)."""
     latest = await repository.latest_results(session)
-    checks: dict[str, Any] = {}
-    for name in CHECKS:
-        result = latest.get(name)
-        checks[name] = result
+    checks: dict[str, Any] = {name: latest.get(name) for name in CHECKS}
     return {
         "status": overall([r.status if r else "unknown" for r in checks.values()]),
         "checks": checks,

@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 from arq import Retry
 
-from services.monitor import maintenance, reports, repository, runner
+from services.monitor import maintenance, reports, repository, runner, service
 from services.monitor.checks import CHECKS, check_intervals
 from services.monitor.maintenance import MaintenanceJob
 from shared.db import unit_of_work
-from shared.models.monitor import DeliveryStatus, IncidentEvent, ReportKind
+from shared.models.monitor import DeliveryStatus, ReportKind
 from shared.queue import enqueue
 from shared.settings import get_settings
 
@@ -70,14 +70,13 @@ async def deliver_notification(ctx: dict[str, Any], delivery_id: int) -> str:
                 now,
                 None,
             )
-            session.add(
-                IncidentEvent(
-                    incident_id=delivery.incident_id,
-                    occurred_at=now,
-                    kind="notified",
-                    actor_name="monitor",
-                    message=f"{delivery.event} sent to {delivery.url}",
-                )
+            service.add_event(
+                session,
+                incident_id=delivery.incident_id,
+                kind="notified",
+                actor=service.SYSTEM_ACTOR,
+                message=f"{delivery.event} sent to {delivery.url}",
+                occurred_at=now,
             )
             return "delivered"
         delivery.last_error = error

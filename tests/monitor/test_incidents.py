@@ -30,11 +30,7 @@ async def run_checks(names: list[str], settings: Settings) -> dict[str, str]:
 
 async def unresolved() -> list[Incident]:
     async with unit_of_work() as session:
-        return [
-            i
-            for i in await repository.incidents(session, state=None, limit=50)
-            if i.state != "resolved"
-        ]
+        return await repository.unresolved_incidents(session)
 
 
 async def test_stopped_dovecot_opens_one_incident_per_failing_check_and_notifies_once_then_resolves(

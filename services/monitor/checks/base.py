@@ -83,8 +83,21 @@ def worst(statuses: list[CheckStatus]) -> CheckStatus:
 
 
 def describe(exc: BaseException) -> str:
+    """The exception as `Type: message` (or just its type when it has no message)."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def read_reply(reader: asyncio.StreamReader) -> list[bytes]:
+    """One SMTP/LMTP reply: lines up to the one whose code is followed by a space."""
+    lines: list[bytes] = []
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("connection closed mid-reply")
+        lines.append(line.rstrip())
+        if len(line) < 4 or line[3:4] != b"-":
+            return lines
 
 
 class Check(ABC):

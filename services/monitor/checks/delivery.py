@@ -15,7 +15,15 @@ import uuid
 from email.message import EmailMessage
 from typing import Any
 
-from services.monitor.checks.base import Check, CheckContext, Gauge, Outcome, Status, describe
+from services.monitor.checks.base import (
+    Check,
+    CheckContext,
+    Gauge,
+    Outcome,
+    Status,
+    describe,
+    grade,
+)
 from services.monitor.probe import NoProbeDomain, ensure_probe_mailbox
 from shared.imap import ImapError, check, imap_session
 from shared.settings import Settings
@@ -107,12 +115,11 @@ class DeliveryCheck(Check):
         except (ImapError, OSError, TimeoutError) as exc:
             details["failed_leg"] = "imap"
             return Outcome(Status.FAIL, f"IMAP leg failed: {describe(exc)}", details=details)
-        if roundtrip >= settings.monitor_delivery_crit_seconds:
-            status = Status.FAIL
-        elif roundtrip >= settings.monitor_delivery_warn_seconds:
-            status = Status.WARN
-        else:
-            status = Status.PASS
+        status = grade(
+            roundtrip,
+            settings.monitor_delivery_warn_seconds,
+            settings.monitor_delivery_crit_seconds,
+        )
         details["roundtrip_seconds"] = roundtrip
         return Outcome(
             status,

@@ -5,19 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-from services.monitor.checks.base import Check, CheckContext, Outcome, Status, describe
-
-
-async def read_reply(reader: asyncio.StreamReader) -> list[bytes]:
-    """One SMTP/LMTP reply: lines up to the one whose code is followed by a space."""
-    lines: list[bytes] = []
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise ConnectionError("connection closed mid-reply")
-        lines.append(line.rstrip())
-        if len(line) < 4 or line[3:4] != b"-":
-            return lines
+from services.monitor.checks.base import (
+    Check,
+    CheckContext,
+    Outcome,
+    Status,
+    describe,
+    read_reply,
+)
 
 
 class LmtpCheck(Check):

@@ -5,7 +5,15 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from services.monitor.checks.base import Check, CheckContext, Gauge, Outcome, Status, worst
+from services.monitor.checks.base import (
+    Check,
+    CheckContext,
+    Gauge,
+    Outcome,
+    Status,
+    grade,
+    worst,
+)
 from services.monitor.mailqueue import QUEUES, QueueUnavailable, read_queue
 
 OLDEST_LISTED = 20
@@ -26,19 +34,11 @@ class QueueCheck(Check):
         depth = Counter(m.queue_name for m in messages)
         oldest = max((now - m.arrival_time for m in messages), default=0.0)
         total = len(messages)
-        by_count = (
-            Status.FAIL
-            if total >= settings.monitor_queue_crit_messages
-            else Status.WARN
-            if total >= settings.monitor_queue_warn_messages
-            else Status.PASS
+        by_count = grade(
+            total, settings.monitor_queue_warn_messages, settings.monitor_queue_crit_messages
         )
-        by_age = (
-            Status.FAIL
-            if oldest >= settings.monitor_queue_crit_age_seconds
-            else Status.WARN
-            if oldest >= settings.monitor_queue_warn_age_seconds
-            else Status.PASS
+        by_age = grade(
+            oldest, settings.monitor_queue_warn_age_seconds, settings.monitor_queue_crit_age_seconds
         )
         listed = sorted(messages, key=lambda m: m.arrival_time)[:OLDEST_LISTED]
         return Outcome(

@@ -22,6 +22,7 @@ from services.monitor.checks.base import (
     Outcome,
     Status,
     describe,
+    read_reply,
     worst,
 )
 
@@ -53,12 +54,11 @@ async def _starttls_preamble(
     endpoint: Endpoint, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
     if endpoint.starttls == "smtp":
-        await reader.readline()
+        await read_reply(reader)
         writer.write(b"EHLO mailops-monitor\r\n")
-        while (line := await reader.readline())[3:4] == b"-":
-            pass
+        await read_reply(reader)
         writer.write(b"STARTTLS\r\n")
-        if not (await reader.readline()).startswith(b"220"):
+        if not (await read_reply(reader))[-1].startswith(b"220"):
             raise ConnectionError("server refused STARTTLS")
     elif endpoint.starttls == "imap":
         await reader.readline()
