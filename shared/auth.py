@@ -54,6 +54,16 @@ class Principal:
     role: Role
     department_ids: frozenset[uuid.UUID] = field(default_factory=frozenset)
 
+    @classmethod
+    def of(cls, row: ApiKey) -> Principal:
+        """The principal an API key row stands for."""
+        return cls(
+            id=row.id,
+            name=row.name,
+            role=Role(row.role),
+            department_ids=frozenset(row.department_ids),
+        )
+
     def can_act_in(self, department_id: uuid.UUID) -> bool:
         """True when this principal's scope covers the department."""
         if self.role in (Role.ADMIN, Role.OPERATOR, Role.SUPPORT, Role.VIEWER):
@@ -85,9 +95,7 @@ async def current_principal(request: Request, session: SessionDep) -> Principal:
     # Record use at most once a minute: a write per request would serialise busy callers.
     if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
         await session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-    return Principal(
-        id=row.id, name=row.name, role=Role(row.role), department_ids=frozenset(row.department_ids)
-    )
+    return Principal.of(row)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

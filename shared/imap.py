@@ -20,7 +20,7 @@ class ImapError(RuntimeError):
 
 
 def quoted(value: str) -> str:
-    """An IMAP quoted string."""
+    """A quoted string as IMAP, ManageSieve and Sieve all write it: `\\` and `"` escaped."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

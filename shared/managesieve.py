@@ -7,7 +7,7 @@ import base64
 import re
 from types import TracebackType
 
-from shared.imap import master_login
+from shared.imap import master_login, quoted
 from shared.settings import Settings, get_settings
 
 _STATUS = re.compile(rb"^(OK|NO|BYE)\b(.*)$")
@@ -29,10 +29,6 @@ class SieveUnavailable(RuntimeError):
 def _literal(text: str) -> bytes:
     data = text.encode()
     return b"{%d+}\r\n" % len(data) + data
-
-
-def _quoted(text: str) -> bytes:
-    return b'"' + text.replace("\\", "\\\\").replace('"', '\\"').encode() + b'"'
 
 
 class ManageSieve:
@@ -78,7 +74,7 @@ class ManageSieve:
             )
         )
         encoded = base64.b64encode(credentials.encode()).decode()
-        await self._command(b'AUTHENTICATE "PLAIN" ' + _quoted(encoded))
+        await self._command(b'AUTHENTICATE "PLAIN" ' + quoted(encoded).encode())
         return self
 
     async def __aexit__(
@@ -100,10 +96,10 @@ class ManageSieve:
         await self._command(b"CHECKSCRIPT " + _literal(script))
 
     async def put(self, name: str, script: str) -> None:
-        await self._command(b"PUTSCRIPT " + _quoted(name) + b" " + _literal(script))
+        await self._command(b"PUTSCRIPT " + quoted(name).encode() + b" " + _literal(script))
 
     async def activate(self, name: str) -> None:
-        await self._command(b"SETACTIVE " + _quoted(name))
+        await self._command(b"SETACTIVE " + quoted(name).encode())
 
     async def _command(self, line: bytes) -> str:
         assert self._writer is not None

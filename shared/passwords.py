@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import secrets
 
 DOVECOT_SCHEME = "{SSHA512}"
@@ -29,11 +28,3 @@ def hash_password(password: str) -> str:
     salt = secrets.token_bytes(_SALT_BYTES)
     digest = hashlib.sha512(password.encode() + salt).digest()
     return DOVECOT_SCHEME + base64.b64encode(digest + salt).decode()
-
-
-def verify_password(password_hash: str, password: str) -> bool:
-    if not password_hash.startswith(DOVECOT_SCHEME):
-        return False
-    raw = base64.b64decode(password_hash.removeprefix(DOVECOT_SCHEME))
-    digest, salt = raw[:64], raw[64:]
-    return hmac.compare_digest(digest, hashlib.sha512(password.encode() + salt).digest())

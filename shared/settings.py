@@ -12,7 +12,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values shipped as defaults: fine on a laptop, refused anywhere else.
 PLACEHOLDER_SECRETS = frozenset(
-    {"", "changeme", "change-me", "mailops-dev-master-password", "mailops-dev-credential-secret"}
+    {
+        "",
+        "changeme",
+        "change-me",
+        "mailops-dev-master-password",
+        "mailops-dev-credential-secret",
+        "mailops-dev-backup-key",
+    }
 )
 
 
@@ -84,14 +91,6 @@ class Settings(BaseSettings):
     backup_imap_connections: int = Field(default=4, ge=1, le=32)
     backup_zstd_level: int = Field(default=3, ge=1, le=19)
 
-    @model_validator(mode="after")
-    def _refuse_placeholder_backup_key(self) -> Settings:
-        if self.environment == "production" and (
-            self.backup_key.get_secret_value() in PLACEHOLDER_SECRETS | {"mailops-dev-backup-key"}
-        ):
-            raise ValueError("MAILOPS_BACKUP_KEY is a placeholder; set a real secret in production")
-        return self
-
     # --- monitor ---
     # The probe mailbox the imap and delivery checks use; empty: `probe@<first domain>`.
     monitor_probe_address: str = ""
@@ -142,14 +141,14 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment != "production":
             return self
-        for name in ("master_password", "credential_secret"):
+        for name in ("master_password", "credential_secret", "backup_key"):
             secret: SecretStr = getattr(self, name)
             if secret.get_secret_value() in PLACEHOLDER_SECRETS:
                 raise ValueError(
                     f"MAILOPS_{name.upper()} is a placeholder; set a real secret in production"
                 )
             # Hashed with salted SHA-512 (see shared/passwords.py): long random secrets only.
-            if len(secret.get_secret_value()) < 24:
+            if name != "backup_key" and len(secret.get_secret_value()) < 24:
                 raise ValueError(
                     f"MAILOPS_{name.upper()} must be a random secret of 24 or more characters"
                 )

@@ -183,6 +183,18 @@ async def api_key_for(db_session: AsyncSession) -> Callable[..., Awaitable[str]]
     return make
 
 
+async def run_worker(service: str = "provisioning") -> None:
+    """Run the service's worker until its queue is empty (arq burst mode)."""
+    from arq.worker import Worker
+
+    settings = importlib.import_module(f"services.{service}.worker").WorkerSettings
+    worker = Worker(**{**settings, "burst": True, "poll_delay": 0.01, "cron_jobs": []})
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+
+
 def service_client(service: str) -> httpx.AsyncClient:
     """An HTTP client on a freshly built service app, in process."""
     module = importlib.import_module(f"services.{service}.app")

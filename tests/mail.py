@@ -7,7 +7,7 @@ import smtplib
 import time
 from email.message import EmailMessage
 
-from shared.imap import ImapError, check, imap_session
+from shared.imap import ImapError, check, imap_session, quoted
 from shared.settings import Settings
 
 
@@ -41,8 +41,8 @@ async def wait_for_subject(
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         async with imap_session(address) as client:
-            check(await client.select(f'"{folder}"'), "SELECT")
-            found = check(await client.search(f'SUBJECT "{subject}"'), "SEARCH")
+            check(await client.select(quoted(folder)), "SELECT")
+            found = check(await client.search(f"SUBJECT {quoted(subject)}"), "SEARCH")
             if found.lines[0].strip():
                 return True
         await asyncio.sleep(0.1)

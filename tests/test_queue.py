@@ -5,13 +5,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from arq.worker import Worker
 from sqlalchemy import select
 
-from services.provisioning.worker import WorkerSettings as ProvisioningWorker
 from shared import queue
 from shared.db import unit_of_work
 from shared.models import Mailbox, MailboxStatus
+from tests.conftest import run_worker
 
 
 def test_job_data_is_json_and_failures_keep_their_reason() -> None:
@@ -55,11 +54,7 @@ async def test_provisioning_worker_makes_a_new_mailbox_active(seed) -> None:
         job_id=f"prepare:{mailbox.id}",
         mailbox_id=str(mailbox.id),
     )
-    worker = Worker(**{**ProvisioningWorker, "burst": True, "poll_delay": 0.05, "cron_jobs": []})
-    try:
-        await worker.main()
-    finally:
-        await worker.close()
+    await run_worker("provisioning")
     async with unit_of_work() as session:
         status = await session.scalar(select(Mailbox.status).where(Mailbox.id == mailbox.id))
     assert status == MailboxStatus.ACTIVE

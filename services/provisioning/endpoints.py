@@ -88,10 +88,9 @@ async def create_department(
 
 @router.get("/departments", response_model=list[s.DepartmentOut], tags=["departments"])
 async def list_departments(session: SessionDep, principal: Reader) -> list[s.DepartmentOut]:
-    return [
-        await service.department_out(session, d)
-        for d in await service.list_departments(session, principal=principal)
-    ]
+    return await service.departments_out(
+        session, await service.list_departments(session, principal=principal)
+    )
 
 
 @router.get("/departments/{department_id}", response_model=s.DepartmentOut, tags=["departments"])
@@ -313,11 +312,9 @@ async def delete_alias(alias_id: uuid.UUID, session: SessionDep, actor: Operator
 
 async def _request_out(session: SessionDep, request: ProvisioningRequest) -> s.RequestOut:
     out = s.RequestOut.model_validate(request, from_attributes=True)
-    if out.result and "mailbox_id" in out.result:
-        mailbox = await repository.mailbox(session, uuid.UUID(out.result["mailbox_id"]))
-        credential = service.request_credential(request, mailbox)
-        if credential:
-            out.result = {**out.result, "credential": credential}
+    credential = await service.request_credential(session, request)
+    if out.result and credential:
+        out.result = {**out.result, "credential": credential}
     return out
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from sqlalchemy import Select, Text, and_, cast, func, or_, select, tuple_, update
@@ -31,6 +31,13 @@ async def domain_by_name(session: AsyncSession, name: str) -> Domain | None:
 
 async def domain_names(session: AsyncSession) -> set[str]:
     return set((await session.scalars(select(Domain.name))).all())
+
+
+async def domain_names_by_id(
+    session: AsyncSession, domain_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    rows = await session.execute(select(Domain.id, Domain.name).where(Domain.id.in_(domain_ids)))
+    return {domain_id: name for domain_id, name in rows}
 
 
 async def domain_in_use(session: AsyncSession, domain_id: uuid.UUID) -> bool:

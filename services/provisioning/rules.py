@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
+from shared.imap import quoted
+
 SCRIPT_NAME = "mailops"
 
 
@@ -39,16 +41,8 @@ class Vacation(BaseModel):
 Rule = Annotated[FileInto | Discard | Vacation, Field(discriminator="action")]
 
 
-def sieve_string(value: str) -> str:
-    """A Sieve quoted string (RFC 5228 §2.4.2)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _test(condition: Condition) -> str:
-    return (
-        f"header :{condition.match} {sieve_string(condition.header.lower())} "
-        f"{sieve_string(condition.value)}"
-    )
+    return f"header :{condition.match} {quoted(condition.header.lower())} {quoted(condition.value)}"
 
 
 def compile_rules(rules: list[FileInto | Discard | Vacation]) -> str:
@@ -60,18 +54,18 @@ def compile_rules(rules: list[FileInto | Discard | Vacation]) -> str:
             if r.action != "discard"
         }
     )
-    lines = [f"require [{', '.join(sieve_string(e) for e in extensions)}];"] if extensions else []
+    lines = [f"require [{', '.join(quoted(e) for e in extensions)}];"] if extensions else []
     for rule in rules:
         if isinstance(rule, FileInto):
             lines.append(
-                f"if {_test(rule.when)} {{\n  fileinto {sieve_string(rule.folder)};\n  stop;\n}}"
+                f"if {_test(rule.when)} {{\n  fileinto {quoted(rule.folder)};\n  stop;\n}}"
             )
         elif isinstance(rule, Discard):
             lines.append(f"if {_test(rule.when)} {{\n  discard;\n  stop;\n}}")
         else:
             lines.append(
-                f"vacation :days {rule.days} :subject {sieve_string(rule.subject)} "
-                f"{sieve_string(rule.message)};"
+                f"vacation :days {rule.days} :subject {quoted(rule.subject)} "
+                f"{quoted(rule.message)};"
             )
     return "\n".join(lines) + "\n"
 

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -119,22 +120,59 @@ def require_scope(principal: Principal, department_id: uuid.UUID) -> None:
         )
 
 
+async def _named_department(
+    session: AsyncSession, department_id: uuid.UUID, *, field: str, lock: bool = False
+) -> Department:
+    """The department an input names; 422 on `field` if there is none."""
+    department = await repository.department(session, department_id, lock=lock)
+    if department is None:
+        raise Unprocessable(
+            f"no department {department_id}", field=field, code="unknown_department"
+        )
+    return department
+
+
+async def _company_domain(session: AsyncSession, address: str) -> Domain:
+    """The company domain an address belongs to; 422 on `address` if it is not one."""
+    domain = await repository.domain_by_name(session, address.split("@", 1)[1])
+    if domain is None:
+        raise Unprocessable(
+            f"the domain of {address} is not one of the company's domains",
+            field="address",
+            code="unknown_domain",
+        )
+    return domain
+
+
+async def departments_out(
+    session: AsyncSession, departments: Sequence[Department]
+) -> list[s.DepartmentOut]:
+    """Departments with their domain and usage: two queries however many there are."""
+    if not departments:
+        return []
+    usage = await repository.usage(session, [d.id for d in departments])
+    domains = await repository.domain_names_by_id(session, {d.domain_id for d in departments})
+    return [
+        s.DepartmentOut(
+            id=department.id,
+            name=department.name,
+            domain=domains[department.domain_id],
+            capacity_bytes=department.capacity_bytes,
+            max_mailboxes=department.max_mailboxes,
+            default_quota_bytes=department.default_quota_bytes,
+            confidential=department.confidential,
+            external_forwarding=department.external_forwarding,
+            usage=s.Usage(
+                allocated_bytes=usage[department.id][0], mailboxes=usage[department.id][1]
+            ),
+            created_at=department.created_at,
+        )
+        for department in departments
+    ]
+
+
 async def department_out(session: AsyncSession, department: Department) -> s.DepartmentOut:
-    domain = await session.get(Domain, department.domain_id)
-    assert domain is not None
-    allocated, count = (await repository.usage(session, [department.id]))[department.id]
-    return s.DepartmentOut(
-        id=department.id,
-        name=department.name,
-        domain=domain.name,
-        capacity_bytes=department.capacity_bytes,
-        max_mailboxes=department.max_mailboxes,
-        default_quota_bytes=department.default_quota_bytes,
-        confidential=department.confidential,
-        external_forwarding=department.external_forwarding,
-        usage=s.Usage(allocated_bytes=allocated, mailboxes=count),
-        created_at=department.created_at,
-    )
+    return (await departments_out(session, [department]))[0]
 
 
 async def create_department(
@@ -347,18 +385,10 @@ async def create_mailbox(
         replayed = await _replay(session, actor=actor, key=idempotency_key, data=data)
         if replayed is not None:
             return replayed
-    department = await repository.department(session, data.department_id, lock=True)
-    if department is None:
-        raise Unprocessable(
-            f"no department {data.department_id}", field="department_id", code="unknown_department"
-        )
-    domain = await repository.domain_by_name(session, data.address.split("@", 1)[1])
-    if domain is None:
-        raise Unprocessable(
-            f"the domain of {data.address} is not one of the company's domains",
-            field="address",
-            code="unknown_domain",
-        )
+    department = await _named_department(
+        session, data.department_id, field="department_id", lock=True
+    )
+    domain = await _company_domain(session, data.address)
     if await repository.address_taken(session, data.address):
         raise Conflict(
             f"{data.address} is taken (a mailbox, an alias, or a deleted mailbox not yet purged)",
@@ -474,14 +504,10 @@ async def update_mailbox(
     if "quota_bytes" in changes or target_id != mailbox.department_id:
         # Lock departments in id order so two moves in opposite directions cannot deadlock.
         locked = {
-            d: await repository.department(session, d, lock=True)
+            d: await _named_department(session, d, field="department_id", lock=True)
             for d in sorted({mailbox.department_id, target_id})
         }
         target = locked[target_id]
-        if target is None:
-            raise Unprocessable(
-                f"no department {target_id}", field="department_id", code="unknown_department"
-            )
         allocated, count = (await repository.usage(session, [target.id]))[target.id]
         moving = target.id != mailbox.department_id
         if not moving:
@@ -677,22 +703,10 @@ async def set_forwarding(
 
 
 async def create_alias(session: AsyncSession, *, actor: Principal, data: s.AliasCreate) -> Alias:
-    domain = await repository.domain_by_name(session, data.address.split("@", 1)[1])
-    if domain is None:
-        raise Unprocessable(
-            f"the domain of {data.address} is not one of the company's domains",
-            field="address",
-            code="unknown_domain",
-        )
+    domain = await _company_domain(session, data.address)
     department = None
     if data.department_id is not None:
-        department = await repository.department(session, data.department_id)
-        if department is None:
-            raise Unprocessable(
-                f"no department {data.department_id}",
-                field="department_id",
-                code="unknown_department",
-            )
+        department = await _named_department(session, data.department_id, field="department_id")
     if await repository.address_taken(session, data.address):
         raise Conflict(f"{data.address} is taken", field="address", code="address_taken")
     await _check_targets(session, targets=data.targets, field="targets", department=department)
@@ -869,13 +883,7 @@ async def file_request(
         department_id = next(iter(actor.department_ids))
     else:
         department_id = uuid.UUID(str(data.payload.get("department_id", uuid.UUID(int=0))))
-    department = await repository.department(session, department_id)
-    if department is None:
-        raise Unprocessable(
-            f"no department {department_id}",
-            field="payload.department_id",
-            code="unknown_department",
-        )
+    department = await _named_department(session, department_id, field="payload.department_id")
     require_scope(actor, department.id)
     request = ProvisioningRequest(
         kind=kind.value,
@@ -982,11 +990,15 @@ async def carry_out(
     return {"mailbox_id": str(mailbox.id), "status": mailbox.status}
 
 
-def request_credential(
-    request: ProvisioningRequest, mailbox: Mailbox | None
+async def request_credential(
+    session: AsyncSession, request: ProvisioningRequest
 ) -> dict[str, Any] | None:
     """For a completed create request: the new mailbox's pickup token, for the approver."""
-    if mailbox is None or request.kind != RequestKind.CREATE_MAILBOX:
+    result = request.result or {}
+    if request.kind != RequestKind.CREATE_MAILBOX or "mailbox_id" not in result:
+        return None
+    mailbox = await repository.mailbox(session, uuid.UUID(result["mailbox_id"]))
+    if mailbox is None:
         return None
     return {"pickup_token": credentials.pickup_token(mailbox.id, mailbox.credential_generation)}
 

@@ -21,7 +21,7 @@ from shared.db import unit_of_work
 from shared.errors import DomainError
 from shared.imap import ImapError, check, imap_session
 from shared.managesieve import ManageSieve, SieveError, SieveUnavailable
-from shared.models import ApiKey, MailboxStatus, Role
+from shared.models import ApiKey, MailboxStatus
 from shared.models.provisioning import RequestStatus, RuleStatus
 from shared.queue import enqueue
 
@@ -153,12 +153,7 @@ async def carry_out_request(ctx: dict[str, Any], request_id: str) -> str:
             return "nothing to do"
         approver = await session.get(ApiKey, request.decided_by)
         assert approver is not None
-        actor = Principal(
-            id=approver.id,
-            name=approver.name,
-            role=Role(approver.role),
-            department_ids=frozenset(approver.department_ids),
-        )
+        actor = Principal.of(approver)
         try:
             async with session.begin_nested():
                 result = await service.carry_out(session, actor=actor, request=request)
@@ -168,7 +163,6 @@ async def carry_out_request(ctx: dict[str, Any], request_id: str) -> str:
             request.status, request.result = RequestStatus.COMPLETED.value, result
         request.completed_at = datetime.now(UTC)
         return str(request.status)
-    return "nothing to do"
 
 
 async def sweep(ctx: dict[str, Any]) -> dict[str, int]:

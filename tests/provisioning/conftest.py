@@ -9,21 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from arq.worker import Worker
 
 from tests.conftest import service_client
-
-
-async def run_worker(service: str = "provisioning") -> None:
-    """Run the service's worker until its queue is empty (arq burst mode)."""
-    import importlib
-
-    settings = importlib.import_module(f"services.{service}.worker").WorkerSettings
-    worker = Worker(**{**settings, "burst": True, "poll_delay": 0.01, "cron_jobs": []})
-    try:
-        await worker.main()
-    finally:
-        await worker.close()
 
 
 @dataclass

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.provisioning.conftest import Api, address_in, run_worker
+from tests.conftest import run_worker
+from tests.provisioning.conftest import Api, address_in
 
 
 async def test_fifty_parallel_creates_against_room_for_ten_give_exactly_ten(

@@ -14,8 +14,9 @@ from sqlalchemy import select, update
 from services.provisioning import tasks
 from shared import queue
 from shared.models import Mailbox
+from tests.conftest import run_worker
 from tests.mail import can_log_in, send, wait_for_subject
-from tests.provisioning.conftest import Api, address_in, run_worker
+from tests.provisioning.conftest import Api, address_in
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import run_worker
 from tests.mail import can_log_in
-from tests.provisioning.conftest import Api, address_in, run_worker
+from tests.provisioning.conftest import Api, address_in
 
 
 @pytest.mark.usefixtures("mail_stack")
