@@ -42,7 +42,6 @@ async def request_backup(body: s.BackupRequest, session: SessionDep, actor: Oper
 @router.get("/backups/{run_id}", response_model=s.BackupRunOut, tags=["backups"])
 async def get_backup(run_id: uuid.UUID, session: SessionDep, _: Reader) -> s.BackupRunOut:
     run = await service.get_run(session, run_id=run_id)
-    await session.refresh(run)
     return service.run_out(run)
 
 
@@ -143,7 +142,6 @@ async def request_restore(
 @router.get("/restores/{restore_id}", response_model=s.RestoreOut, tags=["restores"])
 async def get_restore(restore_id: uuid.UUID, session: SessionDep, _: Reader) -> s.RestoreOut:
     job = await service.get_restore(session, restore_id=restore_id)
-    await session.refresh(job)
     return s.RestoreOut.model_validate(job, from_attributes=True)
 
 

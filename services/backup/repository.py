@@ -511,10 +511,6 @@ async def commit_snapshot(session: AsyncSession, snapshot_id: uuid.UUID, seq: in
 # ---------------------------------------------------------------- blobs for restore and verify
 
 
-async def blob(session: AsyncSession, blob_hash: bytes) -> BackupBlob | None:
-    return await session.get(BackupBlob, blob_hash)
-
-
 async def blobs(session: AsyncSession, hashes: Sequence[bytes]) -> dict[bytes, BackupBlob]:
     rows = await session.scalars(select(BackupBlob).where(BackupBlob.hash.in_(list(set(hashes)))))
     return {bytes(r.hash): r for r in rows}
@@ -750,11 +746,10 @@ async def add_unchanged_snapshots(
 
 
 async def advisory_lock(connection: AsyncConnection, key: str) -> None:
-    """Block until this connection holds the session advisory lock named by `key`."""
+    """Block until this connection holds the session advisory lock named by `key` (it
+    outlives the transaction: the caller commits and later calls `advisory_unlock`)."""
     await connection.execute(select(func.pg_advisory_lock(func.hashtext(key))))
-    await connection.commit()
 
 
 async def advisory_unlock(connection: AsyncConnection, key: str) -> None:
     await connection.execute(select(func.pg_advisory_unlock(func.hashtext(key))))
-    await connection.commit()

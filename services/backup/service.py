@@ -28,6 +28,7 @@ from shared.errors import Forbidden, NotFound, Unprocessable
 from shared.models import Mailbox, Role
 from shared.models.backup import (
     BackupBlob,
+    BackupMessage,
     BackupPolicy,
     BackupRun,
     BackupScope,
@@ -398,11 +399,12 @@ async def _due_mailboxes(
     """By department, the mailboxes whose department's policy interval has passed since
     their latest committed snapshot (or that have none)."""
     policies = {p.department_id: _policy(p) for p in await repository.policies(session)}
+    fallback = default_policy()
     due: dict[uuid.UUID, list[uuid.UUID]] = {}
     for mailbox_id, department, last in await repository.mailbox_schedule(
         session, department_id=department_id
     ):
-        interval = timedelta(seconds=policies.get(department, default_policy()).interval_seconds)
+        interval = timedelta(seconds=policies.get(department, fallback).interval_seconds)
         if last is None or now - last >= interval:
             due.setdefault(department, []).append(mailbox_id)
     return due
@@ -452,7 +454,7 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
         for message, folder in messages:
             blob = blobs[bytes(message.blob_hash)]
             name = f"{job.target_folder}/{folder}" if job.target_folder else folder
-            folders.setdefault(name, []).append(_item(message.flags, message, blob))
+            folders.setdefault(name, []).append(_item(message, blob))
         job.total, job.done, job.restored, job.skipped = len(messages), 0, 0, 0
         target_mode = job.target_mode
     del messages, blobs
@@ -462,7 +464,7 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
         async with unit_of_work() as session:
             row = await repository.restore_job(session, restore_id, lock=True)
             assert row is not None
-            row.done, row.restored, row.skipped = progress.done, progress.restored, progress.skipped
+            _record_progress(row, progress)
 
     try:
         await restore_messages(
@@ -478,7 +480,7 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
             row = await repository.restore_job(session, restore_id, lock=True)
             assert row is not None
             row.status, row.reason = JobStatus.FAILED.value, reason[:2000]
-            row.done, row.restored, row.skipped = progress.done, progress.restored, progress.skipped
+            _record_progress(row, progress)
             row.finished_at = datetime.now(UTC)
         log.warning("restore failed", extra={"restore_id": str(restore_id), "mode": target_mode})
         return "failed"
@@ -486,20 +488,24 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
         row = await repository.restore_job(session, restore_id, lock=True)
         assert row is not None
         row.status = JobStatus.SUCCEEDED.value
-        row.done, row.restored, row.skipped = progress.done, progress.restored, progress.skipped
+        _record_progress(row, progress)
         row.finished_at = datetime.now(UTC)
     return "succeeded"
+
+
+def _record_progress(job: RestoreJob, progress: RestoreProgress) -> None:
+    job.done, job.restored, job.skipped = progress.done, progress.restored, progress.skipped
 
 
 def _group_reason(group: BaseExceptionGroup[BaseException]) -> str:
     return "; ".join(str(e) for e in group.exceptions)
 
 
-def _item(flags: list[str], message: object, blob: BackupBlob) -> RestoreItem:
+def _item(message: BackupMessage, blob: BackupBlob) -> RestoreItem:
     return RestoreItem(
         blob_hash=bytes(blob.hash),
-        flags=list(flags),
-        internal_date=message.internal_date,  # type: ignore[attr-defined]
+        flags=list(message.flags),
+        internal_date=message.internal_date,
         size=int(blob.size),
         pack_id=blob.pack_id,
         offset=int(blob.offset),
@@ -528,16 +534,20 @@ async def export_mbox(
             return
         offset += len(page)
         for message, folder in page:
-            blob = blobs[bytes(message.blob_hash)]
-            stored = await asyncio.to_thread(storage.read, blob.pack_id, blob.offset, blob.length)
-            data = await asyncio.to_thread(
-                read_verified,
-                stored,
-                key_id=blob.key_id,
-                expected_hash=bytes(blob.hash),
-                size=int(blob.size),
-            )
+            data = await _read_blob(storage, blobs[bytes(message.blob_hash)])
             yield _mbox_entry(data, message.internal_date, folder, message.flags)
+
+
+async def _read_blob(storage: PackStorage, blob: BackupBlob) -> bytes:
+    """A stored blob's plaintext, checked against its hash; raises BlobDamaged."""
+    stored = await asyncio.to_thread(storage.read, blob.pack_id, blob.offset, blob.length)
+    return await asyncio.to_thread(
+        read_verified,
+        stored,
+        key_id=blob.key_id,
+        expected_hash=bytes(blob.hash),
+        size=int(blob.size),
+    )
 
 
 def _mbox_entry(data: bytes, when: datetime, folder: str, flags: list[str]) -> bytes:
@@ -580,16 +590,7 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
         for blob in page:
             checked += 1
             try:
-                stored = await asyncio.to_thread(
-                    storage.read, blob.pack_id, blob.offset, blob.length
-                )
-                await asyncio.to_thread(
-                    read_verified,
-                    stored,
-                    key_id=blob.key_id,
-                    expected_hash=bytes(blob.hash),
-                    size=int(blob.size),
-                )
+                await _read_blob(storage, blob)
             except BlobDamaged as exc:
                 async with unit_of_work() as session:
                     owners = await repository.damage_owners(session, bytes(blob.hash))
@@ -655,7 +656,8 @@ async def prune(storage: PackStorage | None = None) -> PruneResult:
         for mailbox_id in await repository.mailboxes_with_snapshots(session):
             snaps = await repository.committed_snapshots(session, mailbox_id)
             policy = policies.get(departments.get(mailbox_id), default_policy())  # type: ignore[arg-type]
-            expired = [x.id for x in snaps if x.id not in retained(snaps, policy)]
+            kept = retained(snaps, policy)
+            expired = [x.id for x in snaps if x.id not in kept]
             if expired:
                 await repository.delete_snapshots(session, expired)
                 result.snapshots += len(expired)

@@ -1,11 +1,18 @@
-"""Real-IMAP helpers for backup tests: fill a mailbox, read back its exact state, empty it."""
+"""Helpers for backup tests: fill a mailbox on the real Dovecot, read back its exact state,
+empty it; read a snapshot's content from the catalog; request and carry out a restore."""
 
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import func, select
+
+from services.backup import repository, service
+from services.backup import schemas as s
 from services.backup.engine import utf7
 from services.backup.engine.imap import (
     AppendItem,
@@ -14,11 +21,18 @@ from services.backup.engine.imap import (
     parse_internaldate,
     quote,
 )
+from shared.auth import Principal
+from shared.db import unit_of_work
+from shared.models import Role
+from shared.models.backup import BackupMessage, RestoreJob, Snapshot
 
 DEFAULT_FOLDERS = {"INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive"}
+OPERATOR = Principal(id=uuid.uuid4(), name="test-operator", role=Role.OPERATOR)
 
 # folder -> sorted [(sha256 hex, sorted flags, INTERNALDATE)]
 MailboxState = dict[str, list[tuple[str, tuple[str, ...], datetime]]]
+# folder -> sorted [(sha256 hex, sorted flags)]: what a snapshot records of a mailbox
+SnapshotContent = dict[str, list[tuple[str, tuple[str, ...]]]]
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
@@ -111,3 +125,61 @@ async def store_flags(address: str, folder: str, uids: str, flags: str) -> None:
     async with master_connection(address) as imap:
         await imap.command(b"SELECT " + quote(utf7.encode(folder)))
         await imap.command(b"UID STORE " + uids.encode() + b" " + flags.encode())
+
+
+def content(server: MailboxState) -> SnapshotContent:
+    """A mailbox state as a snapshot records it (INTERNALDATE left out)."""
+    return {folder: sorted((h, f) for h, f, _ in found) for folder, found in server.items()}
+
+
+async def snapshot_state(snapshot: Snapshot) -> SnapshotContent:
+    """The snapshot's messages as the catalog has them."""
+    async with unit_of_work() as session:
+        snap = await session.get(Snapshot, snapshot.id)
+        assert snap is not None
+        rows = await repository.snapshot_messages(session, snap)
+    out: SnapshotContent = {}
+    for message, folder in rows:
+        out.setdefault(folder, []).append(
+            (bytes(message.blob_hash).hex(), tuple(sorted(message.flags)))
+        )
+    return {k: sorted(v) for k, v in out.items()}
+
+
+async def catalog_rows(*mailbox_ids: uuid.UUID) -> int:
+    """How many catalog message rows the mailboxes have, in every snapshot."""
+    async with unit_of_work() as session:
+        return int(
+            await session.scalar(
+                select(func.count())
+                .select_from(BackupMessage)
+                .where(BackupMessage.mailbox_id.in_(mailbox_ids))
+            )
+            or 0
+        )
+
+
+async def restore(
+    mailbox_id: uuid.UUID,
+    snapshot_id: uuid.UUID | None = None,
+    target: dict[str, Any] | None = None,
+    *,
+    at: datetime | None = None,
+) -> RestoreJob:
+    """Request a restore of the snapshot (or the one `at` a time) as an operator, carry it
+    out, and return the job as it ended."""
+    async with unit_of_work() as session:
+        job = await service.request_restore(
+            session,
+            actor=OPERATOR,
+            data=s.RestoreRequest(
+                mailbox_id=mailbox_id,
+                snapshot_id=snapshot_id,
+                at=at,
+                target=s.RestoreTarget(**(target or {"mode": "original"})),
+            ),
+        )
+        job_id = job.id
+    await service.execute_restore(job_id)
+    async with unit_of_work() as session:
+        return await service.get_restore(session, restore_id=job_id)

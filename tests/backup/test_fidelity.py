@@ -2,43 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
 
-from services.backup import schemas as s
-from services.backup import service
 from services.backup.engine.backup import backup_mailbox
-from shared.auth import Principal
 from shared.db import unit_of_work
-from shared.models import Role
 from shared.models.backup import BackupBlob
 from tests.backup import helpers
 from tests.backup.conftest import ENMIME
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
-
-OPERATOR = Principal(id=uuid.uuid4(), name="test-operator", role=Role.OPERATOR)
-
-
-async def restore(mailbox_id, snapshot_id, target: dict | None = None) -> service.RestoreJob:
-    async with unit_of_work() as session:
-        job = await service.request_restore(
-            session,
-            actor=OPERATOR,
-            data=s.RestoreRequest(
-                mailbox_id=mailbox_id,
-                snapshot_id=snapshot_id,
-                target=s.RestoreTarget(**(target or {"mode": "original"})),
-            ),
-        )
-        job_id = job.id
-    await service.execute_restore(job_id)
-    async with unit_of_work() as session:
-        return await service.get_restore(session, restore_id=job_id)
 
 
 async def test_enmime_corpus_comes_back_byte_identical_with_flags_and_internaldate(
@@ -67,7 +44,7 @@ async def test_enmime_corpus_comes_back_byte_identical_with_flags_and_internalda
     await helpers.empty(mailbox.address)
     assert await helpers.state(mailbox.address) == {}
 
-    job = await restore(mailbox.id, snapshot.id)
+    job = await helpers.restore(mailbox.id, snapshot.id)
     assert (job.status, job.total, job.restored, job.skipped) == (
         "succeeded",
         len(files),
@@ -94,11 +71,11 @@ async def test_generated_corpus_with_attachments_non_ascii_folders_and_keywords_
     assert snapshot.message_count == 52
     await helpers.empty(mailbox.address)
 
-    job = await restore(mailbox.id, snapshot.id)
+    job = await helpers.restore(mailbox.id, snapshot.id)
     assert job.status == "succeeded", job.reason
     assert await helpers.state(mailbox.address) == before
 
-    again = await restore(mailbox.id, snapshot.id)
+    again = await helpers.restore(mailbox.id, snapshot.id)
     assert (again.status, again.restored, again.skipped) == ("succeeded", 0, 52)
     assert await helpers.state(mailbox.address) == before
 
@@ -115,8 +92,6 @@ async def test_a_message_in_many_mailboxes_is_stored_once(seed, storage, corpus)
         stored.append(counters.bytes_stored)
     assert stored[0] > 0 and stored[1:] == [0, 0]
     async with unit_of_work() as session:
-        import hashlib
-
         hashes = [hashlib.sha256(m[0]).digest() for m in shared]
         count = await session.scalar(
             select(func.count()).select_from(BackupBlob).where(BackupBlob.hash.in_(hashes))

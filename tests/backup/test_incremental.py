@@ -3,41 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
 
-from services.backup import repository
 from services.backup.engine import utf7
 from services.backup.engine.backup import backup_mailbox
 from services.backup.engine.imap import master_connection, quote
-from shared.db import unit_of_work
 from shared.models import MailboxStatus
-from shared.models.backup import BackupMessage, Snapshot
 from tests.backup import helpers
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
-
-
-async def message_rows(mailbox_id) -> int:
-    async with unit_of_work() as session:
-        return int(
-            await session.scalar(
-                select(func.count())
-                .select_from(BackupMessage)
-                .where(BackupMessage.mailbox_id == mailbox_id)
-            )
-        )
-
-
-async def snapshot_state(snapshot: Snapshot) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
-    async with unit_of_work() as session:
-        snap = await session.get(Snapshot, snapshot.id)
-        rows = await repository.snapshot_messages(session, snap)
-    out: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
-    for message, folder in rows:
-        out.setdefault(folder, []).append(
-            (bytes(message.blob_hash).hex(), tuple(sorted(message.flags)))
-        )
-    return {k: sorted(v) for k, v in out.items()}
 
 
 async def test_unchanged_mailbox_backup_fetches_no_bodies_and_adds_no_catalog_rows(
@@ -47,14 +20,14 @@ async def test_unchanged_mailbox_backup_fetches_no_bodies_and_adds_no_catalog_ro
     await helpers.append(mailbox.address, "INBOX", corpus(12))
     await helpers.append(mailbox.address, "Archive", corpus(4, seed=2))
     await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
-    rows = await message_rows(mailbox.id)
+    rows = await helpers.catalog_rows(mailbox.id)
     for _ in range(3):
         snapshot, counters = await backup_mailbox(
             mailbox_id=mailbox.id, run_id=None, storage=storage
         )
         assert counters.messages_fetched == 0 and counters.bytes_stored == 0
         assert snapshot.message_count == 16
-    assert await message_rows(mailbox.id) == rows == 16
+    assert await helpers.catalog_rows(mailbox.id) == rows == 16
 
 
 async def test_flag_changes_and_expunges_are_recorded_without_fetching_bodies(
@@ -68,12 +41,10 @@ async def test_flag_changes_and_expunges_are_recorded_without_fetching_bodies(
     second, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     assert counters.messages_fetched == 0
     server = await helpers.state(mailbox.address)
-    assert await snapshot_state(second) == {
-        folder: sorted((h, f) for h, f, _ in rows) for folder, rows in server.items()
-    }
+    assert await helpers.snapshot_state(second) == helpers.content(server)
     assert second.message_count == 8
     # The earlier snapshot still reads as it was.
-    assert first.message_count == 10 and len((await snapshot_state(first))["INBOX"]) == 10
+    assert first.message_count == 10 and len((await helpers.snapshot_state(first))["INBOX"]) == 10
 
 
 async def test_uidvalidity_change_rescans_without_fetching_stored_bodies(

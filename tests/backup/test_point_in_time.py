@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.backup import schemas as s
-from services.backup import service
 from services.backup.engine.backup import backup_mailbox
-from shared.db import unit_of_work
 from tests.backup import helpers
-from tests.backup.test_fidelity import OPERATOR
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
 
@@ -29,17 +25,8 @@ async def test_restore_at_snapshot_one_gives_exactly_its_messages(seed, storage,
     await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
 
     fresh = await seed.mailbox("pw-1234567890", department=department)
-    async with unit_of_work() as session:
-        job = await service.request_restore(
-            session,
-            actor=OPERATOR,
-            data=s.RestoreRequest(
-                mailbox_id=mailbox.id,
-                at=first.completed_at,
-                target=s.RestoreTarget(mode="mailbox", mailbox_id=fresh.id),
-            ),
-        )
-        assert job.snapshot_id == first.id
-        job_id = job.id
-    assert await service.execute_restore(job_id) == "succeeded"
+    job = await helpers.restore(
+        mailbox.id, target={"mode": "mailbox", "mailbox_id": fresh.id}, at=first.completed_at
+    )
+    assert (job.snapshot_id, job.status) == (first.id, "succeeded")
     assert await helpers.state(fresh.address) == at_one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -53,8 +54,6 @@ async def test_prune_removes_expired_snapshots_and_then_unreferenced_blobs(
         left = (
             await session.scalars(select(Snapshot.id).where(Snapshot.mailbox_id == mailbox.id))
         ).all()
-        import hashlib
-
         old_blobs = await session.scalar(
             select(func.count())
             .select_from(BackupBlob)

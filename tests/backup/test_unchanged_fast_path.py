@@ -4,12 +4,10 @@ would: no body fetched, no catalog row added, point-in-time restores unchanged."
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from services.backup import schemas as s
 from services.backup import service
 from services.backup.engine import backup as engine
 from services.backup.engine.backup import (
@@ -19,7 +17,6 @@ from services.backup.engine.backup import (
 )
 from shared.db import unit_of_work
 from shared.models.backup import (
-    BackupMessage,
     BackupRun,
     BackupScope,
     JobStatus,
@@ -27,22 +24,8 @@ from shared.models.backup import (
     SnapshotStatus,
 )
 from tests.backup import helpers
-from tests.backup.test_fidelity import OPERATOR
-from tests.backup.test_incremental import snapshot_state
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
-
-
-async def catalog_rows(mailbox_ids: list[uuid.UUID]) -> int:
-    async with unit_of_work() as session:
-        return int(
-            await session.scalar(
-                select(func.count())
-                .select_from(BackupMessage)
-                .where(BackupMessage.mailbox_id.in_(mailbox_ids))
-            )
-            or 0
-        )
 
 
 async def three_backed_up_mailboxes(seed, storage, corpus):
@@ -62,7 +45,7 @@ async def test_unchanged_mailboxes_get_new_snapshots_together_without_bodies_or_
 ) -> None:
     _, mailboxes = await three_backed_up_mailboxes(seed, storage, corpus)
     ids = [m.id for m in mailboxes]
-    rows = await catalog_rows(ids)
+    rows = await helpers.catalog_rows(*ids)
 
     fast = await backup_unchanged(mailbox_ids=ids, run_id=None)
     assert set(fast) == set(ids)
@@ -73,15 +56,13 @@ async def test_unchanged_mailboxes_get_new_snapshots_together_without_bodies_or_
     again = await backup_mailboxes(mailbox_ids=ids, run_id=None, storage=storage)
     assert sorted(o.snapshot.seq for o in again if o.snapshot) == [3, 3, 3]
     assert sum(o.counters.messages_fetched + o.counters.bytes_stored for o in again) == 0
-    assert await catalog_rows(ids) == rows
+    assert await helpers.catalog_rows(*ids) == rows
     for outcome in again:
         assert outcome.snapshot is not None
         server = await helpers.state(
             next(m.address for m in mailboxes if m.id == outcome.mailbox_id)
         )
-        assert await snapshot_state(outcome.snapshot) == {
-            folder: sorted((h, f) for h, f, _ in found) for folder, found in server.items()
-        }
+        assert await helpers.snapshot_state(outcome.snapshot) == helpers.content(server)
 
 
 async def test_restore_at_a_fast_path_snapshot_gives_exactly_its_messages(
@@ -102,19 +83,10 @@ async def test_restore_at_a_fast_path_snapshot_gives_exactly_its_messages(
     assert {o.mailbox_id: o.counters.messages_fetched for o in later}[mailbox.id] == 2
 
     fresh = await seed.mailbox("pw-1234567890", department=department)
-    async with unit_of_work() as session:
-        job = await service.request_restore(
-            session,
-            actor=OPERATOR,
-            data=s.RestoreRequest(
-                mailbox_id=mailbox.id,
-                at=at,
-                target=s.RestoreTarget(mode="mailbox", mailbox_id=fresh.id),
-            ),
-        )
-        assert job.snapshot_id == fast[mailbox.id].id
-        job_id = job.id
-    assert await service.execute_restore(job_id) == "succeeded"
+    job = await helpers.restore(
+        mailbox.id, target={"mode": "mailbox", "mailbox_id": fresh.id}, at=at
+    )
+    assert (job.snapshot_id, job.status) == (fast[mailbox.id].id, "succeeded")
     assert await helpers.state(fresh.address) == before
 
 
@@ -138,9 +110,7 @@ async def test_a_mailbox_changed_between_runs_gets_its_changes_and_the_others_th
     snap = outcomes[changed.id].snapshot
     assert snap is not None and snap.message_count == 8 + 4 - 1
     server = await helpers.state(changed.address)
-    assert await snapshot_state(snap) == {
-        folder: sorted((h, f) for h, f, _ in found) for folder, found in server.items()
-    }
+    assert await helpers.snapshot_state(snap) == helpers.content(server)
 
 
 async def test_a_mailbox_locked_by_a_run_in_progress_is_left_to_the_full_path(

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,6 +41,7 @@ from services.backup.engine.imap import (
     Tagged,
     Untagged,
     as_str,
+    batches,
     fetch_items,
     master_commands,
     master_connection,
@@ -55,7 +56,7 @@ from services.backup.engine.storage import (
     PackWriter,
     seal_frames,
 )
-from shared.db import get_engine, unit_of_work
+from shared.db import get_engine
 from shared.models.backup import Snapshot, SnapshotStatus
 from shared.settings import Settings, get_settings
 
@@ -83,11 +84,6 @@ class BackupCounters:
     bytes_read: int = 0
     bytes_stored: int = 0
 
-    def add(self, other: BackupCounters) -> None:
-        self.messages_fetched += other.messages_fetched
-        self.bytes_read += other.bytes_read
-        self.bytes_stored += other.bytes_stored
-
 
 @dataclass
 class _Meta:
@@ -105,14 +101,6 @@ class _FolderStatus:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
-
-
-@dataclass
-class _Sealed:
-    hash: bytes
-    size: int
-    envelope: dict[str, Any]
-    stored: bytes | None = None
 
 
 def _header_text(value: Any) -> str:
@@ -135,8 +123,7 @@ def _message_id(header: bytes) -> str:
     if len(lines) == 1 and header.isascii() and b"=?" not in header:
         name, colon, value = lines[0].partition(b":")
         if colon and name.lower() == b"message-id":
-            text = value.decode("ascii")
-            return _SPACES.sub(" ", text).replace("\x00", "").strip()[:2000]
+            return _header_text(value.decode("ascii"))
     return str(envelope(header)["message_id"])
 
 
@@ -266,20 +253,6 @@ def _list_status(answer: Tagged) -> list[_FolderStatus | str]:
     return folders
 
 
-def _batches(metas: Sequence[_Meta]) -> Iterator[list[_Meta]]:
-    """Body batches of at most BODY_BATCH messages and about BODY_BATCH_BYTES."""
-    batch: list[_Meta] = []
-    total = 0
-    for meta in metas:
-        if batch and (len(batch) >= BODY_BATCH or total + meta.size > BODY_BATCH_BYTES):
-            yield batch
-            batch, total = [], 0
-        batch.append(meta)
-        total += meta.size
-    if batch:
-        yield batch
-
-
 def _lock_key(mailbox_id: uuid.UUID) -> str:
     return f"backup:{mailbox_id}"
 
@@ -304,12 +277,9 @@ async def mailbox_lock(mailbox_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
 
 
 @asynccontextmanager
-async def _transaction(connection: AsyncConnection | None) -> AsyncIterator[AsyncSession]:
-    """A unit of work on `connection` (or a pooled one): commits, or rolls back on error."""
-    if connection is None:
-        async with unit_of_work() as session:
-            yield session
-        return
+async def _transaction(connection: AsyncConnection) -> AsyncIterator[AsyncSession]:
+    """A unit of work on `connection` (the one holding the run's lock, see `mailbox_lock`):
+    commits, or rolls back on error. `shared.db.transaction` takes no connection to bind."""
     async with AsyncSession(bind=connection, expire_on_commit=False) as session:
         try:
             yield session
@@ -330,7 +300,7 @@ class MailboxBackup:
         seq: int,
         storage: PackStorage,
         settings: Settings,
-        connection: AsyncConnection | None = None,
+        connection: AsyncConnection,
     ) -> None:
         self.mailbox_id = mailbox_id
         self.connection = connection
@@ -344,13 +314,8 @@ class MailboxBackup:
 
     # -------------------------------------------------------------- the run
 
-    async def run(self, imap: ImapConnection, current: dict[str, Any] | None = None) -> None:
-        """`current`: the catalog's open folders by name, if the caller read them already."""
-        if current is None:
-            async with _transaction(self.connection) as session:
-                current = {
-                    f.name: f for f in await repository.current_folders(session, self.mailbox_id)
-                }
+    async def run(self, imap: ImapConnection, current: dict[str, Any]) -> None:
+        """`current`: the catalog's open folders by name (read with the snapshot's start)."""
         try:
             for status in await self._list(imap):
                 previous = current.pop(status.name, None)
@@ -494,13 +459,13 @@ class MailboxBackup:
         # One body batch in flight while the previous one is hashed, sealed, written and
         # catalogued: the connection never idles during the CPU, fsync and DB work.
         pending: asyncio.Task[dict[int, bytes]] | None = None
-        batches = list(_batches(small))
+        fetches = list(batches(small, count=BODY_BATCH, max_bytes=BODY_BATCH_BYTES))
         try:
-            for index, batch in enumerate(batches):
+            for index, batch in enumerate(fetches):
                 bodies = await (pending or self._fetch_bodies(imap, batch))
                 pending = None
-                if index + 1 < len(batches):
-                    pending = asyncio.create_task(self._fetch_bodies(imap, batches[index + 1]))
+                if index + 1 < len(fetches):
+                    pending = asyncio.create_task(self._fetch_bodies(imap, fetches[index + 1]))
                 await self._store_batch(folder_id, batch, bodies)
         finally:
             if pending is not None:
@@ -548,17 +513,7 @@ class MailboxBackup:
         self.counters.messages_fetched += len(data)
         self.counters.bytes_read += sum(len(b) for b in data)
         rows = [
-            {
-                "mailbox_id": self.mailbox_id,
-                "folder_id": folder_id,
-                "uid": meta.uid,
-                "blob_hash": digest,
-                "flags": meta.flags,
-                "internal_date": meta.internal_date,
-                "size": len(body),
-                **fields,
-                "since_seq": self.seq,
-            }
+            self._message_row(folder_id, meta, digest, len(body), fields)
             for meta, (digest, fields), body in zip(present, hashed, data, strict=True)
         ]
         async with _transaction(self.connection) as session:
@@ -567,6 +522,35 @@ class MailboxBackup:
                 await repository.record_pack(session, self._pack.pack_id, self._pack.size)
                 await repository.insert_blobs(session, blob_rows)
             await repository.insert_messages(session, rows)
+
+    def _message_row(
+        self, folder_id: int, meta: _Meta, blob_hash: bytes, size: int, fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A catalog row for a message fetched into this snapshot (`fields`: its envelope)."""
+        return {
+            "mailbox_id": self.mailbox_id,
+            "folder_id": folder_id,
+            "uid": meta.uid,
+            "blob_hash": blob_hash,
+            "flags": meta.flags,
+            "internal_date": meta.internal_date,
+            "size": size,
+            **fields,
+            "since_seq": self.seq,
+        }
+
+    def _blob_row(
+        self, blob_hash: bytes, pack: PackWriter, offset: int, length: int, size: int
+    ) -> dict[str, Any]:
+        """A catalog row for a blob sealed at `offset` of `pack` (`size`: its plaintext)."""
+        return {
+            "hash": blob_hash,
+            "pack_id": pack.pack_id,
+            "offset": offset,
+            "length": length,
+            "size": size,
+            "key_id": self.settings.backup_key_id,
+        }
 
     async def _pack_writer(self) -> PackWriter:
         if self._pack is not None and self._pack.size >= PACK_TARGET_BYTES:
@@ -588,16 +572,7 @@ class MailboxBackup:
             rows = []
             for digest, stored in sealed:
                 offset = pack.append(stored)
-                rows.append(
-                    {
-                        "hash": digest,
-                        "pack_id": pack.pack_id,
-                        "offset": offset,
-                        "length": len(stored),
-                        "size": len(plain[digest]),
-                        "key_id": self.settings.backup_key_id,
-                    }
-                )
+                rows.append(self._blob_row(digest, pack, offset, len(stored), len(plain[digest])))
             pack.sync()
             return rows
 
@@ -644,36 +619,14 @@ class MailboxBackup:
             await asyncio.to_thread(pack.truncate, start)
         else:
             await asyncio.to_thread(pack.sync)
-            blob_rows.append(
-                {
-                    "hash": blob_hash,
-                    "pack_id": pack.pack_id,
-                    "offset": start,
-                    "length": pack.size - start,
-                    "size": offset,
-                    "key_id": self.settings.backup_key_id,
-                }
-            )
+            blob_rows.append(self._blob_row(blob_hash, pack, start, pack.size - start, offset))
             self.counters.bytes_stored += pack.size - start
         async with _transaction(self.connection) as session:
             if blob_rows:
                 await repository.record_pack(session, pack.pack_id, pack.size)
                 await repository.insert_blobs(session, blob_rows)
             await repository.insert_messages(
-                session,
-                [
-                    {
-                        "mailbox_id": self.mailbox_id,
-                        "folder_id": folder_id,
-                        "uid": meta.uid,
-                        "blob_hash": blob_hash,
-                        "flags": meta.flags,
-                        "internal_date": meta.internal_date,
-                        "size": offset,
-                        **(fields or {}),
-                        "since_seq": self.seq,
-                    }
-                ],
+                session, [self._message_row(folder_id, meta, blob_hash, offset, fields or {})]
             )
 
 

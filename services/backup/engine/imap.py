@@ -16,13 +16,12 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from shared.imap import master_login
+from shared.imap import CONNECT_TIMEOUT_SECONDS, master_login
 from shared.settings import Settings, get_settings
 
 COMMAND_TIMEOUT_SECONDS = 300.0
-CONNECT_TIMEOUT_SECONDS = 10.0
 _LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")
 _MONTHS = {
     m: i
@@ -185,6 +184,29 @@ def fetch_items(response: Untagged) -> dict[str, Token]:
         # `BODY[]<0>` (a partial fetch's answer) names the same item as `BODY[]`.
         items[name.split("<", 1)[0]] = data[i + 1]
     return items
+
+
+class _Sized(Protocol):
+    @property
+    def size(self) -> int: ...
+
+
+_SizedT = TypeVar("_SizedT", bound=_Sized)
+
+
+def batches(items: Iterable[_SizedT], *, count: int, max_bytes: int) -> Iterator[list[_SizedT]]:
+    """`items` in order, in batches of at most `count` messages and about `max_bytes` (a
+    larger message goes alone): what one FETCH or pipelined APPEND carries."""
+    batch: list[_SizedT] = []
+    total = 0
+    for item in items:
+        if batch and (len(batch) >= count or total + item.size > max_bytes):
+            yield batch
+            batch, total = [], 0
+        batch.append(item)
+        total += item.size
+    if batch:
+        yield batch
 
 
 @dataclass(frozen=True)

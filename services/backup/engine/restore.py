@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,6 +21,7 @@ from services.backup.engine.imap import (
     AppendItem,
     ImapConnection,
     ImapProtocolError,
+    batches,
     fetch_items,
     master_connection,
     quote,
@@ -133,7 +134,7 @@ async def restore_folder(
             progress.done += 1
         else:
             pending.append(item)
-    for batch in _append_batches(pending):
+    for batch in batches(pending, count=APPEND_BATCH, max_bytes=APPEND_BATCH_BYTES):
         answers = await imap.append_many(
             encoded,
             [
@@ -155,19 +156,6 @@ async def restore_folder(
             result = on_progress()
             if asyncio.iscoroutine(result):
                 await result
-
-
-def _append_batches(items: Sequence[RestoreItem]) -> Iterator[list[RestoreItem]]:
-    batch: list[RestoreItem] = []
-    size = 0
-    for item in items:
-        if batch and (len(batch) >= APPEND_BATCH or size + item.size > APPEND_BATCH_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append(item)
-        size += item.size
-    if batch:
-        yield batch
 
 
 async def restore_messages(
