@@ -27,6 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
+from services.backup.engine.storage import Sealed, StoredBlob
 from shared.models import Department, Mailbox, MailboxStatus
 from shared.models.backup import (
     BackupBlob,
@@ -46,6 +47,7 @@ from shared.models.backup import (
 # Core statements on the tables for bulk inserts: the ORM's bulk path costs far more CPU.
 _MESSAGES = cast(Table, BackupMessage.__table__)
 _BLOBS = cast(Table, BackupBlob.__table__)
+_HEADER_BLOBS = _BLOBS.alias("header_blobs")
 
 # Mailboxes whose mail Dovecot still serves to the master user, so they can be backed up.
 BACKED_UP_STATUSES = (
@@ -511,22 +513,45 @@ async def commit_snapshot(session: AsyncSession, snapshot_id: uuid.UUID, seq: in
 # ---------------------------------------------------------------- blobs for restore and verify
 
 
-async def blobs(session: AsyncSession, hashes: Sequence[bytes]) -> dict[bytes, BackupBlob]:
-    rows = await session.scalars(select(BackupBlob).where(BackupBlob.hash.in_(list(set(hashes)))))
-    return {bytes(r.hash): r for r in rows}
+async def blobs(session: AsyncSession, hashes: Sequence[bytes]) -> dict[bytes, StoredBlob]:
+    """The blobs with these hashes, each with its sealed parts in reading order."""
+    rows: dict[bytes, BackupBlob] = {}
+    asked: set[bytes] = set()
+    wanted = set(hashes)
+    while wanted:  # then the bodies that header blobs continue with
+        asked |= wanted
+        found = await session.scalars(select(BackupBlob).where(BackupBlob.hash.in_(list(wanted))))
+        rows.update((bytes(r.hash), r) for r in found)
+        wanted = {bytes(r.body_hash) for r in rows.values() if r.body_hash} - asked
+    return {h: _stored(rows[h], rows) for h in set(hashes) if h in rows}
+
+
+def _stored(blob: BackupBlob, rows: Mapping[bytes, BackupBlob]) -> StoredBlob:
+    """A catalog row as a StoredBlob; a missing body leaves it short, and reading it then
+    reports the damage."""
+    parts: list[Sealed] = []
+    current: BackupBlob | None = blob
+    while current is not None and len(parts) <= len(rows):
+        parts.append(
+            Sealed(current.pack_id, int(current.offset), int(current.length), current.key_id)
+        )
+        current = rows.get(bytes(current.body_hash)) if current.body_hash else None
+    return StoredBlob(bytes(blob.hash), int(blob.size), tuple(parts))
 
 
 async def blob_page(
     session: AsyncSession, after: bytes, limit: int, fraction: float
-) -> list[BackupBlob]:
-    query = select(BackupBlob).where(BackupBlob.hash > after)
+) -> list[StoredBlob]:
+    query = select(BackupBlob.hash).where(BackupBlob.hash > after)
     if fraction < 1.0:
         # A sample by hash prefix: uniform, and the same blobs on every run of one fraction.
         query = query.where(
             func.get_byte(BackupBlob.hash, 0) * 256 + func.get_byte(BackupBlob.hash, 1)
             < int(fraction * 65536)
         )
-    return list((await session.scalars(query.order_by(BackupBlob.hash).limit(limit))).all())
+    page = [bytes(h) for h in await session.scalars(query.order_by(BackupBlob.hash).limit(limit))]
+    found = await blobs(session, page)
+    return [found[h] for h in page if h in found]
 
 
 async def damage_owners(session: AsyncSession, blob_hash: bytes) -> list[dict[str, Any]]:
@@ -537,7 +562,12 @@ async def damage_owners(session: AsyncSession, blob_hash: bytes) -> list[dict[st
         .where(
             Snapshot.status == SnapshotStatus.COMMITTED.value,
             exists().where(
-                BackupMessage.blob_hash == blob_hash,
+                or_(
+                    BackupMessage.blob_hash == blob_hash,
+                    BackupMessage.blob_hash.in_(
+                        select(BackupBlob.hash).where(BackupBlob.body_hash == blob_hash)
+                    ),
+                ),
                 BackupMessage.mailbox_id == Snapshot.mailbox_id,
                 BackupMessage.since_seq <= Snapshot.seq,
                 or_(BackupMessage.until_seq.is_(None), BackupMessage.until_seq > Snapshot.seq),
@@ -588,12 +618,23 @@ async def delete_unreferenced_rows(session: AsyncSession, mailbox_id: uuid.UUID)
 
 
 async def delete_unreferenced_blobs(session: AsyncSession) -> int:
-    result = await session.execute(
-        delete(BackupBlob).where(
-            ~select(BackupMessage.id).where(BackupMessage.blob_hash == BackupBlob.hash).exists()
+    """Blobs no message needs: first those no message names, then the bodies they held."""
+    deleted = 0
+    while True:
+        result = await session.execute(
+            delete(BackupBlob).where(
+                ~select(BackupMessage.id)
+                .where(BackupMessage.blob_hash == BackupBlob.hash)
+                .exists(),
+                ~select(_HEADER_BLOBS.c.hash)
+                .where(_HEADER_BLOBS.c.body_hash == BackupBlob.hash)
+                .exists(),
+            )
         )
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
+        count = int(getattr(result, "rowcount", 0) or 0)
+        if not count:
+            return deleted
+        deleted += count
 
 
 async def empty_packs(session: AsyncSession) -> list[uuid.UUID]:

@@ -19,16 +19,15 @@ from services.backup.engine.restore import RestoreItem, RestoreProgress, restore
 from services.backup.engine.storage import (
     BlobDamaged,
     PackStorage,
+    StoredBlob,
     default_storage,
-    read_verified,
+    read_blob,
 )
 from shared.auth import Principal
 from shared.db import unit_of_work
 from shared.errors import Forbidden, NotFound, Unprocessable
 from shared.models import Mailbox, Role
 from shared.models.backup import (
-    BackupBlob,
-    BackupMessage,
     BackupPolicy,
     BackupRun,
     BackupScope,
@@ -452,9 +451,10 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
         blobs = await repository.blobs(session, [m.blob_hash for m, _ in messages])
         folders: dict[str, list[RestoreItem]] = {}
         for message, folder in messages:
-            blob = blobs[bytes(message.blob_hash)]
             name = f"{job.target_folder}/{folder}" if job.target_folder else folder
-            folders.setdefault(name, []).append(_item(message, blob))
+            folders.setdefault(name, []).append(
+                RestoreItem(blobs[bytes(message.blob_hash)], message.flags, message.internal_date)
+            )
         job.total, job.done, job.restored, job.skipped = len(messages), 0, 0, 0
         target_mode = job.target_mode
     del messages, blobs
@@ -501,19 +501,6 @@ def _group_reason(group: BaseExceptionGroup[BaseException]) -> str:
     return "; ".join(str(e) for e in group.exceptions)
 
 
-def _item(message: BackupMessage, blob: BackupBlob) -> RestoreItem:
-    return RestoreItem(
-        blob_hash=bytes(blob.hash),
-        flags=list(message.flags),
-        internal_date=message.internal_date,
-        size=int(blob.size),
-        pack_id=blob.pack_id,
-        offset=int(blob.offset),
-        length=int(blob.length),
-        key_id=blob.key_id,
-    )
-
-
 # ---------------------------------------------------------------- export
 
 
@@ -538,16 +525,9 @@ async def export_mbox(
             yield _mbox_entry(data, message.internal_date, folder, message.flags)
 
 
-async def _read_blob(storage: PackStorage, blob: BackupBlob) -> bytes:
+async def _read_blob(storage: PackStorage, blob: StoredBlob) -> bytes:
     """A stored blob's plaintext, checked against its hash; raises BlobDamaged."""
-    stored = await asyncio.to_thread(storage.read, blob.pack_id, blob.offset, blob.length)
-    return await asyncio.to_thread(
-        read_verified,
-        stored,
-        key_id=blob.key_id,
-        expected_hash=bytes(blob.hash),
-        size=int(blob.size),
-    )
+    return await asyncio.to_thread(read_blob, storage, blob)
 
 
 def _mbox_entry(data: bytes, when: datetime, folder: str, flags: list[str]) -> bytes:
@@ -586,17 +566,15 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
             page = await repository.blob_page(session, after, 200, fraction)
         if not page:
             break
-        after = bytes(page[-1].hash)
+        after = page[-1].hash
         for blob in page:
             checked += 1
             try:
                 await _read_blob(storage, blob)
             except BlobDamaged as exc:
                 async with unit_of_work() as session:
-                    owners = await repository.damage_owners(session, bytes(blob.hash))
-                damage.append(
-                    {"blob": bytes(blob.hash).hex(), "error": str(exc), "mailboxes": owners}
-                )
+                    owners = await repository.damage_owners(session, blob.hash)
+                damage.append({"blob": blob.hash.hex(), "error": str(exc), "mailboxes": owners})
     async with unit_of_work() as session:
         row = await repository.verify_run(session, verify_id)
         assert row is not None

@@ -170,7 +170,12 @@ class BackupPack(Base):
 
 
 class BackupBlob(Base):
-    """One distinct message body, by the SHA-256 of its bytes: stored once however often seen."""
+    """One distinct message, by the SHA-256 of its bytes: stored once however often seen.
+
+    A message with a large body is stored as its header section here, continued by the
+    blob `body_hash` (its body, by the body's own hash), so the copies of one message
+    delivered to many mailboxes, which differ in their delivery headers, share the body.
+    `size` is always the whole plaintext's; offset and length locate what is sealed here."""
 
     __tablename__ = "backup_blobs"
 
@@ -180,6 +185,7 @@ class BackupBlob(Base):
     length: Mapped[int] = mapped_column(BigInteger)
     size: Mapped[int] = mapped_column(BigInteger)
     key_id: Mapped[str] = mapped_column(Text)
+    body_hash: Mapped[bytes | None] = mapped_column(ForeignKey("backup_blobs.hash"), index=True)
     created_at: Mapped[datetime] = _now()
 
 

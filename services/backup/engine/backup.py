@@ -28,7 +28,7 @@ from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -54,6 +54,7 @@ from services.backup.engine.storage import (
     FRAME_PLAINTEXT_BYTES,
     PackStorage,
     PackWriter,
+    body_start,
     seal_frames,
 )
 from shared.db import get_engine
@@ -194,12 +195,36 @@ def _envelope_from(get: Callable[[str], Any]) -> dict[str, Any]:
     }
 
 
-def _hash_all(bodies: Sequence[bytes]) -> list[bytes]:
-    return [hashlib.sha256(b).digest() for b in bodies]
+class _Hashed(NamedTuple):
+    """A fetched message's SHA-256, and where its body starts and the body's SHA-256 if the
+    body is stored as a blob of its own."""
+
+    digest: bytes
+    body_start: int | None
+    body_digest: bytes | None
 
 
-def _seal_all(bodies: Sequence[bytes], key_id: str, level: int) -> list[bytes]:
-    return [seal_frames(b, key_id=key_id, level=level) for b in bodies]
+def _hash_all(messages: Sequence[bytes]) -> list[_Hashed]:
+    hashed = []
+    for message in messages:
+        start = body_start(message, len(message))
+        body = None if start is None else hashlib.sha256(memoryview(message)[start:]).digest()
+        hashed.append(_Hashed(hashlib.sha256(message).digest(), start, body))
+    return hashed
+
+
+class _Fresh(NamedTuple):
+    """A blob to store: its hash, the plaintext to seal, the body blob it continues with,
+    and its whole plaintext size."""
+
+    digest: bytes
+    plain: bytes | memoryview
+    body_digest: bytes | None
+    size: int
+
+
+def _seal_all(blobs: Sequence[_Fresh], key_id: str, level: int) -> list[bytes]:
+    return [seal_frames(b.plain, key_id=key_id, level=level) for b in blobs]
 
 
 def _flags(token: Any) -> list[str]:
@@ -495,26 +520,37 @@ class MailboxBackup:
         # Threads get only the work that releases the GIL (hashing, compression, cipher,
         # writes); the pure-Python header parse runs here: in a thread it holds the GIL in
         # 5 ms slices that every socket call of the event loop then waits for.
-        digests = await asyncio.to_thread(_hash_all, data)
-        hashed = [(digest, envelope(body)) for digest, body in zip(digests, data, strict=True)]
+        hashes = await asyncio.to_thread(_hash_all, data)
+        envelopes = [envelope(message) for message in data]
         async with _transaction(self.connection) as session:
-            stored = await repository.existing_blobs(session, [h for h, _ in hashed])
-        fresh: dict[bytes, bytes] = {}
-        for (digest, _), body in zip(hashed, data, strict=True):
-            if digest not in stored:
-                fresh.setdefault(digest, body)
+            stored = await repository.existing_blobs(
+                session,
+                [h.digest for h in hashes] + [h.body_digest for h in hashes if h.body_digest],
+            )
+        fresh: dict[bytes, _Fresh] = {}
+        for hashed, message in zip(hashes, data, strict=True):
+            if hashed.digest in stored or hashed.digest in fresh:
+                continue
+            if hashed.body_start is None or hashed.body_digest is None:
+                fresh[hashed.digest] = _Fresh(hashed.digest, message, None, len(message))
+                continue
+            view = memoryview(message)
+            if hashed.body_digest not in stored and hashed.body_digest not in fresh:
+                body = view[hashed.body_start :]
+                fresh[hashed.body_digest] = _Fresh(hashed.body_digest, body, None, len(body))
+            fresh[hashed.digest] = _Fresh(
+                hashed.digest, view[: hashed.body_start], hashed.body_digest, len(message)
+            )
+        blobs = list(fresh.values())
         sealed = await asyncio.to_thread(
-            _seal_all,
-            list(fresh.values()),
-            self.settings.backup_key_id,
-            self.settings.backup_zstd_level,
+            _seal_all, blobs, self.settings.backup_key_id, self.settings.backup_zstd_level
         )
-        blob_rows = await self._write(list(zip(fresh, sealed, strict=True)), fresh)
+        blob_rows = await self._write(list(zip(blobs, sealed, strict=True)))
         self.counters.messages_fetched += len(data)
         self.counters.bytes_read += sum(len(b) for b in data)
         rows = [
-            self._message_row(folder_id, meta, digest, len(body), fields)
-            for meta, (digest, fields), body in zip(present, hashed, data, strict=True)
+            self._message_row(folder_id, meta, hashed.digest, len(message), fields)
+            for meta, hashed, fields, message in zip(present, hashes, envelopes, data, strict=True)
         ]
         async with _transaction(self.connection) as session:
             if blob_rows:
@@ -540,9 +576,16 @@ class MailboxBackup:
         }
 
     def _blob_row(
-        self, blob_hash: bytes, pack: PackWriter, offset: int, length: int, size: int
+        self,
+        blob_hash: bytes,
+        pack: PackWriter,
+        offset: int,
+        length: int,
+        size: int,
+        body_hash: bytes | None = None,
     ) -> dict[str, Any]:
-        """A catalog row for a blob sealed at `offset` of `pack` (`size`: its plaintext)."""
+        """A catalog row for a blob sealed at `offset` of `pack` (`size`: its whole plaintext,
+        `body_hash`: the body blob that follows what is sealed there)."""
         return {
             "hash": blob_hash,
             "pack_id": pack.pack_id,
@@ -550,6 +593,7 @@ class MailboxBackup:
             "length": length,
             "size": size,
             "key_id": self.settings.backup_key_id,
+            "body_hash": body_hash,
         }
 
     async def _pack_writer(self) -> PackWriter:
@@ -560,9 +604,7 @@ class MailboxBackup:
             self._pack = await asyncio.to_thread(self.storage.create)
         return self._pack
 
-    async def _write(
-        self, sealed: list[tuple[bytes, bytes]], plain: dict[bytes, bytes]
-    ) -> list[dict[str, Any]]:
+    async def _write(self, sealed: list[tuple[_Fresh, bytes]]) -> list[dict[str, Any]]:
         """Append sealed blobs to the pack and fsync; return their catalog rows."""
         if not sealed:
             return []
@@ -570,9 +612,13 @@ class MailboxBackup:
 
         def write() -> list[dict[str, Any]]:
             rows = []
-            for digest, stored in sealed:
+            for blob, stored in sealed:
                 offset = pack.append(stored)
-                rows.append(self._blob_row(digest, pack, offset, len(stored), len(plain[digest])))
+                rows.append(
+                    self._blob_row(
+                        blob.digest, pack, offset, len(stored), blob.size, blob.body_digest
+                    )
+                )
             pack.sync()
             return rows
 
@@ -581,12 +627,21 @@ class MailboxBackup:
         return rows
 
     async def _store_large(self, imap: ImapConnection, folder_id: int, meta: _Meta) -> None:
-        """A message over one frame: fetched, hashed, sealed and written a chunk at a time."""
+        """A message over one frame: fetched, hashed, sealed and written a chunk at a time.
+        Its body is written as a blob of its own, then its header section after it."""
         pack = await self._pack_writer()
         start = pack.size
-        digest = hashlib.sha256()
+        whole, body = hashlib.sha256(), hashlib.sha256()
+        header = b""  # the header section, kept back while the body streams to the pack
         fields: dict[str, Any] | None = None
         offset, index = 0, 0
+        key_id, level = self.settings.backup_key_id, self.settings.backup_zstd_level
+
+        def seal(chunk: bytes, part: memoryview, index: int) -> bytes:
+            whole.update(chunk)
+            body.update(part)
+            return seal_frames(part, key_id=key_id, level=level, first_index=index)
+
         while True:
             answer = await imap.command(
                 b"UID FETCH %d (UID BODY.PEEK[]<%d.%d>)" % (meta.uid, offset, FRAME_PLAINTEXT_BYTES)
@@ -598,9 +653,12 @@ class MailboxBackup:
                     chunk = bytes(items["BODY[]"])
             if not chunk:
                 break
+            part = memoryview(chunk)
             if fields is None:
                 fields = await asyncio.to_thread(envelope, chunk)
-            frame = await asyncio.to_thread(_seal_chunk, chunk, digest, self.settings, index)
+                split = body_start(chunk, meta.size) or 0
+                header, part = chunk[:split], part[split:]
+            frame = await asyncio.to_thread(seal, chunk, part, index)
             await asyncio.to_thread(pack.append, frame)
             offset += len(chunk)
             index += 1
@@ -609,18 +667,33 @@ class MailboxBackup:
         if offset == 0:
             await asyncio.to_thread(pack.truncate, start)
             return  # expunged meanwhile
-        blob_hash = digest.digest()
+        blob_hash, body_hash = whole.digest(), body.digest()
         self.counters.messages_fetched += 1
         self.counters.bytes_read += offset
         async with _transaction(self.connection) as session:
-            already = await repository.existing_blobs(session, [blob_hash])
+            already = await repository.existing_blobs(session, [blob_hash, body_hash])
         blob_rows: list[dict[str, Any]] = []
-        if already:
+        if blob_hash in already or body_hash in already:
             await asyncio.to_thread(pack.truncate, start)
-        else:
+        if blob_hash not in already:
+            if body_hash not in already:
+                blob_rows.append(
+                    self._blob_row(
+                        body_hash if header else blob_hash,
+                        pack,
+                        start,
+                        pack.size - start,
+                        offset - len(header),
+                    )
+                )
+            if header:
+                sealed = await asyncio.to_thread(seal_frames, header, key_id=key_id, level=level)
+                at = await asyncio.to_thread(pack.append, sealed)
+                blob_rows.append(
+                    self._blob_row(blob_hash, pack, at, len(sealed), offset, body_hash)
+                )
             await asyncio.to_thread(pack.sync)
-            blob_rows.append(self._blob_row(blob_hash, pack, start, pack.size - start, offset))
-            self.counters.bytes_stored += pack.size - start
+            self.counters.bytes_stored += sum(int(r["length"]) for r in blob_rows)
         async with _transaction(self.connection) as session:
             if blob_rows:
                 await repository.record_pack(session, pack.pack_id, pack.size)
@@ -628,13 +701,6 @@ class MailboxBackup:
             await repository.insert_messages(
                 session, [self._message_row(folder_id, meta, blob_hash, offset, fields or {})]
             )
-
-
-def _seal_chunk(chunk: bytes, digest: Any, settings: Settings, index: int) -> bytes:
-    digest.update(chunk)
-    return seal_frames(
-        chunk, key_id=settings.backup_key_id, level=settings.backup_zstd_level, first_index=index
-    )
 
 
 async def backup_mailbox(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from services.backup.engine.imap import (
     quote,
     uid_set,
 )
-from services.backup.engine.storage import BlobDamaged, PackStorage, open_frames
+from services.backup.engine.storage import BlobDamaged, PackStorage, StoredBlob, open_frames
 from shared.settings import Settings, get_settings
 
 APPEND_BATCH = 50
@@ -45,16 +44,15 @@ class FolderRejected(Exception):
 
 @dataclass(frozen=True)
 class RestoreItem:
-    """One message to restore, with where its blob is stored."""
+    """One message to restore: its blob, flags and INTERNALDATE."""
 
-    blob_hash: bytes
+    blob: StoredBlob
     flags: Sequence[str]
     internal_date: datetime
-    size: int
-    pack_id: uuid.UUID
-    offset: int
-    length: int
-    key_id: str
+
+    @property
+    def size(self) -> int:
+        return self.blob.size
 
 
 @dataclass
@@ -64,18 +62,19 @@ class RestoreProgress:
     skipped: int = 0
 
 
-async def _blob_chunks(storage: PackStorage, item: RestoreItem) -> AsyncIterator[bytes]:
-    stored = await asyncio.to_thread(storage.read, item.pack_id, item.offset, item.length)
-    frames = open_frames(stored, key_id=item.key_id)
+async def _blob_chunks(storage: PackStorage, blob: StoredBlob) -> AsyncIterator[bytes]:
     digest = hashlib.sha256()
-    while True:
-        chunk = await asyncio.to_thread(next, frames, None)
-        if chunk is None:
-            break
-        digest.update(chunk)
-        yield chunk
-    if digest.digest() != item.blob_hash:
-        raise BlobDamaged(f"blob {item.blob_hash.hex()} does not match its hash")
+    for part in blob.parts:
+        stored = await asyncio.to_thread(storage.read, part.pack_id, part.offset, part.length)
+        frames = open_frames(stored, key_id=part.key_id)
+        while True:
+            chunk = await asyncio.to_thread(next, frames, None)
+            if chunk is None:
+                break
+            digest.update(chunk)
+            yield chunk
+    if digest.digest() != blob.hash:
+        raise BlobDamaged(f"blob {blob.hash.hex()} does not match its hash")
 
 
 async def _ensure_folder(imap: ImapConnection, encoded: str, name: str) -> int:
@@ -128,8 +127,8 @@ async def restore_folder(
     present = await _existing_hashes(imap, exists, {i.size for i in items})
     pending: list[RestoreItem] = []
     for item in items:
-        if present[item.blob_hash] > 0:
-            present[item.blob_hash] -= 1
+        if present[item.blob.hash] > 0:
+            present[item.blob.hash] -= 1
             progress.skipped += 1
             progress.done += 1
         else:
@@ -142,7 +141,7 @@ async def restore_folder(
                     flags=b.flags,
                     internal_date=b.internal_date,
                     size=b.size,
-                    chunks=_blob_chunks(storage, b),
+                    chunks=_blob_chunks(storage, b.blob),
                 )
                 for b in batch
             ],

@@ -1,7 +1,11 @@
 """Where blobs live: a storage backend of pack files, and the blob format inside a pack.
 
 A blob is a run of frames, each `[u32 length][12-byte nonce][AES-256-GCM(zstd(chunk))]`, so a
-large message is written and read a chunk at a time. The key is derived from the configured
+large message is written and read a chunk at a time. A message with a large body is stored
+as two blobs: its body, by the body's own hash, and its header section pointing at it. The
+copies of one message delivered to many mailboxes differ in their delivery headers
+(Return-Path, Delivered-To, Received ... for <recipient>), so only this way is the body of
+a message delivered to 100 mailboxes stored once. The key is derived from the configured
 secret and named by a key id that is stored with each blob, so keys can rotate. Pack files
 are append-only; the catalog points at a blob only after its pack was fsynced, so a crash
 can leave unreferenced bytes at a pack's end but never a reference to missing data.
@@ -15,6 +19,7 @@ import struct
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,6 +31,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from shared.settings import Settings, get_settings
 
 FRAME_PLAINTEXT_BYTES = 4 << 20
+# Below this a body is not stored on its own: a delivered copy's header section (1-3 KB
+# after Postfix and Dovecot LMTP) is as large, and a second blob costs a catalog row.
+SPLIT_BODY_BYTES = 8 << 10
 _HEADER = struct.Struct(">I")
 NONCE_BYTES = 12
 
@@ -57,7 +65,9 @@ def _aad(key_id: str, index: int) -> bytes:
     return b"%s:%d" % (key_id.encode(), index)
 
 
-def seal_frames(data: bytes, *, key_id: str, level: int, first_index: int = 0) -> bytes:
+def seal_frames(
+    data: bytes | memoryview, *, key_id: str, level: int, first_index: int = 0
+) -> bytes:
     """Compress and encrypt `data` as frames (CPU work: call it in a thread).
 
     A fresh compressor per call: zstd compressor objects are not thread-safe.
@@ -95,14 +105,6 @@ def open_frames(stored: bytes, *, key_id: str) -> Iterator[bytes]:
         except Exception as exc:  # InvalidTag, ZstdError: either way the bytes are damaged
             raise BlobDamaged(f"frame {index} does not decrypt: {type(exc).__name__}") from exc
         index += 1
-
-
-def read_verified(stored: bytes, *, key_id: str, expected_hash: bytes, size: int) -> bytes:
-    """The blob's plaintext, checked against its SHA-256 and size."""
-    data = b"".join(open_frames(stored, key_id=key_id))
-    if len(data) != size or hashlib.sha256(data).digest() != expected_hash:
-        raise BlobDamaged("content does not match its hash")
-    return data
 
 
 class PackWriter(ABC):
@@ -198,6 +200,49 @@ class LocalPackStorage(PackStorage):
 
     def delete(self, pack_id: uuid.UUID) -> None:
         self.path(pack_id).unlink(missing_ok=True)
+
+
+def body_start(head: bytes, size: int) -> int | None:
+    """Where the body of a `size`-byte message starting with `head` begins, if the body is
+    to be stored as a blob of its own (the header section ends in `head`)."""
+    end = head.find(b"\r\n\r\n")
+    if end < 0 or size - (end + 4) < SPLIT_BODY_BYTES:
+        return None
+    return end + 4
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """Where a run of sealed frames lies: a pack, an offset and a length, under a key."""
+
+    pack_id: uuid.UUID
+    offset: int
+    length: int
+    key_id: str
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob as the catalog knows it: the SHA-256 and size of its plaintext, and its sealed
+    parts in order (the message; or its header section, then its body's blob)."""
+
+    hash: bytes
+    size: int
+    parts: tuple[Sealed, ...]
+
+
+def read_blob(storage: PackStorage, blob: StoredBlob) -> bytes:
+    """The blob's plaintext, checked against its SHA-256 and size; raises BlobDamaged."""
+    data = b"".join(
+        chunk
+        for part in blob.parts
+        for chunk in open_frames(
+            storage.read(part.pack_id, part.offset, part.length), key_id=part.key_id
+        )
+    )
+    if len(data) != blob.size or hashlib.sha256(data).digest() != blob.hash:
+        raise BlobDamaged("content does not match its hash")
+    return data
 
 
 def default_storage(settings: Settings | None = None) -> PackStorage:
