@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -49,10 +51,10 @@ FOLDERS = ("INBOX", "Sent", "Archive", "Projekte/Überblick")
 FLAGS = ([], ["\\Seen"], ["\\Seen", "\\Answered"], ["\\Seen", "$Label1"], ["\\Flagged"])
 
 
-def corpus_message(rng: random.Random, i: int, mailbox: int) -> bytes:
+def corpus_message(rng: random.Random, i: int, mailbox: int, sender: str | None = None) -> bytes:
     """A message with a lognormal text size; 4% carry a 0.1-1.5 MB attachment."""
     msg = EmailMessage()
-    msg["From"] = f"Sender {i % 97} <s{i % 97}@example.test>"
+    msg["From"] = sender or f"Sender {i % 97} <s{i % 97}@example.test>"
     msg["To"] = f"user{mailbox}@bench.test"
     msg["Subject"] = f"Message {i} about topic {rng.randint(1, 500)}"
     msg["Message-ID"] = f"<bench-{mailbox}-{i}-{rng.random()}@example.test>"
@@ -86,7 +88,50 @@ def corpus_message(rng: random.Random, i: int, mailbox: int) -> bytes:
     return bytes(msg).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-async def fill(addresses: list[str], messages: int, first_index: int = 0) -> None:
+@dataclass(frozen=True)
+class Memos:
+    """Internal mail (`--internal-share`): that share of each mailbox's messages are copies
+    of memos written by one of `authors` colleagues, about COPIES_PER_MEMO copies each
+    (the author's own and the recipients'). A recipient's copy carries its own delivery
+    headers, as one delivered alone by Postfix and Dovecot LMTP does."""
+
+    share: float
+    authors: int
+    pool: int
+
+    def copy(self, k: int, mailbox: int) -> bytes:
+        author = k % self.authors
+        sent = _memo(k, author)
+        if mailbox == author:
+            return sent
+        return (
+            b"Return-Path: <user%d@bench.test>\r\nDelivered-To: user%d@bench.test\r\n"
+            b"Received: from mx.bench.test by mail.bench.test with LMTP id memo%d\r\n"
+            b"\tfor <user%d@bench.test>; Mon, 01 Jan 2024 10:00:01 +0000\r\n"
+            % (author, mailbox, k, mailbox)
+        ) + sent
+
+
+@functools.cache
+def _memo(k: int, author: int) -> bytes:
+    """Made once: a MIME boundary is random, and every copy must carry the same body."""
+    return corpus_message(random.Random(f"memo-{k}"), k, author, sender=f"user{author}@bench.test")
+
+
+COPIES_PER_MEMO = 3
+NO_MEMOS = Memos(0.0, 1, 1)
+
+
+def mailbox_message(rng: random.Random, i: int, mailbox: int, memos: Memos) -> bytes:
+    # With no internal mail no random number is drawn: the corpus stays what it was.
+    if memos.share and rng.random() < memos.share:
+        return memos.copy(rng.randrange(memos.pool), mailbox)
+    return corpus_message(rng, i, mailbox)
+
+
+async def fill(
+    addresses: list[str], messages: int, first_index: int = 0, memos: Memos = NO_MEMOS
+) -> None:
     from services.backup.engine import utf7
     from services.backup.engine.imap import AppendItem, master_connection, quote
 
@@ -98,7 +143,8 @@ async def fill(addresses: list[str], messages: int, first_index: int = 0) -> Non
                 await imap.command(b"CREATE " + quote(utf7.encode(folder)), check=False)
             for base in range(0, messages, 50):
                 batch = [
-                    corpus_message(rng, i, index) for i in range(base, min(messages, base + 50))
+                    mailbox_message(rng, i, index, memos)
+                    for i in range(base, min(messages, base + 50))
                 ]
                 folder = FOLDERS[(base // 50) % len(FOLDERS)]
 
@@ -449,6 +495,13 @@ def main() -> None:
     parser.add_argument(
         "--full-rounds", type=int, default=3, help="alternating runs of (a), from empty each"
     )
+    parser.add_argument(
+        "--internal-share",
+        type=float,
+        default=0.0,
+        help="share of each mailbox's messages that are internal memos, in about "
+        f"{COPIES_PER_MEMO} mailboxes each (default 0: every message in one mailbox only)",
+    )
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("argument", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -486,7 +539,13 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], dovecot: int 
         ours = await create_mailboxes(args.mailboxes, "dst")
         theirs = await create_mailboxes(args.mailboxes, "mbs")
         started = time.perf_counter()
-        await fill([a for _, a in sources], args.messages)
+        share = args.internal_share
+        memos = Memos(
+            share,
+            args.mailboxes,
+            max(1, round(share * args.mailboxes * args.messages / COPIES_PER_MEMO)),
+        )
+        await fill([a for _, a in sources], args.messages, memos=memos)
         print(
             f"filled {args.mailboxes}x{args.messages} in {time.perf_counter() - started:.1f}s",
             file=sys.stderr,

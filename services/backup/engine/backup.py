@@ -30,6 +30,7 @@ from email.policy import compat32
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 
+import zstandard
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.backup import repository
@@ -224,7 +225,8 @@ class _Fresh(NamedTuple):
 
 
 def _seal_all(blobs: Sequence[_Fresh], key_id: str, level: int) -> list[bytes]:
-    return [seal_frames(b.plain, key_id=key_id, level=level) for b in blobs]
+    compressor = zstandard.ZstdCompressor(level=level)
+    return [seal_frames(b.plain, key_id=key_id, level=level, compressor=compressor) for b in blobs]
 
 
 def _flags(token: Any) -> list[str]:

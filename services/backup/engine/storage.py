@@ -31,9 +31,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from shared.settings import Settings, get_settings
 
 FRAME_PLAINTEXT_BYTES = 4 << 20
-# Below this a body is not stored on its own: a delivered copy's header section (1-3 KB
-# after Postfix and Dovecot LMTP) is as large, and a second blob costs a catalog row.
-SPLIT_BODY_BYTES = 8 << 10
+# Below this a body is not stored on its own. The copies of one LMTP transaction are
+# identical and stored once anyway; what differs is mostly a sender's Sent copy or a copy
+# delivered alone, so a small body is stored twice rather than cost every message a
+# second blob (a catalog row, a hash pass, a frame). Attachments are what is worth sharing.
+SPLIT_BODY_BYTES = 32 << 10
 _HEADER = struct.Struct(">I")
 NONCE_BYTES = 12
 
@@ -66,14 +68,20 @@ def _aad(key_id: str, index: int) -> bytes:
 
 
 def seal_frames(
-    data: bytes | memoryview, *, key_id: str, level: int, first_index: int = 0
+    data: bytes | memoryview,
+    *,
+    key_id: str,
+    level: int,
+    first_index: int = 0,
+    compressor: zstandard.ZstdCompressor | None = None,
 ) -> bytes:
     """Compress and encrypt `data` as frames (CPU work: call it in a thread).
 
-    A fresh compressor per call: zstd compressor objects are not thread-safe.
+    zstd compressor objects are not thread-safe: a caller sealing many blobs in one thread
+    passes one `compressor` for all (making one costs more than sealing a small blob).
     """
     aead = cipher(key_id)
-    compressor = zstandard.ZstdCompressor(level=level)
+    compressor = compressor or zstandard.ZstdCompressor(level=level)
     view = memoryview(data)
     # One copy of the output, in the join: copies hold the GIL, which the event loop waits for.
     parts: list[bytes] = []
