@@ -22,7 +22,13 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("backup_blobs", sa.Column("body_hash", sa.LargeBinary(), nullable=True))
-    op.create_index(op.f("ix_backup_blobs_body_hash"), "backup_blobs", ["body_hash"], unique=False)
+    op.create_index(
+        "ix_backup_blobs_body_hash",
+        "backup_blobs",
+        ["body_hash"],
+        unique=False,
+        postgresql_where=sa.text("body_hash IS NOT NULL"),
+    )
     op.create_foreign_key(
         op.f("fk_backup_blobs_body_hash_backup_blobs"),
         "backup_blobs",
@@ -46,5 +52,5 @@ def downgrade() -> None:
     op.drop_constraint(
         op.f("fk_backup_blobs_body_hash_backup_blobs"), "backup_blobs", type_="foreignkey"
     )
-    op.drop_index(op.f("ix_backup_blobs_body_hash"), table_name="backup_blobs")
+    op.drop_index("ix_backup_blobs_body_hash", table_name="backup_blobs")
     op.drop_column("backup_blobs", "body_hash")

@@ -31,17 +31,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import Base
-from shared.models.core import one_of
-
-
-def _uuid_pk() -> Mapped[uuid.UUID]:
-    return mapped_column(
-        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
-    )
-
-
-def _now() -> Mapped[datetime]:
-    return mapped_column(DateTime(timezone=True), server_default=func.now())
+from shared.models.core import one_of, timestamp_now, uuid_primary_key
 
 
 def _counter() -> Mapped[int]:
@@ -93,14 +83,14 @@ class BackupPolicy(Base):
         ),
     )
 
-    id: Mapped[uuid.UUID] = _uuid_pk()
+    id: Mapped[uuid.UUID] = uuid_primary_key()
     department_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("departments.id"), unique=True)
     interval_seconds: Mapped[int] = mapped_column(Integer)
     keep_last: Mapped[int] = mapped_column(Integer)
     keep_daily: Mapped[int] = mapped_column(Integer)
     keep_weekly: Mapped[int] = mapped_column(Integer)
     keep_monthly: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = _now()
+    created_at: Mapped[datetime] = timestamp_now()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
@@ -116,14 +106,14 @@ class BackupRun(Base):
         Index("ix_backup_runs_status_finished_at", "status", "finished_at"),
     )
 
-    id: Mapped[uuid.UUID] = _uuid_pk()
+    id: Mapped[uuid.UUID] = uuid_primary_key()
     status: Mapped[str] = mapped_column(Text, server_default=JobStatus.QUEUED.value)
     reason: Mapped[str | None] = mapped_column(Text)
     scope: Mapped[str] = mapped_column(Text)
     mailbox_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("mailboxes.id"), index=True)
     department_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("departments.id"))
     requested_by: Mapped[str] = mapped_column(Text, server_default="")
-    created_at: Mapped[datetime] = _now()
+    created_at: Mapped[datetime] = timestamp_now()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     mailboxes_total: Mapped[int] = mapped_column(Integer, server_default=text("0"))
@@ -144,12 +134,12 @@ class Snapshot(Base):
         Index("ix_snapshots_mailbox_id_completed_at", "mailbox_id", "completed_at"),
     )
 
-    id: Mapped[uuid.UUID] = _uuid_pk()
+    id: Mapped[uuid.UUID] = uuid_primary_key()
     mailbox_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("mailboxes.id"))
     run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("backup_runs.id"), index=True)
     seq: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(Text, server_default=SnapshotStatus.PENDING.value)
-    created_at: Mapped[datetime] = _now()
+    created_at: Mapped[datetime] = timestamp_now()
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     folder_count: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     message_count: Mapped[int] = _counter()
@@ -164,9 +154,9 @@ class BackupPack(Base):
 
     __tablename__ = "backup_packs"
 
-    id: Mapped[uuid.UUID] = _uuid_pk()
+    id: Mapped[uuid.UUID] = uuid_primary_key()
     size: Mapped[int] = _counter()
-    created_at: Mapped[datetime] = _now()
+    created_at: Mapped[datetime] = timestamp_now()
 
 
 class BackupBlob(Base):
@@ -178,6 +168,14 @@ class BackupBlob(Base):
     `size` is always the whole plaintext's; offset and length locate what is sealed here."""
 
     __tablename__ = "backup_blobs"
+    # Partial: most blobs are whole messages, and an index entry per insert is not free.
+    __table_args__ = (
+        Index(
+            "ix_backup_blobs_body_hash",
+            "body_hash",
+            postgresql_where=text("body_hash IS NOT NULL"),
+        ),
+    )
 
     hash: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
     pack_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("backup_packs.id"), index=True)
@@ -185,8 +183,8 @@ class BackupBlob(Base):
     length: Mapped[int] = mapped_column(BigInteger)
     size: Mapped[int] = mapped_column(BigInteger)
     key_id: Mapped[str] = mapped_column(Text)
-    body_hash: Mapped[bytes | None] = mapped_column(ForeignKey("backup_blobs.hash"), index=True)
-    created_at: Mapped[datetime] = _now()
+    body_hash: Mapped[bytes | None] = mapped_column(ForeignKey("backup_blobs.hash"))
+    created_at: Mapped[datetime] = timestamp_now()
 
 
 class BackupFolder(Base):
@@ -255,7 +253,7 @@ class RestoreJob(Base):
         CheckConstraint(one_of("target_mode", RestoreMode), name="target_mode_known"),
     )
 
-    id: Mapped[uuid.UUID] = _uuid_pk()
+    id: Mapped[uuid.UUID] = uuid_primary_key()
     status: Mapped[str] = mapped_column(Text, server_default=JobStatus.QUEUED.value)
     reason: Mapped[str | None] = mapped_column(Text)
     mailbox_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("mailboxes.id"), index=True)
@@ -267,7 +265,7 @@ class RestoreJob(Base):
     folders: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
     message_ids: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))
     requested_by: Mapped[str] = mapped_column(Text, server_default="")
-    created_at: Mapped[datetime] = _now()
+    created_at: Mapped[datetime] = timestamp_now()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     total: Mapped[int] = _counter()
@@ -283,12 +281,12 @@ class VerifyRun(Base):
     __tablename__ = "backup_verify_runs"
     __table_args__ = (CheckConstraint(one_of("status", JobStatus), name="status_known"),)
 
-    id: Mapped[uuid.UUID] = _uuid_pk()
+    id: Mapped[uuid.UUID] = uuid_primary_key()
     status: Mapped[str] = mapped_column(Text, server_default=JobStatus.QUEUED.value)
     reason: Mapped[str | None] = mapped_column(Text)
     fraction: Mapped[float] = mapped_column(Double, server_default=text("1.0"))
     requested_by: Mapped[str] = mapped_column(Text, server_default="")
-    created_at: Mapped[datetime] = _now()
+    created_at: Mapped[datetime] = timestamp_now()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     blobs_checked: Mapped[int] = _counter()

@@ -28,13 +28,15 @@ from sqlalchemy.orm import Mapped, mapped_column
 from shared.db import Base
 
 
-def _uuid_pk() -> Mapped[uuid.UUID]:
+def uuid_primary_key() -> Mapped[uuid.UUID]:
+    """A UUID primary key the database fills in."""
     return mapped_column(
         UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
     )
 
 
-def _created_at() -> Mapped[datetime]:
+def timestamp_now() -> Mapped[datetime]:
+    """A timestamp column that defaults to the time of the insert."""
     return mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -67,9 +69,9 @@ def one_of(column: str, values: type[enum.StrEnum]) -> str:
 class Domain(Base):
     __tablename__ = "domains"
 
-    id: Mapped[uuid.UUID] = _uuid_pk()
+    id: Mapped[uuid.UUID] = uuid_primary_key()
     name: Mapped[str] = mapped_column(Text, unique=True)
-    created_at: Mapped[datetime] = _created_at()
+    created_at: Mapped[datetime] = timestamp_now()
 
 
 class Department(Base):
@@ -82,7 +84,7 @@ class Department(Base):
         CheckConstraint("default_quota_bytes > 0", name="default_quota_positive"),
     )
 
-    id: Mapped[uuid.UUID] = _uuid_pk()
+    id: Mapped[uuid.UUID] = uuid_primary_key()
     name: Mapped[str] = mapped_column(Text, unique=True)
     domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id"), index=True)
     capacity_bytes: Mapped[int] = mapped_column(BigInteger)
@@ -90,7 +92,7 @@ class Department(Base):
     default_quota_bytes: Mapped[int] = mapped_column(BigInteger)
     confidential: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     external_forwarding: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
-    created_at: Mapped[datetime] = _created_at()
+    created_at: Mapped[datetime] = timestamp_now()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
@@ -112,7 +114,7 @@ class Mailbox(Base):
         ),
     )
 
-    id: Mapped[uuid.UUID] = _uuid_pk()
+    id: Mapped[uuid.UUID] = uuid_primary_key()
     address: Mapped[str] = mapped_column(Text)
     domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id"), index=True)
     department_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("departments.id"), index=True)
@@ -127,7 +129,7 @@ class Mailbox(Base):
     forward_keep_copy: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     # Bumped by each password reset: it keys the credential derivation (one live password).
     credential_generation: Mapped[int] = mapped_column(server_default=text("1"))
-    created_at: Mapped[datetime] = _created_at()
+    created_at: Mapped[datetime] = timestamp_now()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
@@ -139,14 +141,14 @@ class Alias(Base):
 
     __tablename__ = "aliases"
 
-    id: Mapped[uuid.UUID] = _uuid_pk()
+    id: Mapped[uuid.UUID] = uuid_primary_key()
     address: Mapped[str] = mapped_column(Text, unique=True)
     domain_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("domains.id"), index=True)
     department_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("departments.id"), index=True
     )
     targets: Mapped[list[str]] = mapped_column(ARRAY(Text))
-    created_at: Mapped[datetime] = _created_at()
+    created_at: Mapped[datetime] = timestamp_now()
 
 
 class ApiKey(Base):
@@ -155,7 +157,7 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
     __table_args__ = (CheckConstraint(one_of("role", Role), name="role_known"),)
 
-    id: Mapped[uuid.UUID] = _uuid_pk()
+    id: Mapped[uuid.UUID] = uuid_primary_key()
     name: Mapped[str] = mapped_column(Text)
     role: Mapped[str] = mapped_column(Text)
     # manager: exactly one department; onboarding: the departments it may create in
@@ -165,7 +167,7 @@ class ApiKey(Base):
     )
     key_hash: Mapped[str] = mapped_column(Text, unique=True)
     key_prefix: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = _created_at()
+    created_at: Mapped[datetime] = timestamp_now()
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

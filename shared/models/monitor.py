@@ -22,14 +22,13 @@ from sqlalchemy import (
     Integer,
     Text,
     UniqueConstraint,
-    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db import Base
-from shared.models.core import one_of
+from shared.models.core import one_of, timestamp_now
 
 
 class CheckStatus(enum.StrEnum):
@@ -58,10 +57,6 @@ class DeliveryStatus(enum.StrEnum):
     FAILED = "failed"
 
 
-def _now() -> Mapped[datetime]:
-    return mapped_column(DateTime(timezone=True), server_default=func.now())
-
-
 class CheckResult(Base):
     """One run of one check, scheduled or on demand; kept as history."""
 
@@ -84,7 +79,7 @@ class CheckResult(Base):
     gauges: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'"))
     trigger: Mapped[str] = mapped_column(Text, server_default="scheduled")
     silenced: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
-    started_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime] = timestamp_now()
 
 
 class CheckState(Base):
@@ -105,7 +100,7 @@ class CheckState(Base):
     )
     runs_total: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     failures_total: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
-    updated_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = timestamp_now()
 
 
 class Incident(Base):
@@ -131,7 +126,7 @@ class Incident(Base):
     severity: Mapped[str] = mapped_column(Text)
     title: Mapped[str] = mapped_column(Text)
     result_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), server_default=text("'{}'"))
-    opened_at: Mapped[datetime] = _now()
+    opened_at: Mapped[datetime] = timestamp_now()
     acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     acknowledged_by: Mapped[str | None] = mapped_column(Text)
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -147,7 +142,7 @@ class IncidentEvent(Base):
     incident_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("monitor_incidents.id", ondelete="CASCADE"), index=True
     )
-    occurred_at: Mapped[datetime] = _now()
+    occurred_at: Mapped[datetime] = timestamp_now()
     kind: Mapped[str] = mapped_column(Text)
     actor_name: Mapped[str] = mapped_column(Text)
     message: Mapped[str] = mapped_column(Text, server_default="")
@@ -175,7 +170,7 @@ class NotificationDelivery(Base):
     status: Mapped[str] = mapped_column(Text, server_default=DeliveryStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = _now()
+    created_at: Mapped[datetime] = timestamp_now()
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -193,7 +188,7 @@ class MaintenanceWindow(Base):
     ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     reason: Mapped[str] = mapped_column(Text, server_default="")
     created_by: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = _now()
+    created_at: Mapped[datetime] = timestamp_now()
 
 
 class InspectionReport(Base):
@@ -233,7 +228,7 @@ class MaintenanceSettings(Base):
     unread_followup_days: Mapped[int] = mapped_column(Integer, server_default=text("14"))
     # Off by default: the scheduled run only reports what it would expunge.
     expunge_enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
-    updated_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = timestamp_now()
 
 
 class MaintenanceRun(Base):
