@@ -49,16 +49,3 @@ def generated_corpus(count: int, *, seed: int = 7) -> list[tuple[bytes, list[str
 @pytest.fixture
 def corpus() -> Callable[..., list[tuple[bytes, list[str], datetime]]]:
     return generated_corpus
-
-
-async def run_backup_worker() -> None:
-    """Drain the backup queue with a real arq worker in burst mode."""
-    from arq.worker import Worker
-
-    from services.backup.worker import WorkerSettings
-
-    worker = Worker(**{**WorkerSettings, "burst": True, "poll_delay": 0.05, "cron_jobs": []})
-    try:
-        await worker.main()
-    finally:
-        await worker.close()

@@ -10,8 +10,7 @@ from services.backup.engine.backup import backup_mailbox
 from shared import queue
 from shared.models import MailboxStatus
 from tests.backup import helpers
-from tests.backup.conftest import run_backup_worker
-from tests.conftest import service_client
+from tests.conftest import run_worker, service_client
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
 
@@ -39,7 +38,7 @@ async def test_backup_request_runs_and_reports_counts(api, api_key_for, seed, co
         "/v1/backups", json={"mailbox_id": str(mailbox.id)}, headers=auth(key)
     )
     assert accepted.status_code == 202 and accepted.json()["status"] == "queued"
-    await run_backup_worker()
+    await run_worker("backup")
     viewer = await api_key_for("viewer")
     run = (await api.get(f"/v1/backups/{accepted.json()['id']}", headers=auth(viewer))).json()
     assert run["status"] == "succeeded"
@@ -167,7 +166,7 @@ async def test_support_restores_into_a_folder_and_other_departments_need_admin(
     assert (await restore(admin, into_other)).status_code == 202
     accepted = await restore(support, {"mode": "folder", "folder": "Wiederhergestellt"})
     assert accepted.status_code == 202
-    await run_backup_worker()
+    await run_worker("backup")
     job = (await api.get(f"/v1/restores/{accepted.json()['id']}", headers=auth(support))).json()
     assert (job["status"], job["total"], job["restored"], job["skipped"]) == ("succeeded", 4, 4, 0)
     state = await helpers.state(mailbox.address)
@@ -203,7 +202,7 @@ async def test_final_backup_job_from_provisioning_snapshots_a_deleting_mailbox(
     await queue.enqueue(
         "backup", "final_backup", job_id=f"final-backup:{mailbox.id}", mailbox_id=str(mailbox.id)
     )
-    await run_backup_worker()
+    await run_worker("backup")
     key = await api_key_for("viewer")
     listed = (await api.get(f"/v1/snapshots?mailbox_id={mailbox.id}", headers=auth(key))).json()
     assert [x["message_count"] for x in listed] == [3]

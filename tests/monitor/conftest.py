@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from arq.worker import Worker
 from sqlalchemy import select, text
 
 from shared import mailstack
@@ -94,17 +93,6 @@ def webhook() -> Iterator[WebhookReceiver]:
     yield receiver
     server.shutdown()
     server.server_close()
-
-
-async def run_monitor_worker() -> None:
-    """Run the monitor worker until its queue is empty (arq burst mode)."""
-    from services.monitor.worker import WorkerSettings
-
-    worker = Worker(**{**WorkerSettings, "burst": True, "poll_delay": 0.01, "cron_jobs": []})
-    try:
-        await worker.main()
-    finally:
-        await worker.close()
 
 
 @pytest.fixture(scope="module")

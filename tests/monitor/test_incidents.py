@@ -11,7 +11,8 @@ from shared import mailstack
 from shared.db import unit_of_work
 from shared.models.monitor import Incident
 from shared.settings import Settings
-from tests.monitor.conftest import Api, WebhookReceiver, run_monitor_worker
+from tests.conftest import run_worker
+from tests.monitor.conftest import Api, WebhookReceiver
 
 
 def monitor_view(stack: Settings, settings: Settings, **extra: object) -> Settings:
@@ -52,8 +53,8 @@ async def test_stopped_dovecot_opens_one_incident_per_failing_check_and_notifies
         async with unit_of_work() as session:
             delivery_result = (await repository.latest_results(session))["delivery"]
         assert delivery_result.details["failed_leg"] == "imap"
-        await run_monitor_worker()
-        await run_monitor_worker()
+        await run_worker("monitor")
+        await run_worker("monitor")
         assert sorted(webhook.events()) == [
             ("incident.opened", "delivery"),
             ("incident.opened", "imap"),
@@ -65,7 +66,7 @@ async def test_stopped_dovecot_opens_one_incident_per_failing_check_and_notifies
     assert len(await unresolved()) == 2, "one pass is below the recovery threshold of two"
     await run_checks(checks, stack)
     assert await unresolved() == []
-    await run_monitor_worker()
+    await run_worker("monitor")
     assert sorted(webhook.events()) == [
         ("incident.opened", "delivery"),
         ("incident.opened", "imap"),
@@ -91,7 +92,7 @@ async def test_a_failing_webhook_is_retried_until_it_answers(
     webhook.fail_next = 1
     await run_checks(["lmtp"], broken)
     await run_checks(["lmtp"], broken)
-    await run_monitor_worker()  # first try gets 503, the retry (1 s later) gets through
+    await run_worker("monitor")  # first try gets 503, the retry (1 s later) gets through
     assert webhook.events() == [("incident.opened", "lmtp")]
     async with unit_of_work() as session:
         (incident,) = await unresolved()
@@ -119,7 +120,7 @@ async def test_a_maintenance_window_silences_the_named_check(
     for _ in range(3):
         assert await run_checks(["lmtp"], broken) == {"lmtp": "fail"}
     assert await unresolved() == []
-    await run_monitor_worker()
+    await run_worker("monitor")
     assert webhook.received == []
     results = (await operator.get("/v1/checks/lmtp/results")).json()
     assert [r["silenced"] for r in results] == [True, True, True]
