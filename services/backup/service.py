@@ -19,7 +19,7 @@ from services.backup.engine.restore import RestoreItem, RestoreProgress, restore
 from services.backup.engine.storage import (
     BlobDamaged,
     PackStorage,
-    StoredBlob,
+    check_blob,
     default_storage,
     read_blob,
 )
@@ -521,13 +521,8 @@ async def export_mbox(
             return
         offset += len(page)
         for message, folder in page:
-            data = await _read_blob(storage, blobs[bytes(message.blob_hash)])
+            data = await asyncio.to_thread(read_blob, storage, blobs[bytes(message.blob_hash)])
             yield _mbox_entry(data, message.internal_date, folder, message.flags)
-
-
-async def _read_blob(storage: PackStorage, blob: StoredBlob) -> bytes:
-    """A stored blob's plaintext, checked against its hash; raises BlobDamaged."""
-    return await asyncio.to_thread(read_blob, storage, blob)
 
 
 def _mbox_entry(data: bytes, when: datetime, folder: str, flags: list[str]) -> bytes:
@@ -570,7 +565,7 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
         for blob in page:
             checked += 1
             try:
-                await _read_blob(storage, blob)
+                await asyncio.to_thread(check_blob, storage, blob)
             except BlobDamaged as exc:
                 async with unit_of_work() as session:
                     owners = await repository.damage_owners(session, blob.hash)

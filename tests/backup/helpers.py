@@ -21,6 +21,7 @@ from services.backup.engine.imap import (
     parse_internaldate,
     quote,
 )
+from services.backup.engine.storage import PackStorage
 from shared.auth import Principal
 from shared.db import unit_of_work
 from shared.models import Role
@@ -165,6 +166,7 @@ async def restore(
     target: dict[str, Any] | None = None,
     *,
     at: datetime | None = None,
+    storage: PackStorage | None = None,
 ) -> RestoreJob:
     """Request a restore of the snapshot (or the one `at` a time) as an operator, carry it
     out, and return the job as it ended."""
@@ -180,6 +182,6 @@ async def restore(
             ),
         )
         job_id = job.id
-    await service.execute_restore(job_id)
+    await service.execute_restore(job_id, storage)
     async with unit_of_work() as session:
         return await service.get_restore(session, restore_id=job_id)

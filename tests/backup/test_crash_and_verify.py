@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from services.backup import service
-from services.backup.engine.storage import LocalPackStorage
+from services.backup.engine.storage import LocalPackStorage, PackStorage
 from shared.db import unit_of_work
 from shared.models.backup import (
     BackupBlob,
@@ -51,13 +51,13 @@ async def pending_rows(mailbox_id) -> int:
         )
 
 
-async def verify() -> VerifyRun:
+async def verify(storage: PackStorage | None = None) -> VerifyRun:
     async with unit_of_work() as session:
         run = VerifyRun(status=JobStatus.QUEUED.value, fraction=1.0)
         session.add(run)
         await session.flush()
         run_id = run.id
-    await service.execute_verify(run_id)
+    await service.execute_verify(run_id, storage)
     async with unit_of_work() as session:
         found = await session.get(VerifyRun, run_id)
         assert found is not None

@@ -10,13 +10,14 @@ import smtplib
 import uuid
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from services.backup import service
 from services.backup.engine.backup import backup_mailbox
-from services.backup.engine.storage import FRAME_PLAINTEXT_BYTES
+from services.backup.engine.storage import FRAME_PLAINTEXT_BYTES, LocalPackStorage
 from shared.db import unit_of_work
 from shared.models.backup import BackupBlob, BackupMessage
 from shared.settings import Settings
@@ -175,6 +176,23 @@ async def test_copies_of_a_message_larger_than_a_frame_share_the_body_and_come_b
         snap, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
         stored.append(counters.bytes_stored)
     assert stored[0] > 7 << 20 and stored[1] < 2_000
+    # Restore and verify read a pack a frame at a time, so memory holds about one frame
+    # however large the message.
+    reads = ReadSizes(storage.root)
     await helpers.empty(receiver.address)
-    job = await helpers.restore(receiver.id, snap.id)
+    job = await helpers.restore(receiver.id, snap.id, storage=reads)
     assert (job.status, await helpers.state(receiver.address)) == ("succeeded", before)
+    assert (await verify(reads)).blobs_damaged == 0
+    assert 0 < max(reads.sizes) <= FRAME_PLAINTEXT_BYTES + 1024
+
+
+class ReadSizes(LocalPackStorage):
+    """The real pack storage, noting how much each read asks for."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.sizes: list[int] = []
+
+    def read(self, pack_id: uuid.UUID, offset: int, length: int) -> bytes:
+        self.sizes.append(length)
+        return super().read(pack_id, offset, length)

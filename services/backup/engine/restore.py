@@ -26,7 +26,7 @@ from services.backup.engine.imap import (
     quote,
     uid_set,
 )
-from services.backup.engine.storage import BlobDamaged, PackStorage, StoredBlob, open_frames
+from services.backup.engine.storage import PackStorage, StoredBlob, blob_chunks
 from shared.settings import Settings, get_settings
 
 APPEND_BATCH = 50
@@ -63,18 +63,10 @@ class RestoreProgress:
 
 
 async def _blob_chunks(storage: PackStorage, blob: StoredBlob) -> AsyncIterator[bytes]:
-    digest = hashlib.sha256()
-    for part in blob.parts:
-        stored = await asyncio.to_thread(storage.read, part.pack_id, part.offset, part.length)
-        frames = open_frames(stored, key_id=part.key_id)
-        while True:
-            chunk = await asyncio.to_thread(next, frames, None)
-            if chunk is None:
-                break
-            digest.update(chunk)
-            yield chunk
-    if digest.digest() != blob.hash:
-        raise BlobDamaged(f"blob {blob.hash.hex()} does not match its hash")
+    """`blob_chunks` with the reads, decryption and hashing in a thread."""
+    chunks = blob_chunks(storage, blob)
+    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        yield chunk
 
 
 async def _ensure_folder(imap: ImapConnection, encoded: str, name: str) -> int:

@@ -93,26 +93,16 @@ def seal_frames(
     return b"".join(parts)
 
 
-def open_frames(stored: bytes, *, key_id: str) -> Iterator[bytes]:
-    """The plaintext chunks of a stored blob; raises BlobDamaged on any inconsistency."""
+def _open(frames: Iterator[bytes], key_id: str) -> Iterator[bytes]:
+    """The plaintext of each sealed frame (nonce + ciphertext); raises BlobDamaged."""
     aead = cipher(key_id)
     decompressor = zstandard.ZstdDecompressor()
-    position, index = 0, 0
-    while position < len(stored):
-        if position + _HEADER.size > len(stored):
-            raise BlobDamaged("truncated frame header")
-        (length,) = _HEADER.unpack_from(stored, position)
-        position += _HEADER.size
-        body = stored[position : position + length]
-        if len(body) != length or length < NONCE_BYTES:
-            raise BlobDamaged("truncated frame")
-        position += length
+    for index, body in enumerate(frames):
         try:
             chunk = aead.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], _aad(key_id, index))
             yield decompressor.decompress(chunk)
         except Exception as exc:  # InvalidTag, ZstdError: either way the bytes are damaged
             raise BlobDamaged(f"frame {index} does not decrypt: {type(exc).__name__}") from exc
-        index += 1
 
 
 class PackWriter(ABC):
@@ -239,18 +229,52 @@ class StoredBlob:
     parts: tuple[Sealed, ...]
 
 
+def _sealed_frames(storage: PackStorage, part: Sealed) -> Iterator[bytes]:
+    """The sealed frames of a part, read from its pack one at a time."""
+    position, end = part.offset, part.offset + part.length
+    while position < end:
+        header = storage.read(part.pack_id, position, _HEADER.size)
+        if len(header) != _HEADER.size:
+            raise BlobDamaged("truncated frame header")
+        (length,) = _HEADER.unpack(header)
+        position += _HEADER.size
+        if length < NONCE_BYTES or position + length > end:
+            raise BlobDamaged("frame length out of bounds")
+        body = storage.read(part.pack_id, position, length)
+        if len(body) != length:
+            raise BlobDamaged("truncated frame")
+        position += length
+        yield body
+
+
+def blob_chunks(storage: PackStorage, blob: StoredBlob) -> Iterator[bytes]:
+    """The blob's plaintext a frame at a time, read from its packs as it goes, so memory
+    holds about one frame whatever the message's size. The last chunk is held back until
+    the whole plaintext matched the blob's size and SHA-256: a consumer never gets all of a
+    blob that is not what the catalog says. Raises BlobDamaged."""
+    digest, size, held = hashlib.sha256(), 0, None
+    for part in blob.parts:
+        for chunk in _open(_sealed_frames(storage, part), part.key_id):
+            digest.update(chunk)
+            size += len(chunk)
+            if held is not None:
+                yield held
+            held = chunk
+    if size != blob.size or digest.digest() != blob.hash:
+        raise BlobDamaged("content does not match its hash")
+    if held is not None:
+        yield held
+
+
 def read_blob(storage: PackStorage, blob: StoredBlob) -> bytes:
     """The blob's plaintext, checked against its SHA-256 and size; raises BlobDamaged."""
-    data = b"".join(
-        chunk
-        for part in blob.parts
-        for chunk in open_frames(
-            storage.read(part.pack_id, part.offset, part.length), key_id=part.key_id
-        )
-    )
-    if len(data) != blob.size or hashlib.sha256(data).digest() != blob.hash:
-        raise BlobDamaged("content does not match its hash")
-    return data
+    return b"".join(blob_chunks(storage, blob))
+
+
+def check_blob(storage: PackStorage, blob: StoredBlob) -> None:
+    """Read the whole blob back and check it, a frame at a time; raises BlobDamaged."""
+    for _ in blob_chunks(storage, blob):
+        pass
 
 
 def default_storage(settings: Settings | None = None) -> PackStorage:
