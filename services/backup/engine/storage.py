@@ -230,17 +230,28 @@ class StoredBlob:
 
 
 def _sealed_frames(storage: PackStorage, part: Sealed) -> Iterator[bytes]:
-    """The sealed frames of a part, read from its pack one at a time."""
+    """The sealed frames of a part: one read for a part no larger than a frame (most
+    messages), else one read per frame header and one per frame."""
+    if part.length <= FRAME_PLAINTEXT_BYTES:
+        whole = storage.read(part.pack_id, part.offset, part.length)
+
+        def read(at: int, length: int) -> bytes:
+            return whole[at - part.offset : at - part.offset + length]
+    else:
+
+        def read(at: int, length: int) -> bytes:
+            return storage.read(part.pack_id, at, length)
+
     position, end = part.offset, part.offset + part.length
     while position < end:
-        header = storage.read(part.pack_id, position, _HEADER.size)
+        header = read(position, _HEADER.size)
         if len(header) != _HEADER.size:
             raise BlobDamaged("truncated frame header")
         (length,) = _HEADER.unpack(header)
         position += _HEADER.size
         if length < NONCE_BYTES or position + length > end:
             raise BlobDamaged("frame length out of bounds")
-        body = storage.read(part.pack_id, position, length)
+        body = read(position, length)
         if len(body) != length:
             raise BlobDamaged("truncated frame")
         position += length
