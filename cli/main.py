@@ -18,6 +18,7 @@ from typing import Annotated
 import httpx
 import typer
 
+from cli.backup import backup_app
 from shared import mailstack
 from shared.settings import get_settings
 
@@ -28,6 +29,7 @@ stack_app = typer.Typer(help="The local Dovecot + Postfix mail stack.", no_args_
 app.add_typer(db_app, name="db")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(stack_app, name="stack")
+app.add_typer(backup_app, name="backup")
 
 SERVICE_PORTS = {"provisioning": 8001, "backup": 8002, "monitor": 8003}
 ServiceName = Annotated[

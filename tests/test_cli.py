@@ -26,7 +26,7 @@ def mailops(*args: str) -> subprocess.CompletedProcess[str]:
 def test_help_lists_every_command_group() -> None:
     result = mailops("--help")
     assert result.returncode == 0
-    for command in ("db", "apikey", "stack", "serve", "worker", "up", "down"):
+    for command in ("db", "apikey", "stack", "backup", "serve", "worker", "up", "down"):
         assert command in result.stdout
 
 

@@ -1,0 +1,330 @@
+"""`mailops backup`: back up, restore and verify mailboxes from a shell on the server.
+
+Each command files its work as the API does (a run and a job for the backup worker), then
+follows it to its end, printing progress. A backup worker must be running: `mailops up`
+starts one, or `mailops worker backup`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Annotated, Protocol, TypeVar
+
+import typer
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.auth import Principal
+from shared.errors import DomainError, NotFound
+from shared.models import Department, Mailbox, Role
+
+backup_app = typer.Typer(
+    help="Back up, restore and verify mailboxes; the backup worker does the work, this "
+    "follows it and shows progress.",
+    no_args_is_help=True,
+)
+
+WorkerWait = Annotated[
+    float,
+    typer.Option(help="Seconds to wait for a backup worker to take the job before giving up"),
+]
+
+
+class _Job(Protocol):
+    status: str
+    reason: str | None
+
+
+JobT = TypeVar("JobT", bound=_Job)
+
+
+class _NoWorker(Exception):
+    pass
+
+
+def _actor() -> Principal:
+    # Whoever runs this on the server can reach the database directly: an admin.
+    return Principal(id=uuid.UUID(int=0), name=f"cli:{getpass.getuser()}", role=Role.ADMIN)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB"
+
+
+async def _mailbox_id(session: AsyncSession, address: str) -> uuid.UUID:
+    found = await session.scalar(select(Mailbox.id).where(Mailbox.address == address.lower()))
+    if found is None:
+        raise NotFound(f"no mailbox {address}")
+    return found
+
+
+async def _follow(
+    load: Callable[[AsyncSession], Awaitable[JobT]],
+    describe: Callable[[JobT], str],
+    worker_wait: float,
+) -> JobT:
+    """Poll the job until it ends, printing its progress when it changes."""
+    from shared.db import unit_of_work
+
+    started, last = time.monotonic(), ""
+    while True:
+        async with unit_of_work() as session:
+            job = await load(session)
+        if job.status in ("succeeded", "failed"):
+            return job
+        if job.status == "queued" and time.monotonic() - started > worker_wait:
+            raise _NoWorker
+        line = describe(job)
+        if line != last:
+            typer.echo(line, err=True)
+            last = line
+        await asyncio.sleep(0.5)
+
+
+def _run(work: Callable[[], Awaitable[str]]) -> None:
+    """Run a command's work; domain errors and a missing worker end it with a hint."""
+    from shared.db import get_engine
+
+    async def main() -> str:
+        try:
+            return await work()
+        finally:
+            await get_engine().dispose()
+
+    try:
+        summary = asyncio.run(main())
+    except DomainError as exc:
+        _fail(exc.detail)
+    except ValidationError as exc:
+        _fail("; ".join(str(e["msg"]) for e in exc.errors()))
+    except _NoWorker:
+        _fail(
+            "no backup worker took the job; start one with `mailops worker backup` (or "
+            "`mailops up`): the job stays queued and runs once a worker is there"
+        )
+    except OSError as exc:
+        _fail(f"cannot reach the database or the job queue: {exc}")
+    typer.echo(summary)
+    if summary.startswith("failed"):
+        raise typer.Exit(1)
+
+
+@backup_app.command("now")
+def backup_now(
+    address: Annotated[str | None, typer.Argument(help="The mailbox to back up")] = None,
+    department: Annotated[
+        str | None, typer.Option(help="Back up every mailbox of this department (its name)")
+    ] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Back up every mailbox")] = False,
+    worker_wait: WorkerWait = 30.0,
+) -> None:
+    """Back up one mailbox, a department or everything now, and follow the run."""
+    if sum([address is not None, department is not None, everything]) != 1:
+        _fail("give exactly one of ADDRESS, --department NAME or --all")
+
+    async def work() -> str:
+        from services.backup import repository, service
+        from services.backup import schemas as s
+        from shared.db import unit_of_work
+
+        async with unit_of_work() as session:
+            mailbox_id = await _mailbox_id(session, address) if address else None
+            department_id = None
+            if department is not None:
+                department_id = await session.scalar(
+                    select(Department.id).where(Department.name == department)
+                )
+                if department_id is None:
+                    raise NotFound(f"no department named {department!r}")
+            run = await service.request_backup(
+                session,
+                actor=_actor(),
+                data=s.BackupRequest(
+                    mailbox_id=mailbox_id, department_id=department_id, all=everything
+                ),
+            )
+            run_id = run.id
+
+        async def load(session: AsyncSession) -> s.BackupRunOut:
+            row = await repository.backup_run(session, run_id)
+            assert row is not None
+            return service.run_out(row)
+
+        def describe(run: s.BackupRunOut) -> str:
+            if run.status == "queued":
+                return f"run {run.id} queued, waiting for the backup worker"
+            return (
+                f"{run.mailboxes_done + run.mailboxes_failed}/{run.mailboxes_total} mailboxes, "
+                f"{run.messages_fetched:,} messages fetched, "
+                f"{_megabytes(run.bytes_stored)} stored"
+            )
+
+        done = await _follow(load, describe, worker_wait)
+        counts = (
+            f"{done.mailboxes_done} of {done.mailboxes_total} mailboxes backed up, "
+            f"{done.messages_fetched:,} messages fetched ({_megabytes(done.bytes_read)}), "
+            f"{_megabytes(done.bytes_stored)} stored"
+        )
+        if done.status == "failed":
+            return f"failed: {done.reason}\n{counts}"
+        return f"{counts}, in {done.duration_seconds or 0:.1f} s (run {done.id})"
+
+    _run(work)
+
+
+@backup_app.command("snapshots")
+def backup_snapshots(
+    address: Annotated[str, typer.Argument(help="The mailbox whose snapshots to list")],
+) -> None:
+    """List a mailbox's snapshots, newest first: what `restore --snapshot` takes."""
+
+    async def work() -> str:
+        from services.backup import repository
+        from shared.db import unit_of_work
+
+        async with unit_of_work() as session:
+            mailbox_id = await _mailbox_id(session, address)
+            snaps = await repository.committed_snapshots(session, mailbox_id)
+        if not snaps:
+            return f"{address} has no snapshot yet; `mailops backup now {address}` takes one"
+        lines = [f"{'snapshot':36}  {'completed (UTC)':19}  {'messages':>8}  {'size':>10}"]
+        for snap in sorted(snaps, key=lambda x: x.seq, reverse=True):
+            when = snap.completed_at.astimezone(UTC) if snap.completed_at else None
+            lines.append(
+                f"{snap.id}  {when:%Y-%m-%d %H:%M:%S}  {snap.message_count:>8,}  "
+                f"{_megabytes(snap.total_bytes):>10}"
+            )
+        return "\n".join(lines)
+
+    _run(work)
+
+
+@backup_app.command("restore")
+def backup_restore(
+    address: Annotated[str, typer.Argument(help="The mailbox whose mail to restore")],
+    snapshot: Annotated[
+        uuid.UUID | None, typer.Option(help="The snapshot (see `mailops backup snapshots`)")
+    ] = None,
+    at: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Restore the mailbox as it was at this time, UTC (the snapshot before it)",
+            formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"],
+        ),
+    ] = None,
+    folder: Annotated[
+        list[str] | None, typer.Option(help="Only this folder of the snapshot (repeatable)")
+    ] = None,
+    into_folder: Annotated[
+        str | None,
+        typer.Option(help="Restore under this folder instead of over the original folders"),
+    ] = None,
+    worker_wait: WorkerWait = 30.0,
+) -> None:
+    """Restore a mailbox's mail from a snapshot (the latest unless --snapshot or --at).
+
+    Messages already there with the same bytes are skipped: running it twice adds nothing.
+
+    Flags and received dates come back as they were.
+    """
+    if snapshot is not None and at is not None:
+        _fail("give --snapshot or --at, not both")
+
+    async def work() -> str:
+        from services.backup import schemas as s
+        from services.backup import service
+        from shared.db import unit_of_work
+        from shared.models.backup import RestoreJob, RestoreMode
+
+        target = (
+            s.RestoreTarget(mode=RestoreMode.FOLDER, folder=into_folder)
+            if into_folder
+            else s.RestoreTarget(mode=RestoreMode.ORIGINAL)
+        )
+        when = at.replace(tzinfo=at.tzinfo or UTC) if at else None
+        async with unit_of_work() as session:
+            job = await service.request_restore(
+                session,
+                actor=_actor(),
+                data=s.RestoreRequest(
+                    mailbox_id=await _mailbox_id(session, address),
+                    snapshot_id=snapshot,
+                    at=when if snapshot else (when or datetime.now(UTC)),
+                    folders=folder or None,
+                    target=target,
+                ),
+            )
+            restore_id = job.id
+
+        async def load(session: AsyncSession) -> RestoreJob:
+            return await service.get_restore(session, restore_id=restore_id)
+
+        def describe(job: RestoreJob) -> str:
+            if job.status == "queued":
+                return f"restore {job.id} queued, waiting for the backup worker"
+            return (
+                f"{job.done:,}/{job.total:,} messages: {job.restored:,} restored, "
+                f"{job.skipped:,} already there"
+            )
+
+        done = await _follow(load, describe, worker_wait)
+        counts = f"{done.restored:,} messages restored, {done.skipped:,} already there"
+        if done.status == "failed":
+            return f"failed: {done.reason}\n{counts} before it stopped"
+        return f"{counts} (of {done.total:,} in snapshot {done.snapshot_id})"
+
+    _run(work)
+
+
+@backup_app.command("verify")
+def backup_verify(
+    fraction: Annotated[
+        float, typer.Option(min=0.0001, max=1.0, help="Share of the stored data to re-read")
+    ] = 1.0,
+    worker_wait: WorkerWait = 30.0,
+) -> None:
+    """Re-read stored backup data and check every hash; name the mailboxes of any damage."""
+
+    async def work() -> str:
+        from services.backup import schemas as s
+        from services.backup import service
+        from shared.db import unit_of_work
+        from shared.models.backup import VerifyRun
+
+        async with unit_of_work() as session:
+            run = await service.request_verify(
+                session, actor=_actor(), data=s.VerifyRequest(fraction=fraction)
+            )
+            verify_id = run.id
+
+        async def load(session: AsyncSession) -> VerifyRun:
+            return await service.get_verify(session, verify_id=verify_id)
+
+        def describe(run: VerifyRun) -> str:
+            if run.status == "queued":
+                return f"verify {run.id} queued, waiting for the backup worker"
+            return "verifying"
+
+        done = await _follow(load, describe, worker_wait)
+        if not done.damage and done.status == "succeeded":
+            return f"{done.blobs_checked:,} blobs checked, no damage"
+        lines = [f"failed: {done.reason}"]
+        for report in done.damage:
+            owners = ", ".join(
+                f"{m['address']} ({len(m['snapshot_ids'])} snapshots)" for m in report["mailboxes"]
+            )
+            lines.append(f"  blob {report['blob'][:16]}: {report['error']}; needed by {owners}")
+        return "\n".join(lines)
+
+    _run(work)

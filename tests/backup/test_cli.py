@@ -1,0 +1,88 @@
+"""`mailops backup`: files the work for the backup worker and follows it to its end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.backup import helpers
+from tests.conftest import run_worker
+
+pytestmark = pytest.mark.usefixtures("mail_stack")
+
+
+async def mailops_with_worker(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `mailops ARGS` while a backup worker drains the queue, until the command ends."""
+    command = subprocess.Popen(
+        [sys.executable, "-m", "cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    deadline = time.monotonic() + 60
+    while command.poll() is None and time.monotonic() < deadline:
+        await run_worker("backup")
+        await asyncio.sleep(0.2)
+    stdout, stderr = command.communicate(timeout=10)
+    return subprocess.CompletedProcess(command.args, command.returncode, stdout, stderr)
+
+
+async def test_backup_now_and_restore_follow_the_worker_and_bring_mail_back(seed, corpus) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(6, seed=41))
+    before = await helpers.state(mailbox.address)
+
+    backed_up = await mailops_with_worker("backup", "now", mailbox.address)
+    assert backed_up.returncode == 0, backed_up.stderr
+    assert "1 of 1 mailboxes backed up, 6 messages fetched" in backed_up.stdout
+
+    listed = await mailops_with_worker("backup", "snapshots", mailbox.address)
+    assert listed.returncode == 0 and len(listed.stdout.strip().splitlines()) == 2
+
+    await helpers.empty(mailbox.address)
+    restored = await mailops_with_worker("backup", "restore", mailbox.address)
+    assert restored.returncode == 0, restored.stderr
+    assert "6 messages restored, 0 already there" in restored.stdout
+    assert await helpers.state(mailbox.address) == before
+
+    verified = await mailops_with_worker("backup", "verify", "--fraction", "0.01")
+    assert verified.returncode == 0, verified.stderr
+    assert "no damage" in verified.stdout
+
+
+async def test_without_a_worker_the_command_says_how_to_start_one(seed) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "cli", "backup", "now", mailbox.address, "--worker-wait", "1"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "mailops worker backup" in result.stderr
+    assert "queued" in result.stderr  # the progress line, and the job stays filed
+    await run_worker("backup")  # leave no job behind for other tests
+
+
+def test_unknown_mailbox_and_missing_scope_are_errors_that_say_what_to_give() -> None:
+    def mailops(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cli", "backup", *args],
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+            timeout=60,
+        )
+
+    unknown = mailops("now", "nobody@nowhere.test")
+    assert unknown.returncode == 1 and "no mailbox nobody@nowhere.test" in unknown.stderr
+    neither = mailops("now")
+    assert neither.returncode == 1 and "ADDRESS, --department NAME or --all" in neither.stderr
