@@ -17,7 +17,9 @@ from typing import Annotated, Protocol, TypeVar
 
 import typer
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.auth import Principal
@@ -113,8 +115,13 @@ def _run(work: Callable[[], Awaitable[str]]) -> None:
             "no backup worker took the job; start one with `mailops worker backup` (or "
             "`mailops up`): the job stays queued and runs once a worker is there"
         )
-    except OSError as exc:
+    except (OSError, RedisError) as exc:
         _fail(f"cannot reach the database or the job queue: {exc}")
+    except DBAPIError as exc:
+        _fail(
+            f"the database is not ready ({str(exc.orig).strip()}); "
+            "`mailops db upgrade` creates and migrates it"
+        )
     typer.echo(summary)
     if summary.startswith("failed"):
         raise typer.Exit(1)

@@ -72,13 +72,13 @@ async def test_without_a_worker_the_command_says_how_to_start_one(seed) -> None:
     await run_worker("backup")  # leave no job behind for other tests
 
 
-def test_unknown_mailbox_and_missing_scope_are_errors_that_say_what_to_give() -> None:
-    def mailops(*args: str) -> subprocess.CompletedProcess[str]:
+def test_unknown_mailbox_missing_scope_and_unmigrated_database_say_what_to_do() -> None:
+    def mailops(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "cli", "backup", *args],
             capture_output=True,
             text=True,
-            env=os.environ.copy(),
+            env={**os.environ, **env},
             timeout=60,
         )
 
@@ -86,3 +86,6 @@ def test_unknown_mailbox_and_missing_scope_are_errors_that_say_what_to_give() ->
     assert unknown.returncode == 1 and "no mailbox nobody@nowhere.test" in unknown.stderr
     neither = mailops("now")
     assert neither.returncode == 1 and "ADDRESS, --department NAME or --all" in neither.stderr
+    database = os.environ["MAILOPS_DATABASE_URL"].rsplit("/", 1)[0] + "/postgres"
+    unmigrated = mailops("verify", MAILOPS_DATABASE_URL=database)
+    assert unmigrated.returncode == 1 and "`mailops db upgrade`" in unmigrated.stderr
