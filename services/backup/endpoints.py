@@ -53,14 +53,14 @@ async def list_snapshots(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[s.SnapshotOut]:
     rows = await repository.snapshots(session, mailbox_id=mailbox_id, limit=limit)
-    return [s.SnapshotOut.model_validate(r, from_attributes=True) for r in rows]
+    return [s.SnapshotOut.model_validate(r) for r in rows]
 
 
 @router.get("/snapshots/{snapshot_id}", response_model=s.SnapshotDetail, tags=["snapshots"])
 async def get_snapshot(snapshot_id: uuid.UUID, session: SessionDep, _: Reader) -> s.SnapshotDetail:
     snap = await service.get_snapshot(session, snapshot_id=snapshot_id)
     folders = await repository.snapshot_folders(session, snap)
-    base = s.SnapshotOut.model_validate(snap, from_attributes=True)
+    base = s.SnapshotOut.model_validate(snap)
     return s.SnapshotDetail(**base.model_dump(), folders=[s.FolderOut(**f) for f in folders])
 
 
@@ -142,7 +142,7 @@ async def request_restore(
 @router.get("/restores/{restore_id}", response_model=s.RestoreOut, tags=["restores"])
 async def get_restore(restore_id: uuid.UUID, session: SessionDep, _: Reader) -> s.RestoreOut:
     job = await service.get_restore(session, restore_id=restore_id)
-    return s.RestoreOut.model_validate(job, from_attributes=True)
+    return s.RestoreOut.model_validate(job)
 
 
 @router.put(
@@ -173,4 +173,4 @@ async def request_verify(
 @router.get("/verify/{verify_id}", response_model=s.VerifyOut, tags=["verify"])
 async def get_verify(verify_id: uuid.UUID, session: SessionDep, _: Reader) -> s.VerifyOut:
     run = await service.get_verify(session, verify_id=verify_id)
-    return s.VerifyOut.model_validate(run, from_attributes=True)
+    return s.VerifyOut.model_validate(run)

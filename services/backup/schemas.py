@@ -7,10 +7,11 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from services.backup.engine import utf7
 from shared.models.backup import RestoreMode
+from shared.schemas import FromRow, Strict
 
 
 def check_folder_name(value: str) -> str:
@@ -31,10 +32,6 @@ def check_folder_name(value: str) -> str:
 
 
 FolderName = Annotated[str, Field(max_length=1000), AfterValidator(check_folder_name)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class BackupRequest(Strict):
@@ -74,7 +71,7 @@ class BackupRunOut(BaseModel):
     bytes_stored: int
 
 
-class SnapshotOut(BaseModel):
+class SnapshotOut(FromRow):
     id: uuid.UUID
     mailbox_id: uuid.UUID
     seq: int
@@ -149,7 +146,7 @@ class RestoreRequest(Strict):
         return self
 
 
-class RestoreOut(BaseModel):
+class RestoreOut(FromRow):
     id: uuid.UUID
     status: str
     reason: str | None
@@ -189,7 +186,7 @@ class VerifyRequest(Strict):
     fraction: float = Field(default=1.0, gt=0.0, le=1.0)
 
 
-class VerifyOut(BaseModel):
+class VerifyOut(FromRow):
     id: uuid.UUID
     status: str
     reason: str | None

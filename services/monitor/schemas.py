@@ -6,16 +6,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from shared.models.monitor import IncidentState, ReportKind
+from shared.schemas import FromRow, Strict
 
 
-class _Orm(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-
-class CheckResultOut(_Orm):
+class CheckResultOut(FromRow):
     id: int
     check: str
     status: str
@@ -37,7 +34,7 @@ class CheckOut(BaseModel):
     open_incident_id: uuid.UUID | None
 
 
-class IncidentOut(_Orm):
+class IncidentOut(FromRow):
     id: uuid.UUID
     check: str
     state: IncidentState
@@ -51,7 +48,7 @@ class IncidentOut(_Orm):
     resolved_by: str | None
 
 
-class IncidentEventOut(_Orm):
+class IncidentEventOut(FromRow):
     id: int
     occurred_at: datetime
     kind: str
@@ -60,7 +57,7 @@ class IncidentEventOut(_Orm):
     result_id: int | None
 
 
-class NotificationOut(_Orm):
+class NotificationOut(FromRow):
     id: int
     event: str
     url: str
@@ -76,28 +73,22 @@ class IncidentDetail(IncidentOut):
     notifications: list[NotificationOut]
 
 
-class IncidentAction(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class IncidentAction(Strict):
     note: str | None = Field(default=None, max_length=4000)
 
 
-class NoteIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class NoteIn(Strict):
     message: str = Field(min_length=1, max_length=4000)
 
 
-class MaintenanceWindowIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MaintenanceWindowIn(Strict):
     checks: list[str] = Field(min_length=1, max_length=20)
     starts_at: AwareDatetime | None = None
     ends_at: AwareDatetime
     reason: str = Field(default="", max_length=2000)
 
 
-class MaintenanceWindowOut(_Orm):
+class MaintenanceWindowOut(FromRow):
     id: uuid.UUID
     checks: list[str]
     starts_at: datetime
@@ -107,13 +98,11 @@ class MaintenanceWindowOut(_Orm):
     created_at: datetime
 
 
-class ReportIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ReportIn(Strict):
     kind: ReportKind
 
 
-class ReportSummary(_Orm):
+class ReportSummary(FromRow):
     id: uuid.UUID
     kind: ReportKind
     status: str
@@ -125,15 +114,13 @@ class ReportOut(ReportSummary):
     body: dict[str, Any]
 
 
-class MaintenanceRunIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MaintenanceRunIn(Strict):
     dry_run: bool = True
     # deferred-cleanup only: how long a message may sit deferred before it goes.
     older_than_days: int = Field(default=7, ge=1, le=3650)
 
 
-class MaintenanceRunOut(_Orm):
+class MaintenanceRunOut(FromRow):
     id: uuid.UUID
     job: str
     dry_run: bool
@@ -144,16 +131,12 @@ class MaintenanceRunOut(_Orm):
     summary: dict[str, Any]
 
 
-class MaintenanceSettingsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MaintenanceSettingsIn(Strict):
     trash_retention_days: int = Field(default=30, ge=1, le=3650)
     junk_retention_days: int = Field(default=30, ge=1, le=3650)
     unread_followup_days: int = Field(default=14, ge=1, le=3650)
     expunge_enabled: bool = False
 
 
-class MaintenanceSettingsOut(MaintenanceSettingsIn):
-    model_config = ConfigDict(from_attributes=True)
-
+class MaintenanceSettingsOut(MaintenanceSettingsIn, FromRow):
     department_id: uuid.UUID

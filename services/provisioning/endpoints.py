@@ -47,21 +47,18 @@ router = APIRouter(prefix="/v1", responses=PROBLEMS)  # type: ignore[arg-type]
 async def create_domain(body: s.DomainCreate, session: SessionDep, actor: Operator) -> s.DomainOut:
     domain = await service.create_domain(session, actor=actor, data=body)
     await session.refresh(domain)
-    return s.DomainOut.model_validate(domain, from_attributes=True)
+    return s.DomainOut.model_validate(domain)
 
 
 @router.get("/domains", response_model=list[s.DomainOut], tags=["domains"])
 async def list_domains(session: SessionDep, _: Reader) -> list[s.DomainOut]:
-    return [
-        s.DomainOut.model_validate(d, from_attributes=True)
-        for d in await repository.domains(session)
-    ]
+    return [s.DomainOut.model_validate(d) for d in await repository.domains(session)]
 
 
 @router.get("/domains/{domain_id}", response_model=s.DomainOut, tags=["domains"])
 async def get_domain(domain_id: uuid.UUID, session: SessionDep, _: Reader) -> s.DomainOut:
     domain = await service.get_domain(session, domain_id=domain_id)
-    return s.DomainOut.model_validate(domain, from_attributes=True)
+    return s.DomainOut.model_validate(domain)
 
 
 @router.delete("/domains/{domain_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["domains"])
@@ -290,15 +287,12 @@ async def pick_up_credential(
 )
 async def create_alias(body: s.AliasCreate, session: SessionDep, actor: Operator) -> s.AliasOut:
     alias = await service.create_alias(session, actor=actor, data=body)
-    return s.AliasOut.model_validate(alias, from_attributes=True)
+    return s.AliasOut.model_validate(alias)
 
 
 @router.get("/aliases", response_model=list[s.AliasOut], tags=["aliases"])
 async def list_aliases(session: SessionDep, _: Reader) -> list[s.AliasOut]:
-    return [
-        s.AliasOut.model_validate(a, from_attributes=True)
-        for a in await repository.aliases(session)
-    ]
+    return [s.AliasOut.model_validate(a) for a in await repository.aliases(session)]
 
 
 @router.delete("/aliases/{alias_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["aliases"])
@@ -311,7 +305,7 @@ async def delete_alias(alias_id: uuid.UUID, session: SessionDep, actor: Operator
 
 
 async def _request_out(session: SessionDep, request: ProvisioningRequest) -> s.RequestOut:
-    out = s.RequestOut.model_validate(request, from_attributes=True)
+    out = s.RequestOut.model_validate(request)
     credential = await service.request_credential(session, request)
     if out.result and credential:
         out.result = {**out.result, "credential": credential}
@@ -397,7 +391,7 @@ async def list_audit_events(
     rows = await repository.audit_events(
         session, target=target, actor=actor, since=since, before_id=before_id, limit=limit
     )
-    return [s.AuditEventOut.model_validate(e, from_attributes=True) for e in rows]
+    return [s.AuditEventOut.model_validate(e) for e in rows]
 
 
 # ---------------------------------------------------------------- API keys (admin only)
@@ -413,20 +407,15 @@ async def create_api_key(
     body: s.ApiKeyCreate, session: SessionDep, actor: Admin
 ) -> s.ApiKeyCreated:
     row, key = await service.create_api_key(session, actor=actor, data=body)
-    return s.ApiKeyCreated(
-        **s.ApiKeyOut.model_validate(row, from_attributes=True).model_dump(), key=key
-    )
+    return s.ApiKeyCreated(**s.ApiKeyOut.model_validate(row).model_dump(), key=key)
 
 
 @router.get("/api-keys", response_model=list[s.ApiKeyOut], tags=["api-keys"])
 async def list_api_keys(session: SessionDep, _: Admin) -> list[s.ApiKeyOut]:
-    return [
-        s.ApiKeyOut.model_validate(k, from_attributes=True)
-        for k in await repository.api_keys(session)
-    ]
+    return [s.ApiKeyOut.model_validate(k) for k in await repository.api_keys(session)]
 
 
 @router.delete("/api-keys/{key_id}", response_model=s.ApiKeyOut, tags=["api-keys"])
 async def revoke_api_key(key_id: uuid.UUID, session: SessionDep, actor: Admin) -> s.ApiKeyOut:
     row = await service.revoke_api_key(session, actor=actor, key_id=key_id)
-    return s.ApiKeyOut.model_validate(row, from_attributes=True)
+    return s.ApiKeyOut.model_validate(row)

@@ -7,9 +7,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from services.provisioning.rules import Rule
+from shared.schemas import FromRow, Strict
 
 
 def normalise_address(value: str) -> str:
@@ -39,15 +40,11 @@ Bytes = Annotated[int, Field(gt=0, le=2**62, description="A size in bytes, > 0")
 Targets = Annotated[list[Address], Field(min_length=1, max_length=50)]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False)
-
-
 class DomainCreate(Strict):
     name: DomainName
 
 
-class DomainOut(BaseModel):
+class DomainOut(FromRow):
     id: uuid.UUID
     name: str
     created_at: datetime
@@ -151,7 +148,7 @@ class AliasCreate(Strict):
     )
 
 
-class AliasOut(BaseModel):
+class AliasOut(FromRow):
     id: uuid.UUID
     address: str
     targets: list[str]
@@ -196,7 +193,7 @@ class Decision(Strict):
     reason: str = Field(default="", max_length=2000)
 
 
-class RequestOut(BaseModel):
+class RequestOut(FromRow):
     id: uuid.UUID
     kind: str
     payload: dict[str, Any]
@@ -213,7 +210,7 @@ class RequestOut(BaseModel):
     completed_at: datetime | None
 
 
-class AuditEventOut(BaseModel):
+class AuditEventOut(FromRow):
     id: int
     occurred_at: datetime
     actor_id: uuid.UUID | None
@@ -231,7 +228,7 @@ class ApiKeyCreate(Strict):
     department_ids: list[uuid.UUID] = Field(default_factory=list)
 
 
-class ApiKeyOut(BaseModel):
+class ApiKeyOut(FromRow):
     id: uuid.UUID
     name: str
     role: str

@@ -45,6 +45,7 @@ from shared.models.provisioning import (
 )
 from shared.passwords import hash_password
 from shared.queue import enqueue_after_commit
+from shared.schemas import Strict
 from shared.settings import get_settings
 
 # ---------------------------------------------------------------- domains
@@ -828,7 +829,7 @@ async def get_rules(
 # ---------------------------------------------------------------- configuration requests
 
 
-class _MailboxRef(s.Strict):
+class _MailboxRef(Strict):
     mailbox_id: uuid.UUID
 
 
@@ -836,7 +837,7 @@ class _QuotaChange(_MailboxRef):
     quota_bytes: s.Bytes
 
 
-class _AllocationChange(s.Strict):
+class _AllocationChange(Strict):
     capacity_bytes: s.Bytes | None = None
     max_mailboxes: int | None = None
     default_quota_bytes: s.Bytes | None = None
