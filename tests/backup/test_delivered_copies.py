@@ -184,6 +184,9 @@ async def test_copies_of_a_message_larger_than_a_frame_share_the_body_and_come_b
     assert (job.status, await helpers.state(receiver.address)) == ("succeeded", before)
     assert (await verify(reads)).blobs_damaged == 0
     assert 0 < max(reads.sizes) <= FRAME_PLAINTEXT_BYTES + 1024
+    # Restoring again finds it there (hashed a chunk at a time on the server) and adds nothing.
+    again = await helpers.restore(receiver.id, snap.id)
+    assert (again.status, again.restored, again.skipped) == ("succeeded", 0, 1)
 
 
 class ReadSizes(LocalPackStorage):

@@ -644,17 +644,7 @@ class MailboxBackup:
             body.update(part)
             return seal_frames(part, key_id=key_id, level=level, first_index=index)
 
-        while True:
-            answer = await imap.command(
-                b"UID FETCH %d (UID BODY.PEEK[]<%d.%d>)" % (meta.uid, offset, FRAME_PLAINTEXT_BYTES)
-            )
-            chunk = b""
-            for response in answer.of("FETCH"):
-                items = fetch_items(response)
-                if int(items.get("UID", 0)) == meta.uid and items.get("BODY[]") is not None:
-                    chunk = bytes(items["BODY[]"])
-            if not chunk:
-                break
+        async for chunk in imap.body_chunks(meta.uid, FRAME_PLAINTEXT_BYTES):
             part = memoryview(chunk)
             if fields is None:
                 fields = await asyncio.to_thread(envelope, chunk)
@@ -664,8 +654,6 @@ class MailboxBackup:
             await asyncio.to_thread(pack.append, frame)
             offset += len(chunk)
             index += 1
-            if len(chunk) < FRAME_PLAINTEXT_BYTES:
-                break
         if offset == 0:
             await asyncio.to_thread(pack.truncate, start)
             return  # expunged meanwhile

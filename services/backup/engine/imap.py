@@ -367,6 +367,26 @@ class ImapConnection:
             except (OSError, asyncio.IncompleteReadError) as exc:
                 raise ImapProtocolError(f"IMAP connection lost: {exc!r}") from exc
 
+    async def body_chunks(self, uid: int, chunk_bytes: int) -> AsyncIterator[bytes]:
+        """The message's bytes in partial FETCHes of `chunk_bytes` (none if it is gone), so
+        memory holds one chunk however large the message."""
+        offset = 0
+        while True:
+            answer = await self.command(
+                b"UID FETCH %d (UID BODY.PEEK[]<%d.%d>)" % (uid, offset, chunk_bytes)
+            )
+            chunk = b""
+            for response in answer.of("FETCH"):
+                items = fetch_items(response)
+                if int(items.get("UID", 0)) == uid and items.get("BODY[]") is not None:
+                    chunk = bytes(items["BODY[]"])
+            if not chunk:
+                return
+            yield chunk
+            offset += len(chunk)
+            if len(chunk) < chunk_bytes:
+                return
+
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):

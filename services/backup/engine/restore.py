@@ -26,7 +26,12 @@ from services.backup.engine.imap import (
     quote,
     uid_set,
 )
-from services.backup.engine.storage import PackStorage, StoredBlob, blob_chunks
+from services.backup.engine.storage import (
+    FRAME_PLAINTEXT_BYTES,
+    PackStorage,
+    StoredBlob,
+    blob_chunks,
+)
 from shared.settings import Settings, get_settings
 
 APPEND_BATCH = 50
@@ -80,10 +85,19 @@ async def _ensure_folder(imap: ImapConnection, encoded: str, name: str) -> int:
     return next((u.number or 0 for u in examined.of("EXISTS")), 0)
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    """A message in the target folder that may be one we restore (its size matches)."""
+
+    uid: int
+    size: int
+
+
 async def _existing_hashes(
     imap: ImapConnection, exists: int, wanted_sizes: set[int]
 ) -> Counter[bytes]:
-    """SHA-256 of the folder's messages whose size matches one we may restore."""
+    """SHA-256 of the folder's messages whose size matches one we may restore: small ones
+    a batch per FETCH, large ones a chunk at a time, so memory stays bounded."""
     found: Counter[bytes] = Counter()
     if not exists or not wanted_sizes:
         return found
@@ -91,16 +105,23 @@ async def _existing_hashes(
     candidates = []
     for response in listing.of("FETCH"):
         items = fetch_items(response)
-        if int(items.get("RFC822.SIZE", -1)) in wanted_sizes:
-            candidates.append(int(items["UID"]))
-    for start in range(0, len(candidates), EXISTING_BATCH):
-        batch = candidates[start : start + EXISTING_BATCH]
-        answer = await imap.command(b"UID FETCH %s (UID BODY.PEEK[])" % uid_set(batch).encode())
+        size = int(items.get("RFC822.SIZE", -1))
+        if size in wanted_sizes:
+            candidates.append(_Candidate(int(items["UID"]), size))
+    small = [c for c in candidates if c.size <= FRAME_PLAINTEXT_BYTES]
+    for batch in batches(small, count=EXISTING_BATCH, max_bytes=APPEND_BATCH_BYTES):
+        answer = await imap.command(
+            b"UID FETCH %s (UID BODY.PEEK[])" % uid_set(c.uid for c in batch).encode()
+        )
         bodies = [bytes(fetch_items(r).get("BODY[]") or b"") for r in answer.of("FETCH")]
-        for digest in await asyncio.to_thread(
-            lambda bs: [hashlib.sha256(b).digest() for b in bs], bodies
-        ):
-            found[digest] += 1
+        found.update(
+            await asyncio.to_thread(lambda bs: [hashlib.sha256(b).digest() for b in bs], bodies)
+        )
+    for large in (c for c in candidates if c.size > FRAME_PLAINTEXT_BYTES):
+        hasher = hashlib.sha256()
+        async for chunk in imap.body_chunks(large.uid, FRAME_PLAINTEXT_BYTES):
+            await asyncio.to_thread(hasher.update, chunk)
+        found[hasher.digest()] += 1
     return found
 
 
