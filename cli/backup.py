@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cli import fail
 from shared.auth import Principal
 from shared.errors import DomainError, NotFound
 from shared.models import Department, Mailbox, Role
@@ -47,17 +48,16 @@ JobT = TypeVar("JobT", bound=_Job)
 
 
 class _NoWorker(Exception):
-    pass
+    """Nothing took the job off the queue in time."""
+
+
+class _JobFailed(Exception):
+    """The job ended `failed`; the message says why and what it got done."""
 
 
 def _actor() -> Principal:
     # Whoever runs this on the server can reach the database directly: an admin.
     return Principal(id=uuid.UUID(int=0), name=f"cli:{getpass.getuser()}", role=Role.ADMIN)
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
 
 
 def _megabytes(count: int) -> str:
@@ -107,24 +107,24 @@ def _run(work: Callable[[], Awaitable[str]]) -> None:
     try:
         summary = asyncio.run(main())
     except DomainError as exc:
-        _fail(exc.detail)
+        fail(exc.detail)
     except ValidationError as exc:
-        _fail("; ".join(str(e["msg"]) for e in exc.errors()))
+        fail("; ".join(str(e["msg"]) for e in exc.errors()))
     except _NoWorker:
-        _fail(
+        fail(
             "no backup worker took the job; start one with `mailops worker backup` (or "
             "`mailops up`): the job stays queued and runs once a worker is there"
         )
     except (OSError, RedisError) as exc:
-        _fail(f"cannot reach the database or the job queue: {exc}")
+        fail(f"cannot reach the database or the job queue: {exc}")
     except DBAPIError as exc:
-        _fail(
+        fail(
             f"the database is not ready ({str(exc.orig).strip()}); "
             "`mailops db upgrade` creates and migrates it"
         )
+    except _JobFailed as exc:
+        fail(str(exc))
     typer.echo(summary)
-    if summary.startswith("failed"):
-        raise typer.Exit(1)
 
 
 @backup_app.command("now")
@@ -138,7 +138,7 @@ def backup_now(
 ) -> None:
     """Back up one mailbox, a department or everything now, and follow the run."""
     if sum([address is not None, department is not None, everything]) != 1:
-        _fail("give exactly one of ADDRESS, --department NAME or --all")
+        fail("give exactly one of ADDRESS, --department NAME or --all")
 
     async def work() -> str:
         from services.backup import repository, service
@@ -184,7 +184,7 @@ def backup_now(
             f"{_megabytes(done.bytes_stored)} stored"
         )
         if done.status == "failed":
-            return f"failed: {done.reason}\n{counts}"
+            raise _JobFailed(f"{done.reason}\n{counts}")
         return f"{counts}, in {done.duration_seconds or 0:.1f} s (run {done.id})"
 
     _run(work)
@@ -246,7 +246,7 @@ def backup_restore(
     Flags and received dates come back as they were.
     """
     if snapshot is not None and at is not None:
-        _fail("give --snapshot or --at, not both")
+        fail("give --snapshot or --at, not both")
 
     async def work() -> str:
         from services.backup import schemas as s
@@ -288,7 +288,7 @@ def backup_restore(
         done = await _follow(load, describe, worker_wait)
         counts = f"{done.restored:,} messages restored, {done.skipped:,} already there"
         if done.status == "failed":
-            return f"failed: {done.reason}\n{counts} before it stopped"
+            raise _JobFailed(f"{done.reason}\n{counts} before it stopped")
         return f"{counts} (of {done.total:,} in snapshot {done.snapshot_id})"
 
     _run(work)
@@ -326,12 +326,12 @@ def backup_verify(
         done = await _follow(load, describe, worker_wait)
         if not done.damage and done.status == "succeeded":
             return f"{done.blobs_checked:,} blobs checked, no damage"
-        lines = [f"failed: {done.reason}"]
+        lines = [str(done.reason)]
         for report in done.damage:
             owners = ", ".join(
                 f"{m['address']} ({len(m['snapshot_ids'])} snapshots)" for m in report["mailboxes"]
             )
             lines.append(f"  blob {report['blob'][:16]}: {report['error']}; needed by {owners}")
-        return "\n".join(lines)
+        raise _JobFailed("\n".join(lines))
 
     _run(work)

@@ -18,6 +18,7 @@ from typing import Annotated
 import httpx
 import typer
 
+from cli import fail
 from cli.backup import backup_app
 from shared import mailstack
 from shared.settings import get_settings
@@ -37,14 +38,9 @@ ServiceName = Annotated[
 ]
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
-
-
 def _check_service(service: str) -> None:
     if service not in SERVICE_PORTS:
-        _fail(f"unknown service {service!r}; choose one of: {', '.join(SERVICE_PORTS)}")
+        fail(f"unknown service {service!r}; choose one of: {', '.join(SERVICE_PORTS)}")
 
 
 @db_app.command("upgrade")
@@ -55,7 +51,7 @@ def db_upgrade() -> None:
     try:
         upgrade(get_settings().database_url)
     except OSError as exc:
-        _fail(
+        fail(
             f"cannot reach PostgreSQL at {get_settings().database_url}: {exc}; "
             "is it running? set MAILOPS_DATABASE_URL to point elsewhere"
         )
@@ -92,10 +88,10 @@ def apikey_create(
 
     roles = [r.value for r in Role]
     if role not in roles:
-        _fail(f"unknown role {role!r}; choose one of: {', '.join(roles)}")
+        fail(f"unknown role {role!r}; choose one of: {', '.join(roles)}")
     departments = department or []
     if role == Role.MANAGER and len(departments) != 1:
-        _fail("a manager key needs exactly one --department")
+        fail("a manager key needs exactly one --department")
     key = asyncio.run(_create_api_key(name, role, departments))
     typer.echo(f"created {role} key {name!r}; store it now, it is not shown again:")
     typer.echo(key)
@@ -108,7 +104,7 @@ def stack_up() -> None:
     try:
         paths = mailstack.up(settings)
     except mailstack.StackError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"mail stack up in {paths.root}")
     _print_stack_status()
 
@@ -119,7 +115,7 @@ def stack_run(daemon: Annotated[str, typer.Argument(help="dovecot or postfix")])
     try:
         mailstack.run_foreground(get_settings(), daemon)
     except mailstack.StackError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 PROBE_GREETINGS = {"imap": b"* OK", "lmtp": b"220", "smtp": b"220", "sieve": b'"IMPL'}
@@ -129,12 +125,12 @@ PROBE_GREETINGS = {"imap": b"* OK", "lmtp": b"220", "smtp": b"220", "sieve": b'"
 def stack_probe(protocol: Annotated[str, typer.Argument(help="imap, lmtp, sieve or smtp")]) -> None:
     """Exit 0 if the protocol's port greets as it should (container healthchecks)."""
     if protocol not in PROBE_GREETINGS:
-        _fail(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROBE_GREETINGS)}")
+        fail(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROBE_GREETINGS)}")
     settings = get_settings()
     host = settings.smtp_host if protocol == "smtp" else settings.mail_host
     port = getattr(settings, f"{protocol}_port")
     if not mailstack.port_answers(host, port, PROBE_GREETINGS[protocol]):
-        _fail(f"{protocol} on {host}:{port} does not answer")
+        fail(f"{protocol} on {host}:{port} does not answer")
 
 
 @stack_app.command("down")
@@ -203,9 +199,9 @@ def probe_api(url: Annotated[str, typer.Argument(help="The service's base URL")]
     try:
         response = httpx.get(f"{url.rstrip('/')}/readyz", timeout=3)
     except httpx.HTTPError as exc:
-        _fail(f"{url} unreachable: {exc}")
+        fail(f"{url} unreachable: {exc}")
     if response.status_code != 200:
-        _fail(f"{url} is not ready: {response.text}")
+        fail(f"{url} is not ready: {response.text}")
 
 
 def _process_dir() -> Path:
@@ -257,7 +253,7 @@ def up() -> None:
     for service, port in SERVICE_PORTS.items():
         url = f"http://127.0.0.1:{port}"
         if not _wait_ready(url):
-            _fail(f"the {service} API did not become ready at {url}; see {logs}/api-{service}.log")
+            fail(f"the {service} API did not become ready at {url}; see {logs}/api-{service}.log")
         typer.echo(f"   {service:13} {url}  (docs: {url}/docs)")
     typer.echo("4/4 creating a first admin API key")
     key = asyncio.run(_create_api_key("first-admin", "admin", []))
