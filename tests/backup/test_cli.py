@@ -9,7 +9,11 @@ import sys
 import time
 
 import pytest
+from sqlalchemy import select
 
+from services.backup.engine.backup import backup_mailbox
+from shared.db import unit_of_work
+from shared.models.backup import BackupBlob, BackupMessage
 from tests.backup import helpers
 from tests.conftest import run_worker
 
@@ -89,3 +93,28 @@ def test_unknown_mailbox_missing_scope_and_unmigrated_database_say_what_to_do() 
     database = os.environ["MAILOPS_DATABASE_URL"].rsplit("/", 1)[0] + "/postgres"
     unmigrated = mailops("verify", MAILOPS_DATABASE_URL=database)
     assert unmigrated.returncode == 1 and "`mailops db upgrade`" in unmigrated.stderr
+
+
+async def test_verify_that_finds_damage_fails_and_names_the_mailbox(seed, corpus, storage) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(2, seed=43))
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    async with unit_of_work() as session:
+        blob = await session.scalar(
+            select(BackupBlob)
+            .join(BackupMessage, BackupMessage.blob_hash == BackupBlob.hash)
+            .where(BackupMessage.mailbox_id == mailbox.id)
+            .limit(1)
+        )
+        assert blob is not None
+    path = storage.path(blob.pack_id)
+    data = bytearray(path.read_bytes())
+    data[blob.offset + blob.length // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    try:
+        result = await mailops_with_worker("backup", "verify")
+    finally:
+        data[blob.offset + blob.length // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    assert result.returncode == 1
+    assert "1 damaged blobs" in result.stderr and mailbox.address in result.stderr
