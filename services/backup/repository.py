@@ -533,7 +533,13 @@ def _stored(blob: BackupBlob, rows: Mapping[bytes, BackupBlob]) -> StoredBlob:
     current: BackupBlob | None = blob
     while current is not None and len(parts) <= len(rows):
         parts.append(
-            Sealed(current.pack_id, int(current.offset), int(current.length), current.key_id)
+            Sealed(
+                bytes(current.hash),
+                current.pack_id,
+                int(current.offset),
+                int(current.length),
+                current.key_id,
+            )
         )
         current = rows.get(bytes(current.body_hash)) if current.body_hash else None
     return StoredBlob(bytes(blob.hash), int(blob.size), tuple(parts))

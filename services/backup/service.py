@@ -555,6 +555,7 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
         fraction = run.fraction
     checked = 0
     damage: list[dict[str, object]] = []
+    reported: set[str] = set()
     after = b""
     while True:
         async with unit_of_work() as session:
@@ -567,9 +568,15 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
             try:
                 await asyncio.to_thread(check_blob, storage, blob)
             except BlobDamaged as exc:
+                # A shared body that is damaged is one report naming every mailbox that
+                # needs it, not one more per message that continues with it.
+                bad = exc.blob_hash or blob.hash
+                if bad.hex() in reported:
+                    continue
                 async with unit_of_work() as session:
-                    owners = await repository.damage_owners(session, blob.hash)
-                damage.append({"blob": blob.hash.hex(), "error": str(exc), "mailboxes": owners})
+                    owners = await repository.damage_owners(session, bad)
+                damage.append({"blob": bad.hex(), "error": str(exc), "mailboxes": owners})
+                reported.add(bad.hex())
     async with unit_of_work() as session:
         row = await repository.verify_run(session, verify_id)
         assert row is not None

@@ -41,7 +41,14 @@ NONCE_BYTES = 12
 
 
 class BlobDamaged(Exception):
-    """A stored blob does not decrypt, decompress or hash to what the catalog says."""
+    """A stored blob does not decrypt, decompress or hash to what the catalog says.
+
+    `blob_hash`, when known, names the blob whose own stored bytes are bad: the body blob,
+    when a message's header blob reads fine and its shared body does not."""
+
+    def __init__(self, message: str, blob_hash: bytes | None = None) -> None:
+        super().__init__(message)
+        self.blob_hash = blob_hash
 
 
 @lru_cache(maxsize=16)
@@ -211,8 +218,10 @@ def body_start(head: bytes, size: int) -> int | None:
 
 @dataclass(frozen=True)
 class Sealed:
-    """Where a run of sealed frames lies: a pack, an offset and a length, under a key."""
+    """Where a run of sealed frames lies: a pack, an offset and a length, under a key; and
+    the blob whose stored bytes they are."""
 
+    blob_hash: bytes
     pack_id: uuid.UUID
     offset: int
     length: int
@@ -265,14 +274,17 @@ def blob_chunks(storage: PackStorage, blob: StoredBlob) -> Iterator[bytes]:
     blob that is not what the catalog says. Raises BlobDamaged."""
     digest, size, held = hashlib.sha256(), 0, None
     for part in blob.parts:
-        for chunk in _open(_sealed_frames(storage, part), part.key_id):
-            digest.update(chunk)
-            size += len(chunk)
-            if held is not None:
-                yield held
-            held = chunk
+        try:
+            for chunk in _open(_sealed_frames(storage, part), part.key_id):
+                digest.update(chunk)
+                size += len(chunk)
+                if held is not None:
+                    yield held
+                held = chunk
+        except BlobDamaged as exc:
+            raise BlobDamaged(str(exc), part.blob_hash) from exc
     if size != blob.size or digest.digest() != blob.hash:
-        raise BlobDamaged("content does not match its hash")
+        raise BlobDamaged("content does not match its hash", blob.hash)
     if held is not None:
         yield held
 
