@@ -40,6 +40,7 @@ WorkerWait = Annotated[
 
 
 class _Job(Protocol):
+    id: uuid.UUID
     status: str
     reason: str | None
 
@@ -72,11 +73,13 @@ async def _mailbox_id(session: AsyncSession, address: str) -> uuid.UUID:
 
 
 async def _follow(
+    kind: str,
     load: Callable[[AsyncSession], Awaitable[JobT]],
     describe: Callable[[JobT], str],
     worker_wait: float,
 ) -> JobT:
-    """Poll the job until it ends, printing its progress when it changes."""
+    """Poll the job (a `kind`: run, restore, verify) until it ends, printing its progress
+    when it changes."""
     from shared.db import unit_of_work
 
     started, last = time.monotonic(), ""
@@ -85,9 +88,12 @@ async def _follow(
             job = await load(session)
         if job.status in ("succeeded", "failed"):
             return job
-        if job.status == "queued" and time.monotonic() - started > worker_wait:
-            raise _NoWorker
-        line = describe(job)
+        if job.status == "queued":
+            if time.monotonic() - started > worker_wait:
+                raise _NoWorker
+            line = f"{kind} {job.id} queued, waiting for the backup worker"
+        else:
+            line = describe(job)
         if line != last:
             typer.echo(line, err=True)
             last = line
@@ -169,15 +175,13 @@ def backup_now(
             return service.run_out(row)
 
         def describe(run: s.BackupRunOut) -> str:
-            if run.status == "queued":
-                return f"run {run.id} queued, waiting for the backup worker"
             return (
                 f"{run.mailboxes_done + run.mailboxes_failed}/{run.mailboxes_total} mailboxes, "
                 f"{run.messages_fetched:,} messages fetched, "
                 f"{_megabytes(run.bytes_stored)} stored"
             )
 
-        done = await _follow(load, describe, worker_wait)
+        done = await _follow("run", load, describe, worker_wait)
         counts = (
             f"{done.mailboxes_done} of {done.mailboxes_total} mailboxes backed up, "
             f"{done.messages_fetched:,} messages fetched ({_megabytes(done.bytes_read)}), "
@@ -267,7 +271,7 @@ def backup_restore(
                 data=s.RestoreRequest(
                     mailbox_id=await _mailbox_id(session, address),
                     snapshot_id=snapshot,
-                    at=when if snapshot else (when or datetime.now(UTC)),
+                    at=None if snapshot else (when or datetime.now(UTC)),
                     folders=folder or None,
                     target=target,
                 ),
@@ -278,14 +282,12 @@ def backup_restore(
             return await service.get_restore(session, restore_id=restore_id)
 
         def describe(job: RestoreJob) -> str:
-            if job.status == "queued":
-                return f"restore {job.id} queued, waiting for the backup worker"
             return (
                 f"{job.done:,}/{job.total:,} messages: {job.restored:,} restored, "
                 f"{job.skipped:,} already there"
             )
 
-        done = await _follow(load, describe, worker_wait)
+        done = await _follow("restore", load, describe, worker_wait)
         counts = f"{done.restored:,} messages restored, {done.skipped:,} already there"
         if done.status == "failed":
             raise _JobFailed(f"{done.reason}\n{counts} before it stopped")
@@ -318,12 +320,7 @@ def backup_verify(
         async def load(session: AsyncSession) -> VerifyRun:
             return await service.get_verify(session, verify_id=verify_id)
 
-        def describe(run: VerifyRun) -> str:
-            if run.status == "queued":
-                return f"verify {run.id} queued, waiting for the backup worker"
-            return "verifying"
-
-        done = await _follow(load, describe, worker_wait)
+        done = await _follow("verify", load, lambda _: "verifying", worker_wait)
         if not done.damage and done.status == "succeeded":
             return f"{done.blobs_checked:,} blobs checked, no damage"
         lines = [str(done.reason)]

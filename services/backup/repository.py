@@ -515,15 +515,20 @@ async def commit_snapshot(session: AsyncSession, snapshot_id: uuid.UUID, seq: in
 
 async def blobs(session: AsyncSession, hashes: Sequence[bytes]) -> dict[bytes, StoredBlob]:
     """The blobs with these hashes, each with its sealed parts in reading order."""
-    rows: dict[bytes, BackupBlob] = {}
-    asked: set[bytes] = set()
-    wanted = set(hashes)
-    while wanted:  # then the bodies that header blobs continue with
+    found = await session.scalars(select(BackupBlob).where(BackupBlob.hash.in_(list(set(hashes)))))
+    stored = await _with_bodies(session, list(found))
+    return {blob.hash: blob for blob in stored}
+
+
+async def _with_bodies(session: AsyncSession, blobs: list[BackupBlob]) -> list[StoredBlob]:
+    """The rows as StoredBlobs, after reading the body blobs their header blobs name."""
+    rows = {bytes(r.hash): r for r in blobs}
+    asked = set(rows)
+    while wanted := {bytes(r.body_hash) for r in rows.values() if r.body_hash} - asked:
         asked |= wanted
         found = await session.scalars(select(BackupBlob).where(BackupBlob.hash.in_(list(wanted))))
         rows.update((bytes(r.hash), r) for r in found)
-        wanted = {bytes(r.body_hash) for r in rows.values() if r.body_hash} - asked
-    return {h: _stored(rows[h], rows) for h in set(hashes) if h in rows}
+    return [_stored(blob, rows) for blob in blobs]
 
 
 def _stored(blob: BackupBlob, rows: Mapping[bytes, BackupBlob]) -> StoredBlob:
@@ -548,16 +553,15 @@ def _stored(blob: BackupBlob, rows: Mapping[bytes, BackupBlob]) -> StoredBlob:
 async def blob_page(
     session: AsyncSession, after: bytes, limit: int, fraction: float
 ) -> list[StoredBlob]:
-    query = select(BackupBlob.hash).where(BackupBlob.hash > after)
+    query = select(BackupBlob).where(BackupBlob.hash > after)
     if fraction < 1.0:
         # A sample by hash prefix: uniform, and the same blobs on every run of one fraction.
         query = query.where(
             func.get_byte(BackupBlob.hash, 0) * 256 + func.get_byte(BackupBlob.hash, 1)
             < int(fraction * 65536)
         )
-    page = [bytes(h) for h in await session.scalars(query.order_by(BackupBlob.hash).limit(limit))]
-    found = await blobs(session, page)
-    return [found[h] for h in page if h in found]
+    page = await session.scalars(query.order_by(BackupBlob.hash).limit(limit))
+    return await _with_bodies(session, list(page))
 
 
 async def damage_owners(session: AsyncSession, blob_hash: bytes) -> list[dict[str, Any]]:

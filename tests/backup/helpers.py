@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -21,11 +22,11 @@ from services.backup.engine.imap import (
     parse_internaldate,
     quote,
 )
-from services.backup.engine.storage import PackStorage
+from services.backup.engine.storage import LocalPackStorage, PackStorage
 from shared.auth import Principal
 from shared.db import unit_of_work
 from shared.models import Role
-from shared.models.backup import BackupMessage, RestoreJob, Snapshot
+from shared.models.backup import BackupBlob, BackupMessage, RestoreJob, Snapshot
 
 DEFAULT_FOLDERS = {"INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive"}
 OPERATOR = Principal(id=uuid.uuid4(), name="test-operator", role=Role.OPERATOR)
@@ -185,3 +186,32 @@ async def restore(
     await service.execute_restore(job_id, storage)
     async with unit_of_work() as session:
         return await service.get_restore(session, restore_id=job_id)
+
+
+async def message_blob(mailbox_id: uuid.UUID) -> BackupBlob:
+    """The blob of one of the mailbox's backed-up messages."""
+    async with unit_of_work() as session:
+        blob = await session.scalar(
+            select(BackupBlob)
+            .join(BackupMessage, BackupMessage.blob_hash == BackupBlob.hash)
+            .where(BackupMessage.mailbox_id == mailbox_id)
+            .limit(1)
+        )
+    assert blob is not None
+    return blob
+
+
+@contextmanager
+def corrupted(storage: PackStorage, blob: BackupBlob) -> Iterator[None]:
+    """One byte in the middle of the blob's stored bytes flipped, then put back."""
+    assert isinstance(storage, LocalPackStorage)
+    path = storage.path(blob.pack_id)
+    at = blob.offset + blob.length // 2
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+    try:
+        yield
+    finally:
+        data[at] ^= 0xFF
+        path.write_bytes(bytes(data))

@@ -9,11 +9,8 @@ import sys
 import time
 
 import pytest
-from sqlalchemy import select
 
 from services.backup.engine.backup import backup_mailbox
-from shared.db import unit_of_work
-from shared.models.backup import BackupBlob, BackupMessage
 from tests.backup import helpers
 from tests.conftest import run_worker
 
@@ -99,22 +96,7 @@ async def test_verify_that_finds_damage_fails_and_names_the_mailbox(seed, corpus
     mailbox = await seed.mailbox("pw-1234567890")
     await helpers.append(mailbox.address, "INBOX", corpus(2, seed=43))
     await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
-    async with unit_of_work() as session:
-        blob = await session.scalar(
-            select(BackupBlob)
-            .join(BackupMessage, BackupMessage.blob_hash == BackupBlob.hash)
-            .where(BackupMessage.mailbox_id == mailbox.id)
-            .limit(1)
-        )
-        assert blob is not None
-    path = storage.path(blob.pack_id)
-    data = bytearray(path.read_bytes())
-    data[blob.offset + blob.length // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    try:
+    with helpers.corrupted(storage, await helpers.message_blob(mailbox.id)):
         result = await mailops_with_worker("backup", "verify")
-    finally:
-        data[blob.offset + blob.length // 2] ^= 0xFF
-        path.write_bytes(bytes(data))
     assert result.returncode == 1
     assert "1 damaged blobs" in result.stderr and mailbox.address in result.stderr

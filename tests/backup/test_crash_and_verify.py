@@ -10,10 +10,9 @@ import pytest
 from sqlalchemy import func, select
 
 from services.backup import service
-from services.backup.engine.storage import LocalPackStorage, PackStorage
+from services.backup.engine.storage import PackStorage
 from shared.db import unit_of_work
 from shared.models.backup import (
-    BackupBlob,
     BackupMessage,
     BackupScope,
     JobStatus,
@@ -99,26 +98,11 @@ async def test_killed_backup_reruns_to_completion_and_verify_reports_corruption_
     assert (clean.status, clean.blobs_damaged) == ("succeeded", 0)
     assert clean.blobs_checked >= 400
 
-    async with unit_of_work() as session:
-        blob = await session.scalar(
-            select(BackupBlob)
-            .join(BackupMessage, BackupMessage.blob_hash == BackupBlob.hash)
-            .where(BackupMessage.mailbox_id == mailbox.id)
-            .limit(1)
-        )
-        assert blob is not None
-    assert isinstance(storage, LocalPackStorage)
-    path = storage.path(blob.pack_id)
-    data = bytearray(path.read_bytes())
-    data[blob.offset + blob.length // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    try:
+    blob = await helpers.message_blob(mailbox.id)
+    with helpers.corrupted(storage, blob):
         damaged = await verify()
-        assert (damaged.status, damaged.blobs_damaged) == ("failed", 1)
-        [report] = damaged.damage
-        assert report["blob"] == bytes(blob.hash).hex()
-        assert [m["mailbox_id"] for m in report["mailboxes"]] == [str(mailbox.id)]
-        assert report["mailboxes"][0]["snapshot_ids"] == [str(snapshots[0].id)]
-    finally:
-        data[blob.offset + blob.length // 2] ^= 0xFF
-        path.write_bytes(bytes(data))
+    assert (damaged.status, damaged.blobs_damaged) == ("failed", 1)
+    [report] = damaged.damage
+    assert report["blob"] == bytes(blob.hash).hex()
+    assert [m["mailbox_id"] for m in report["mailboxes"]] == [str(mailbox.id)]
+    assert report["mailboxes"][0]["snapshot_ids"] == [str(snapshots[0].id)]

@@ -119,15 +119,8 @@ async def test_damage_to_a_shared_body_names_every_mailbox_and_prune_keeps_it_fo
     async with unit_of_work() as session:
         body = await session.get(BackupBlob, body_hash)
         assert body is not None
-    path = storage.path(body.pack_id)
-    data = bytearray(path.read_bytes())
-    data[body.offset + body.length // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    try:
+    with helpers.corrupted(storage, body):
         damaged = await verify()
-    finally:
-        data[body.offset + body.length // 2] ^= 0xFF
-        path.write_bytes(bytes(data))
     # One report, for the body's own bytes, naming every mailbox (none per header blob).
     [report] = damaged.damage
     assert report["blob"] == body_hash.hex()

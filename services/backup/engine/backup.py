@@ -197,20 +197,21 @@ def _envelope_from(get: Callable[[str], Any]) -> dict[str, Any]:
 
 
 class _Hashed(NamedTuple):
-    """A fetched message's SHA-256, and where its body starts and the body's SHA-256 if the
-    body is stored as a blob of its own."""
+    """A fetched message's SHA-256; and, if its body is stored as a blob of its own, where
+    the body starts and the body's SHA-256."""
 
     digest: bytes
-    body_start: int | None
-    body_digest: bytes | None
+    body: tuple[int, bytes] | None
 
 
 def _hash_all(messages: Sequence[bytes]) -> list[_Hashed]:
     hashed = []
     for message in messages:
         start = body_start(message, len(message))
-        body = None if start is None else hashlib.sha256(memoryview(message)[start:]).digest()
-        hashed.append(_Hashed(hashlib.sha256(message).digest(), start, body))
+        body = None
+        if start is not None:
+            body = (start, hashlib.sha256(memoryview(message)[start:]).digest())
+        hashed.append(_Hashed(hashlib.sha256(message).digest(), body))
     return hashed
 
 
@@ -526,23 +527,20 @@ class MailboxBackup:
         envelopes = [envelope(message) for message in data]
         async with _transaction(self.connection) as session:
             stored = await repository.existing_blobs(
-                session,
-                [h.digest for h in hashes] + [h.body_digest for h in hashes if h.body_digest],
+                session, [h.digest for h in hashes] + [h.body[1] for h in hashes if h.body]
             )
         fresh: dict[bytes, _Fresh] = {}
         for hashed, message in zip(hashes, data, strict=True):
             if hashed.digest in stored or hashed.digest in fresh:
                 continue
-            if hashed.body_start is None or hashed.body_digest is None:
+            if hashed.body is None:
                 fresh[hashed.digest] = _Fresh(hashed.digest, message, None, len(message))
                 continue
+            start, body_digest = hashed.body
             view = memoryview(message)
-            if hashed.body_digest not in stored and hashed.body_digest not in fresh:
-                body = view[hashed.body_start :]
-                fresh[hashed.body_digest] = _Fresh(hashed.body_digest, body, None, len(body))
-            fresh[hashed.digest] = _Fresh(
-                hashed.digest, view[: hashed.body_start], hashed.body_digest, len(message)
-            )
+            if body_digest not in stored and body_digest not in fresh:
+                fresh[body_digest] = _Fresh(body_digest, view[start:], None, len(view) - start)
+            fresh[hashed.digest] = _Fresh(hashed.digest, view[:start], body_digest, len(message))
         blobs = list(fresh.values())
         sealed = await asyncio.to_thread(
             _seal_all, blobs, self.settings.backup_key_id, self.settings.backup_zstd_level
