@@ -11,8 +11,9 @@ median of 5 more in that process, as a long-running worker runs them), (c) resto
 empty mailboxes vs mbsync push, and reports (d) store size vs the Maildir and the backup
 process's peak RSS. mailops phases run in a child process so their peak RSS is their own;
 each backup phase is one multi-mailbox run (`backup_mailboxes`, what a department or `all`
-run executes). Also prints the CPU seconds of mailops, Dovecot and PostgreSQL during (a), and
-(unless --scale-mailboxes 0) (b) at 10x the messages per folder. Prints Markdown.
+run executes). Also prints the CPU seconds of mailops, Dovecot and PostgreSQL during (a),
+(unless --scale-mailboxes 0) (b) at 10x the messages per folder, and (unless --big-folder 0)
+the peak RSS of backup and restore with one folder of 100,000 messages. Prints Markdown.
 
 Where the time goes: MAILOPS_BENCH_PROFILE=DIR writes a cProfile of each mailops phase to
 DIR (slows Python code ~2x: ratios from such a run are not comparable); MAILOPS_BENCH_SAMPLE=
@@ -501,6 +502,13 @@ def main() -> None:
         help="mailboxes with 10x the messages for (b)'s scaling check (0: skip it)",
     )
     parser.add_argument(
+        "--big-folder",
+        type=int,
+        default=100_000,
+        help="messages in one folder for the memory check of backup, a flag change on every "
+        "message, and restore (0: skip it)",
+    )
+    parser.add_argument(
         "--full-rounds", type=int, default=3, help="alternating runs of (a), from empty each"
     )
     parser.add_argument(
@@ -610,6 +618,11 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], dovecot: int 
         scaling, scaling_peak = scale_check(args, sources[: args.scale_mailboxes])
         peak = max(peak, scaling_peak)
 
+    big = ""
+    if args.big_folder:
+        big, big_peak = big_folder_check(args.big_folder)
+        peak = max(peak, big_peak)
+
     def row(name: str, ours_s: float, theirs_s: float, goal: str) -> str:
         return f"| {name} | {ours_s:.2f} s | {theirs_s:.2f} s | {ours_s / theirs_s:.2f}x | {goal} |"
 
@@ -663,6 +676,8 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], dovecot: int 
     ]
     if scaling:
         lines += ["", scaling]
+    if big:
+        lines += ["", big]
     return "\n".join(lines)
 
 
@@ -693,6 +708,81 @@ def scale_check(args: argparse.Namespace, small: list[tuple[str, str]]) -> tuple
         f"messages took {ten * 1000:.1f} ms, of {count} x {args.messages} {one * 1000:.1f} ms "
         f"(medians of {ROUNDS} alternating runs): {ten / one:.2f}x, goal ≤ 1.2x. "
         f"Their full backup: {float(str(full['seconds'])):.2f} s, peak RSS {peak:.0f} MB."
+    )
+    return line, peak
+
+
+def small_message(i: int) -> bytes:
+    """A short text message (the big-folder check is about counts, not bytes)."""
+    return (
+        b"From: Sender %d <s%d@example.test>\r\nTo: big@bench.test\r\n"
+        b"Subject: Notice %d\r\nMessage-ID: <big-%d@example.test>\r\n"
+        b"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\n\r\n" % (i % 97, i % 97, i, i)
+    ) + b"Line of the notice body.\r\n" * (8 + i % 40)
+
+
+async def fill_folder(address: str, count: int) -> None:
+    from services.backup.engine.imap import AppendItem, master_connection
+
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+
+    async def once(data: bytes):
+        yield data
+
+    async with master_connection(address) as imap:
+        for base in range(0, count, 500):
+            batch = [small_message(i) for i in range(base, min(count, base + 500))]
+            await imap.append_many(
+                "INBOX",
+                [
+                    AppendItem(
+                        flags=[],
+                        internal_date=start + timedelta(seconds=base + k),
+                        size=len(d),
+                        chunks=once(d),
+                    )
+                    for k, d in enumerate(batch)
+                ],
+            )
+
+
+async def mark_all_seen(address: str) -> None:
+    from services.backup.engine.imap import master_connection
+
+    async with master_connection(address) as imap:
+        await imap.command(b"SELECT INBOX")
+        await imap.command(b"STORE 1:* +FLAGS.SILENT (\\Seen)")
+
+
+def big_folder_check(count: int) -> tuple[str, float]:
+    """Peak RSS of the backup process with one folder of `count` messages: its full backup,
+    an incremental run after a flag change on every message, its restore into an empty
+    mailbox, and the same restore again (every message already there: all skipped)."""
+    from shared.db import get_engine
+
+    async def setup() -> list[tuple[str, str]]:
+        mailboxes = await create_mailboxes(2, "huge")
+        await fill_folder(mailboxes[0][1], count)
+        await get_engine().dispose()
+        return mailboxes
+
+    (source, address), (target, _) = asyncio.run(setup())
+    figures: list[tuple[str, dict[str, object]]] = []
+    full = run_child("backup", [source])
+    figures.append(("full backup", full))
+    asyncio.run(mark_all_seen(address))
+    figures.append(("a flag change on every message", run_child("backup", [source])))
+    snapshot = dict(full["snapshots"])[source]  # type: ignore[call-overload]
+    for name in ("restore into an empty mailbox", "the same restore again (all skipped)"):
+        figures.append((name, run_child("restore", [[source, snapshot, target]])))
+    peak = max(float(str(f["peak_rss_mb"])) for _, f in figures)
+    line = (
+        f"One folder of {count:,} messages, peak RSS of the backup process: "
+        + "; ".join(
+            f"{name} {float(str(f['seconds'])):.1f} s, {float(str(f['peak_rss_mb'])):.0f} MB"
+            for name, f in figures
+        )
+        + " (goal: ≤ 256 MB)."
     )
     return line, peak
 

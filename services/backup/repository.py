@@ -6,9 +6,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVarTuple, cast
 
 from sqlalchemy import (
+    Select,
     Table,
     and_,
     delete,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     true,
     tuple_,
     update,
@@ -250,12 +252,62 @@ async def snapshot_messages(
     sender: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    after: tuple[str, int] | None = None,
     limit: int | None = None,
     offset: int = 0,
 ) -> list[tuple[BackupMessage, str]]:
-    """Messages of a snapshot with their folder names, filtered like a catalog search."""
+    """Messages of a snapshot with their folder names, filtered like a catalog search, in
+    (folder, UID) order; `after` (a folder and UID) starts a page after that message."""
+    query = _snapshot_messages(
+        select(BackupMessage, BackupFolder.name),
+        snap,
+        folders=folders,
+        message_ids=message_ids,
+        q=q,
+        sender=sender,
+        since=since,
+        until=until,
+    )
+    if after is not None:
+        query = query.where(tuple_(BackupFolder.name, BackupMessage.uid) > tuple_(*after))
+    query = query.order_by(BackupFolder.name, BackupMessage.uid).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return [(row[0], row[1]) for row in await session.execute(query)]
+
+
+async def snapshot_message_counts(
+    session: AsyncSession,
+    snap: Snapshot,
+    *,
+    folders: Sequence[str] | None = None,
+    message_ids: Sequence[int] | None = None,
+) -> dict[str, int]:
+    """How many of a snapshot's messages each folder has, filtered as `snapshot_messages`
+    filters them (folders with none left out), in folder order."""
+    query = _snapshot_messages(
+        select(BackupFolder.name, func.count()), snap, folders=folders, message_ids=message_ids
+    )
+    rows = await session.execute(query.group_by(BackupFolder.name).order_by(BackupFolder.name))
+    return {str(name): int(count) for name, count in rows}
+
+
+_Columns = TypeVarTuple("_Columns")
+
+
+def _snapshot_messages(
+    query: Select[*_Columns],
+    snap: Snapshot,
+    *,
+    folders: Sequence[str] | None = None,
+    message_ids: Sequence[int] | None = None,
+    q: str | None = None,
+    sender: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Select[*_Columns]:
     query = (
-        select(BackupMessage, BackupFolder.name)
+        query.select_from(BackupMessage)
         .join(BackupFolder, BackupFolder.id == BackupMessage.folder_id)
         .where(BackupMessage.mailbox_id == snap.mailbox_id, in_snapshot(BackupMessage, snap.seq))
     )
@@ -279,10 +331,7 @@ async def snapshot_messages(
         query = query.where(BackupMessage.internal_date >= since)
     if until is not None:
         query = query.where(BackupMessage.internal_date < until)
-    query = query.order_by(BackupFolder.name, BackupMessage.uid).offset(offset)
-    if limit is not None:
-        query = query.limit(limit)
-    return [(row[0], row[1]) for row in await session.execute(query)]
+    return query
 
 
 def _escape_like(value: str) -> str:
@@ -336,6 +385,13 @@ async def next_seq(session: AsyncSession, mailbox_id: uuid.UUID) -> int:
         select(func.max(Snapshot.seq)).where(Snapshot.mailbox_id == mailbox_id)
     )
     return int(current or 0) + 1
+
+
+async def has_messages(session: AsyncSession, mailbox_id: uuid.UUID) -> bool:
+    """Whether the catalog has any message of the mailbox, in any snapshot."""
+    return bool(
+        await session.scalar(select(exists().where(BackupMessage.mailbox_id == mailbox_id)))
+    )
 
 
 async def current_folders(session: AsyncSession, mailbox_id: uuid.UUID) -> list[BackupFolder]:
@@ -794,6 +850,19 @@ async def add_unchanged_snapshots(
         .returning(Snapshot)
     )
     return list(rows.all())
+
+
+async def catalog_size(session: AsyncSession) -> int:
+    """The planner's estimate of the catalog's message rows (0 before any ANALYZE)."""
+    estimate = await session.scalar(
+        text("SELECT reltuples FROM pg_class WHERE oid = 'backup_messages'::regclass")
+    )
+    return max(0, int(estimate or 0))
+
+
+async def analyze_catalog(connection: AsyncConnection) -> None:
+    await connection.execute(text("ANALYZE backup_messages, backup_blobs"))
+    await connection.commit()
 
 
 async def advisory_lock(connection: AsyncConnection, key: str) -> None:

@@ -4,6 +4,7 @@ prunes are carried out. Services never commit; whoever owns the unit of work doe
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -432,6 +433,33 @@ async def schedule_due_backups(now: datetime | None = None) -> int:
 # ---------------------------------------------------------------- restore
 
 
+RESTORE_PAGE = 1000
+
+
+async def _restore_pages(
+    snapshot_id: uuid.UUID, message_ids: list[int] | None, folder: str
+) -> AsyncIterator[list[RestoreItem]]:
+    """A snapshot folder's messages to restore, RESTORE_PAGE at a time in UID order, each
+    page read in a transaction of its own: memory holds a page, not the folder."""
+    after: tuple[str, int] | None = None
+    while True:
+        async with unit_of_work() as session:
+            snap = await get_snapshot(session, snapshot_id=snapshot_id)
+            page = await repository.snapshot_messages(
+                session,
+                snap,
+                folders=[folder],
+                message_ids=message_ids,
+                after=after,
+                limit=RESTORE_PAGE,
+            )
+            blobs = await repository.blobs(session, [m.blob_hash for m, _ in page])
+        if not page:
+            return
+        after = (folder, page[-1][0].uid)
+        yield [RestoreItem(blobs[bytes(m.blob_hash)], m.flags, m.internal_date) for m, _ in page]
+
+
 async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = None) -> str:
     """Carry out a restore job; rerunning it adds nothing already restored."""
     storage = storage or default_storage()
@@ -445,19 +473,16 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
         target = await repository.mailbox(session, job.target_mailbox_id)
         assert snap is not None and target is not None
         address = target.address
-        messages = await repository.snapshot_messages(
+        counts = await repository.snapshot_message_counts(
             session, snap, folders=job.folders, message_ids=job.message_ids
         )
-        blobs = await repository.blobs(session, [m.blob_hash for m, _ in messages])
-        folders: dict[str, list[RestoreItem]] = {}
-        for message, folder in messages:
-            name = f"{job.target_folder}/{folder}" if job.target_folder else folder
-            folders.setdefault(name, []).append(
-                RestoreItem(blobs[bytes(message.blob_hash)], message.flags, message.internal_date)
-            )
-        job.total, job.done, job.restored, job.skipped = len(messages), 0, 0, 0
+        job.total, job.done, job.restored, job.skipped = sum(counts.values()), 0, 0, 0
         target_mode = job.target_mode
-    del messages, blobs
+        prefix = f"{job.target_folder}/" if job.target_folder else ""
+        folders = {
+            prefix + name: functools.partial(_restore_pages, job.snapshot_id, job.message_ids, name)
+            for name in counts
+        }
     progress = RestoreProgress()
 
     async def report() -> None:
@@ -509,17 +534,17 @@ async def export_mbox(
 ) -> AsyncIterator[bytes]:
     """The snapshot as an mboxrd stream, a page of messages at a time."""
     storage = storage or default_storage()
-    offset = 0
+    after: tuple[str, int] | None = None
     while True:
         async with unit_of_work() as session:
             snap = await get_snapshot(session, snapshot_id=snapshot_id)
             page = await repository.snapshot_messages(
-                session, snap, folders=folders, limit=200, offset=offset
+                session, snap, folders=folders, after=after, limit=200
             )
             blobs = await repository.blobs(session, [m.blob_hash for m, _ in page])
         if not page:
             return
-        offset += len(page)
+        after = (page[-1][1], page[-1][0].uid)
         for message, folder in page:
             data = await asyncio.to_thread(read_blob, storage, blobs[bytes(message.blob_hash)])
             yield _mbox_entry(data, message.internal_date, folder, message.flags)

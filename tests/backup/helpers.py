@@ -37,7 +37,7 @@ MailboxState = dict[str, list[tuple[str, tuple[str, ...], datetime]]]
 SnapshotContent = dict[str, list[tuple[str, tuple[str, ...]]]]
 
 
-async def _once(data: bytes) -> AsyncIterator[bytes]:
+async def once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
@@ -54,7 +54,7 @@ async def append(
             answers = await imap.append_many(
                 encoded,
                 [
-                    AppendItem(flags=flags, internal_date=when, size=len(data), chunks=_once(data))
+                    AppendItem(flags=flags, internal_date=when, size=len(data), chunks=once(data))
                     for data, flags, when in messages[start : start + 50]
                 ],
             )

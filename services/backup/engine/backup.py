@@ -19,8 +19,9 @@ import contextlib
 import hashlib
 import logging
 import re
+import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,6 +75,9 @@ LIST_STATUS = b'LIST "" "*" RETURN (STATUS (UIDVALIDITY UIDNEXT HIGHESTMODSEQ))'
 # waiting on Dovecot's auth and imap processes, so more than the body connections.
 STATUS_PROBES = 8
 FAST_PATH_CHUNK = 200
+CATALOG_CHUNK = 1000
+ANALYZE_AFTER_ROWS = 10_000
+ANALYZE_SHARE = 0.1  # of the catalog's rows: autovacuum's default scale factor
 
 
 class MailboxUnavailable(Exception):
@@ -232,7 +236,14 @@ def _seal_all(blobs: Sequence[_Fresh], key_id: str, level: int) -> list[bytes]:
 
 def _flags(token: Any) -> list[str]:
     items = token if isinstance(token, list) else []
-    return sorted(as_str(f) for f in items if as_str(f).lower() != "\\recent")
+    # Interned: a folder's messages share a handful of flags, and a sync may hold them all.
+    return sorted(sys.intern(as_str(f)) for f in items if as_str(f).lower() != "\\recent")
+
+
+def _chunks(uids: list[int]) -> Iterator[list[int]]:
+    """UIDs CATALOG_CHUNK at a time: what one catalog transaction of a sync takes."""
+    for start in range(0, len(uids), CATALOG_CHUNK):
+        yield uids[start : start + CATALOG_CHUNK]
 
 
 def _parse_meta(response: Untagged) -> _Meta | None:
@@ -245,7 +256,7 @@ def _parse_meta(response: Untagged) -> _Meta | None:
         flags=_flags(items.get("FLAGS")),
         internal_date=parse_internaldate(as_str(items["INTERNALDATE"])),
         size=int(items.get("RFC822.SIZE", 0)),
-        message_id=_message_id(bytes(header or b"")),
+        message_id=_message_id(bytes(header)) if header else "",
     )
 
 
@@ -329,8 +340,15 @@ class MailboxBackup:
         storage: PackStorage,
         settings: Settings,
         connection: AsyncConnection,
+        seen_before: bool,
+        catalog_rows: int,
     ) -> None:
         self.mailbox_id = mailbox_id
+        # Whether the catalog has messages of this mailbox a new UID may be one of (moved,
+        # or seen again after a UIDVALIDITY change). A first backup has none, so it asks
+        # for no Message-IDs and looks none up: on a 100,000-message folder that lookup was
+        # the first backup's largest cost.
+        self.seen_before = seen_before
         self.connection = connection
         self.snapshot_id = snapshot_id
         self.seq = seq
@@ -339,6 +357,27 @@ class MailboxBackup:
         self.counters = BackupCounters()
         self.folder_states: dict[int, tuple[int, int]] = {}
         self._pack: PackWriter | None = None
+        self.catalog_rows = 0  # message rows this run wrote
+        self._analyzed_rows = 0
+        self._analyze_every = max(ANALYZE_AFTER_ROWS, int(catalog_rows * ANALYZE_SHARE))
+
+    async def _insert_messages(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+        await repository.insert_messages(session, rows)
+        self.catalog_rows += len(rows)
+
+    async def _keep_statistics(self) -> None:
+        """ANALYZE the catalog once this run has written ANALYZE_AFTER_ROWS rows, or a tenth
+        of what the catalog held, since it last did (autovacuum's rule, within one run).
+        The planner's plans come from statistics: until autovacuum gets to a table that grew
+        fast (or where it is off), they are of an empty catalog, one blob lookup became a
+        scan of every blob, and every 1,000-UID batch of a sync a scan of its folder."""
+        if self.catalog_rows - self._analyzed_rows < self._analyze_every:
+            return
+        self._analyzed_rows = self.catalog_rows
+        try:
+            await repository.analyze_catalog(self.connection)
+        except Exception:  # statistics only make the next queries faster
+            log.warning("could not analyze the backup catalog", exc_info=True)
 
     # -------------------------------------------------------------- the run
 
@@ -400,39 +439,47 @@ class MailboxBackup:
     async def _sync_changes(
         self, imap: ImapConnection, folder_id: int, uidnext: int, modseq: int
     ) -> None:
-        """Record expunges and flag changes among the UIDs the catalog already has."""
+        """Record expunges and flag changes among the UIDs the catalog already has. The
+        answer is read as it comes and the catalog written CATALOG_CHUNK UIDs a transaction:
+        marking a 100,000-message folder read is 100,000 changes."""
         if uidnext <= 1:
             return
-        answer = await imap.command(
-            b"UID FETCH 1:%d (UID FLAGS) (CHANGEDSINCE %d VANISHED)" % (uidnext - 1, modseq)
-        )
         vanished: list[int] = []
-        for response in answer.of("VANISHED"):
-            vanished.extend(parse_uid_set(as_str(response.data[-1])))
         changed: dict[int, list[str]] = {}
-        for response in answer.of("FETCH"):
-            items = fetch_items(response)
-            uid = int(items.get("UID", 0))
-            if 0 < uid < uidnext:
-                changed[uid] = _flags(items.get("FLAGS"))
-        async with _transaction(self.connection) as session:
-            await repository.close_messages(session, folder_id, vanished, self.seq)
-            if not changed:
-                return
-            known = await repository.current_flags(session, folder_id, list(changed))
-            differing = [uid for uid, flags in changed.items() if known.get(uid, flags) != flags]
-            closed = await repository.close_messages(session, folder_id, differing, self.seq)
-            await repository.insert_messages(
-                session,
-                [
-                    {
-                        **{name: getattr(row, name) for name in repository.MESSAGE_COPY_FIELDS},
-                        "flags": changed[row.uid],
-                        "since_seq": self.seq,
-                    }
-                    for row in closed
-                ],
-            )
+
+        def take(response: Untagged) -> None:
+            if response.kind == "VANISHED":
+                vanished.extend(parse_uid_set(as_str(response.data[-1])))
+            elif response.kind == "FETCH":
+                items = fetch_items(response)
+                uid = int(items.get("UID", 0))
+                if 0 < uid < uidnext:
+                    changed[uid] = _flags(items.get("FLAGS"))
+
+        await imap.command(
+            b"UID FETCH 1:%d (UID FLAGS) (CHANGEDSINCE %d VANISHED)" % (uidnext - 1, modseq),
+            each=take,
+        )
+        for gone in _chunks(vanished):
+            async with _transaction(self.connection) as session:
+                await repository.close_messages(session, folder_id, gone, self.seq)
+        for uids in _chunks(list(changed)):
+            async with _transaction(self.connection) as session:
+                known = await repository.current_flags(session, folder_id, uids)
+                differing = [uid for uid in uids if known.get(uid, changed[uid]) != changed[uid]]
+                closed = await repository.close_messages(session, folder_id, differing, self.seq)
+                await self._insert_messages(
+                    session,
+                    [
+                        {
+                            **{name: getattr(row, name) for name in repository.MESSAGE_COPY_FIELDS},
+                            "flags": changed[row.uid],
+                            "since_seq": self.seq,
+                        }
+                        for row in closed
+                    ],
+                )
+            await self._keep_statistics()
 
     async def _fetch_new(self, imap: ImapConnection, folder_id: int, first_uid: int) -> None:
         answer = await imap.command(b"UID SEARCH RETURN (ALL) UID %d:*" % first_uid)
@@ -449,11 +496,13 @@ class MailboxBackup:
             window = uids[start : start + METADATA_BATCH]
             metas = await self._fetch_metadata(imap, window)
             await self._store_new(imap, folder_id, metas)
+            await self._keep_statistics()
 
     async def _fetch_metadata(self, imap: ImapConnection, uids: Sequence[int]) -> list[_Meta]:
+        identity = b" BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]" if self.seen_before else b""
         answer = await imap.command(
-            b"UID FETCH %s (UID FLAGS INTERNALDATE RFC822.SIZE "
-            b"BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])" % uid_set(uids).encode()
+            b"UID FETCH %s (UID FLAGS INTERNALDATE RFC822.SIZE%s)"
+            % (uid_set(uids).encode(), identity)
         )
         metas = [m for m in (_parse_meta(r) for r in answer.of("FETCH")) if m is not None]
         wanted = set(uids)
@@ -482,7 +531,7 @@ class MailboxBackup:
                 to_fetch.append(meta)
         if rows:
             async with _transaction(self.connection) as session:
-                await repository.insert_messages(session, rows)
+                await self._insert_messages(session, rows)
         small = [m for m in to_fetch if m.size <= FRAME_PLAINTEXT_BYTES]
         # One body batch in flight while the previous one is hashed, sealed, written and
         # catalogued: the connection never idles during the CPU, fsync and DB work.
@@ -557,7 +606,7 @@ class MailboxBackup:
                 assert self._pack is not None
                 await repository.record_pack(session, self._pack.pack_id, self._pack.size)
                 await repository.insert_blobs(session, blob_rows)
-            await repository.insert_messages(session, rows)
+            await self._insert_messages(session, rows)
 
     def _message_row(
         self, folder_id: int, meta: _Meta, blob_hash: bytes, size: int, fields: dict[str, Any]
@@ -686,7 +735,7 @@ class MailboxBackup:
             if blob_rows:
                 await repository.record_pack(session, pack.pack_id, pack.size)
                 await repository.insert_blobs(session, blob_rows)
-            await repository.insert_messages(
+            await self._insert_messages(
                 session, [self._message_row(folder_id, meta, blob_hash, offset, fields or {})]
             )
 
@@ -722,6 +771,8 @@ async def backup_mailbox(
             await session.flush()
             snapshot_id = snap.id
             current = {f.name: f for f in await repository.current_folders(session, mailbox_id)}
+            seen_before = await repository.has_messages(session, mailbox_id)
+            catalog_rows = await repository.catalog_size(session)
         job = MailboxBackup(
             mailbox_id=mailbox_id,
             snapshot_id=snapshot_id,
@@ -729,6 +780,8 @@ async def backup_mailbox(
             storage=storage,
             settings=settings,
             connection=connection,
+            seen_before=seen_before,
+            catalog_rows=catalog_rows,
         )
         async with master_connection(address, settings) as imap:
             await job.run(imap, current)

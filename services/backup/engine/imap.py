@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
@@ -261,12 +261,15 @@ class ImapConnection:
         first = segments[0]
         return bytes(first), segments
 
-    async def _read_until(self, tag: bytes) -> Tagged:
+    async def _read_until(
+        self, tag: bytes, each: Callable[[Untagged], object] | None = None
+    ) -> Tagged:
         untagged: list[Untagged] = []
+        keep = each or untagged.append
         while True:
             first, segments = await self._read_response()
             if first.startswith(b"* "):
-                untagged.append(self._untagged(segments))
+                keep(self._untagged(segments))
             elif first.startswith(tag + b" "):
                 rest = first[len(tag) + 1 :].rstrip(b"\r\n").decode("utf-8", "replace")
                 status, _, text = rest.partition(" ")
@@ -289,14 +292,24 @@ class ImapConnection:
             return Untagged(kind, number, [rest.rstrip(b"\r\n")])
         return Untagged(kind, number, _tokenize([rest, *segments[1:]]))
 
-    async def command(self, command: bytes, *, check: bool = True) -> Tagged:
-        """Send `command` (no literals) and return its answer; NO/BAD raise if `check`."""
+    async def command(
+        self,
+        command: bytes,
+        *,
+        check: bool = True,
+        each: Callable[[Untagged], object] | None = None,
+    ) -> Tagged:
+        """Send `command` (no literals) and return its answer; NO/BAD raise if `check`.
+
+        With `each`, every untagged response goes to it as it is read instead of into the
+        answer: an answer of one line per message in a 100,000-message folder is never
+        held whole."""
         async with self._lock, asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
             tag = self._tag()
             self._writer.write(tag + b" " + command + b"\r\n")
             try:
                 await self._writer.drain()
-                answer = await self._read_until(tag)
+                answer = await self._read_until(tag, each)
             except (OSError, asyncio.IncompleteReadError) as exc:
                 raise ImapProtocolError(f"IMAP connection lost: {exc!r}") from exc
         if check and answer.status != "OK":
@@ -332,23 +345,29 @@ class ImapConnection:
             self.capabilities = {as_str(t).upper() for t in response.data}
 
     async def append_many(self, mailbox: str, items: Sequence[AppendItem]) -> list[Tagged]:
-        """APPEND each item, pipelined with LITERAL+: one round trip for the whole batch."""
+        """APPEND the items in one round trip (LITERAL+): as one MULTIAPPEND command where
+        the server has it, else one APPEND each, pipelined; the answers, one per command.
+
+        MULTIAPPEND matters for large folders: Dovecot ends every APPEND command with a
+        mailbox sync and an fsync, so a message at a time into a Maildir folder of N
+        messages costs O(N) each; one command stores the whole batch in one transaction,
+        and all or nothing of it."""
         if not items:
             return []
         if "LITERAL+" not in self.capabilities:
             raise ImapProtocolError("the server lacks LITERAL+ for pipelined APPEND")
+        multi = "MULTIAPPEND" in self.capabilities
         async with self._lock, asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
             tags: list[bytes] = []
             try:
-                for item in items:
-                    tag = self._tag()
-                    tags.append(tag)
+                for index, item in enumerate(items):
+                    if index == 0 or not multi:
+                        tags.append(self._tag())
+                        self._writer.write(b"%s APPEND %s" % (tags[-1], quote(mailbox)))
                     flags = " ".join(f for f in item.flags if f.lower() != "\\recent")
                     self._writer.write(
-                        b"%s APPEND %s (%s) %s {%d+}\r\n"
+                        b" (%s) %s {%d+}\r\n"
                         % (
-                            tag,
-                            quote(mailbox),
                             flags.encode(),
                             quote(format_internaldate(item.internal_date)),
                             item.size,
@@ -361,6 +380,9 @@ class ImapConnection:
                         await self._writer.drain()
                     if written != item.size:
                         raise ImapProtocolError(f"blob gave {written} bytes, not {item.size}")
+                    if not multi:
+                        self._writer.write(b"\r\n")
+                if multi:
                     self._writer.write(b"\r\n")
                 await self._writer.drain()
                 return [await self._read_until(tag) for tag in tags]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -20,6 +20,7 @@ from services.backup.engine.imap import (
     AppendItem,
     ImapConnection,
     ImapProtocolError,
+    Untagged,
     batches,
     fetch_items,
     master_connection,
@@ -34,9 +35,13 @@ from services.backup.engine.storage import (
 )
 from shared.settings import Settings, get_settings
 
-APPEND_BATCH = 50
+# Messages per MULTIAPPEND (and per FETCH of the duplicate check), capped in bytes. Dovecot
+# does work in proportion to the folder's size once per command, so with small batches a
+# 100,000-message restore was mostly that; the blobs stream from the packs, so a batch's
+# count costs no memory.
+APPEND_BATCH = 500
 APPEND_BATCH_BYTES = 16 << 20
-EXISTING_BATCH = 50
+EXISTING_BATCH = 500
 
 
 class FolderRejected(Exception):
@@ -85,95 +90,111 @@ async def _ensure_folder(imap: ImapConnection, encoded: str, name: str) -> int:
     return next((u.number or 0 for u in examined.of("EXISTS")), 0)
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    """A message in the target folder that may be one we restore (its size matches)."""
+class _TargetFolder:
+    """What a target folder held before the restore: its messages' sizes, listed once, and
+    the SHA-256 of those whose size matches a message to restore, fetched a page at a time
+    as the pages ask for them (small ones a batch per FETCH, large ones a chunk at a time),
+    so memory holds about one page whatever the folder's size."""
 
+    def __init__(self, imap: ImapConnection, by_size: dict[int, list[int]]) -> None:
+        self._imap = imap
+        self._by_size = by_size
+        self.present: Counter[bytes] = Counter()
+
+    @classmethod
+    async def listed(cls, imap: ImapConnection, exists: int) -> _TargetFolder:
+        by_size: dict[int, list[int]] = {}
+
+        def take(response: Untagged) -> None:
+            items = fetch_items(response)
+            if response.kind == "FETCH" and "UID" in items:
+                by_size.setdefault(int(items.get("RFC822.SIZE", -1)), []).append(int(items["UID"]))
+
+        if exists:
+            await imap.command(b"UID FETCH 1:* (UID RFC822.SIZE)", each=take)
+        return cls(imap, by_size)
+
+    async def hash_sizes(self, sizes: set[int]) -> None:
+        """Add the hashes of the listed messages of these sizes to `present` (each once)."""
+        uids = [(uid, size) for size in sizes for uid in self._by_size.pop(size, ())]
+        small = [_Listed(uid, size) for uid, size in uids if size <= FRAME_PLAINTEXT_BYTES]
+        for batch in batches(small, count=EXISTING_BATCH, max_bytes=APPEND_BATCH_BYTES):
+            answer = await self._imap.command(
+                b"UID FETCH %s (UID BODY.PEEK[])" % uid_set(c.uid for c in batch).encode()
+            )
+            bodies = [bytes(fetch_items(r).get("BODY[]") or b"") for r in answer.of("FETCH")]
+            self.present.update(
+                await asyncio.to_thread(lambda bs: [hashlib.sha256(b).digest() for b in bs], bodies)
+            )
+        for uid, size in uids:
+            if size > FRAME_PLAINTEXT_BYTES:
+                hasher = hashlib.sha256()
+                async for chunk in self._imap.body_chunks(uid, FRAME_PLAINTEXT_BYTES):
+                    await asyncio.to_thread(hasher.update, chunk)
+                self.present[hasher.digest()] += 1
+
+
+@dataclass(frozen=True)
+class _Listed:
     uid: int
     size: int
 
 
-async def _existing_hashes(
-    imap: ImapConnection, exists: int, wanted_sizes: set[int]
-) -> Counter[bytes]:
-    """SHA-256 of the folder's messages whose size matches one we may restore: small ones
-    a batch per FETCH, large ones a chunk at a time, so memory stays bounded."""
-    found: Counter[bytes] = Counter()
-    if not exists or not wanted_sizes:
-        return found
-    listing = await imap.command(b"UID FETCH 1:* (UID RFC822.SIZE)")
-    candidates = []
-    for response in listing.of("FETCH"):
-        items = fetch_items(response)
-        size = int(items.get("RFC822.SIZE", -1))
-        if size in wanted_sizes:
-            candidates.append(_Candidate(int(items["UID"]), size))
-    small = [c for c in candidates if c.size <= FRAME_PLAINTEXT_BYTES]
-    for batch in batches(small, count=EXISTING_BATCH, max_bytes=APPEND_BATCH_BYTES):
-        answer = await imap.command(
-            b"UID FETCH %s (UID BODY.PEEK[])" % uid_set(c.uid for c in batch).encode()
-        )
-        bodies = [bytes(fetch_items(r).get("BODY[]") or b"") for r in answer.of("FETCH")]
-        found.update(
-            await asyncio.to_thread(lambda bs: [hashlib.sha256(b).digest() for b in bs], bodies)
-        )
-    for large in (c for c in candidates if c.size > FRAME_PLAINTEXT_BYTES):
-        hasher = hashlib.sha256()
-        async for chunk in imap.body_chunks(large.uid, FRAME_PLAINTEXT_BYTES):
-            await asyncio.to_thread(hasher.update, chunk)
-        found[hasher.digest()] += 1
-    return found
+ItemPages = Callable[[], AsyncIterator[Sequence[RestoreItem]]]
+"""The messages to restore into one folder, a page at a time (read as they are needed)."""
 
 
 async def restore_folder(
     imap: ImapConnection,
     *,
     folder: str,
-    items: Sequence[RestoreItem],
+    pages: ItemPages,
     storage: PackStorage,
     progress: RestoreProgress,
     on_progress: Callable[[], object] | None = None,
 ) -> None:
-    """Restore `items` into `folder` (a UTF-8 name), skipping messages already there."""
+    """Restore the pages' items into `folder` (a UTF-8 name), skipping messages already
+    there."""
     encoded = utf7.encode(folder)
-    exists = await _ensure_folder(imap, encoded, folder)
-    present = await _existing_hashes(imap, exists, {i.size for i in items})
-    pending: list[RestoreItem] = []
-    for item in items:
-        if present[item.blob.hash] > 0:
-            present[item.blob.hash] -= 1
-            progress.skipped += 1
-            progress.done += 1
-        else:
-            pending.append(item)
-    for batch in batches(pending, count=APPEND_BATCH, max_bytes=APPEND_BATCH_BYTES):
-        answers = await imap.append_many(
-            encoded,
-            [
-                AppendItem(
-                    flags=b.flags,
-                    internal_date=b.internal_date,
-                    size=b.size,
-                    chunks=_blob_chunks(storage, b.blob),
-                )
-                for b in batch
-            ],
-        )
-        for answer in answers:
-            if answer.status != "OK":
-                raise ImapProtocolError(f"APPEND to {folder!r} failed: {answer.text}")
-        progress.restored += len(batch)
-        progress.done += len(batch)
-        if on_progress is not None:
-            result = on_progress()
-            if asyncio.iscoroutine(result):
-                await result
+    target = await _TargetFolder.listed(imap, await _ensure_folder(imap, encoded, folder))
+    async for page in pages():
+        await target.hash_sizes({item.size for item in page})
+        pending: list[RestoreItem] = []
+        for item in page:
+            if target.present[item.blob.hash] > 0:
+                target.present[item.blob.hash] -= 1
+                progress.skipped += 1
+                progress.done += 1
+            else:
+                pending.append(item)
+        for batch in batches(pending, count=APPEND_BATCH, max_bytes=APPEND_BATCH_BYTES):
+            answers = await imap.append_many(
+                encoded,
+                [
+                    AppendItem(
+                        flags=b.flags,
+                        internal_date=b.internal_date,
+                        size=b.size,
+                        chunks=_blob_chunks(storage, b.blob),
+                    )
+                    for b in batch
+                ],
+            )
+            for answer in answers:
+                if answer.status != "OK":
+                    raise ImapProtocolError(f"APPEND to {folder!r} failed: {answer.text}")
+            progress.restored += len(batch)
+            progress.done += len(batch)
+            if on_progress is not None:
+                result = on_progress()
+                if asyncio.iscoroutine(result):
+                    await result
 
 
 async def restore_messages(
     *,
     address: str,
-    folders: dict[str, list[RestoreItem]],
+    folders: Mapping[str, ItemPages],
     storage: PackStorage,
     progress: RestoreProgress,
     on_progress: Callable[[], object] | None = None,
@@ -190,11 +211,11 @@ async def restore_messages(
     async def lane() -> None:
         async with master_connection(address, settings) as imap:
             while queue:
-                folder, items = queue.pop(0)
+                folder, pages = queue.pop(0)
                 await restore_folder(
                     imap,
                     folder=folder,
-                    items=items,
+                    pages=pages,
                     storage=storage,
                     progress=progress,
                     on_progress=on_progress,
