@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any, TypeVarTuple, cast
 
 from sqlalchemy import (
+    BigInteger,
     Select,
     Table,
     and_,
@@ -453,11 +454,12 @@ async def close_messages(
     """End the current rows of these UIDs before snapshot `seq`; return what they were."""
     if not uids:
         return []
+    uid = _uid_list(uids)
     rows = await session.scalars(
         update(BackupMessage)
         .where(
             BackupMessage.folder_id == folder_id,
-            BackupMessage.uid.in_(list(uids)),
+            BackupMessage.uid == uid.c.uid,
             BackupMessage.until_seq.is_(None),
         )
         .values(until_seq=seq)
@@ -469,14 +471,20 @@ async def close_messages(
 async def current_flags(
     session: AsyncSession, folder_id: int, uids: Sequence[int]
 ) -> dict[int, list[str]]:
+    uid = _uid_list(uids)
     rows = await session.execute(
-        select(BackupMessage.uid, BackupMessage.flags).where(
-            BackupMessage.folder_id == folder_id,
-            BackupMessage.uid.in_(list(uids)),
-            BackupMessage.until_seq.is_(None),
-        )
+        select(BackupMessage.uid, BackupMessage.flags)
+        .join(uid, BackupMessage.uid == uid.c.uid)
+        .where(BackupMessage.folder_id == folder_id, BackupMessage.until_seq.is_(None))
     )
     return {int(r[0]): list(r[1]) for r in rows}
+
+
+def _uid_list(uids: Sequence[int]) -> Any:
+    """UIDs as a table to join (`unnest`), not an IN list: joined, each UID is one probe of
+    the (folder, UID) index whatever the planner's statistics say. With `IN` and no
+    statistics yet, it read every current row of the folder per batch of UIDs instead."""
+    return func.unnest(literal(list(uids), ARRAY(BigInteger))).table_valued("uid").render_derived()
 
 
 MESSAGE_COPY_FIELDS = (

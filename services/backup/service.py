@@ -16,7 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.backup import repository
 from services.backup import schemas as s
 from services.backup.engine.backup import MailboxOutcome, backup_mailboxes
-from services.backup.engine.restore import RestoreItem, RestoreProgress, restore_messages
+from services.backup.engine.restore import (
+    ItemPages,
+    RestoreItem,
+    RestoreProgress,
+    restore_messages,
+)
 from services.backup.engine.storage import (
     BlobDamaged,
     PackStorage,
@@ -461,28 +466,9 @@ async def _restore_pages(
 
 
 async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = None) -> str:
-    """Carry out a restore job; rerunning it adds nothing already restored."""
+    """Carry out a restore job; rerunning it adds nothing already restored. Whatever stops
+    it, from its first query on, ends the job `failed` with the reason."""
     storage = storage or default_storage()
-    async with unit_of_work() as session:
-        job = await repository.restore_job(session, restore_id, lock=True)
-        if job is None or job.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
-            return "nothing to do"
-        job.status = JobStatus.RUNNING.value
-        job.started_at = job.started_at or datetime.now(UTC)
-        snap = await repository.snapshot(session, job.snapshot_id)
-        target = await repository.mailbox(session, job.target_mailbox_id)
-        assert snap is not None and target is not None
-        address = target.address
-        counts = await repository.snapshot_message_counts(
-            session, snap, folders=job.folders, message_ids=job.message_ids
-        )
-        job.total, job.done, job.restored, job.skipped = sum(counts.values()), 0, 0, 0
-        target_mode = job.target_mode
-        prefix = f"{job.target_folder}/" if job.target_folder else ""
-        folders = {
-            prefix + name: functools.partial(_restore_pages, job.snapshot_id, job.message_ids, name)
-            for name in counts
-        }
     progress = RestoreProgress()
 
     async def report() -> None:
@@ -492,6 +478,10 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
             _record_progress(row, progress)
 
     try:
+        started = await _start_restore(restore_id)
+        if started is None:
+            return "nothing to do"
+        address, folders = started
         await restore_messages(
             address=address,
             folders=folders,
@@ -507,7 +497,8 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
             row.status, row.reason = JobStatus.FAILED.value, reason[:2000]
             _record_progress(row, progress)
             row.finished_at = datetime.now(UTC)
-        log.warning("restore failed", extra={"restore_id": str(restore_id), "mode": target_mode})
+            mode = row.target_mode
+        log.warning("restore failed", extra={"restore_id": str(restore_id), "mode": mode})
         return "failed"
     async with unit_of_work() as session:
         row = await repository.restore_job(session, restore_id, lock=True)
@@ -516,6 +507,34 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
         _record_progress(row, progress)
         row.finished_at = datetime.now(UTC)
     return "succeeded"
+
+
+async def _start_restore(restore_id: uuid.UUID) -> tuple[str, dict[str, ItemPages]] | None:
+    """Mark the job running with its total; the target's address and, by target folder,
+    the pages of messages to restore there. None if the job has ended already."""
+    async with unit_of_work() as session:
+        job = await repository.restore_job(session, restore_id, lock=True)
+        if job is None or job.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
+            return None
+        job.status = JobStatus.RUNNING.value
+        job.started_at = job.started_at or datetime.now(UTC)
+        snap = await repository.snapshot(session, job.snapshot_id)
+        if snap is None:
+            raise LookupError(
+                f"snapshot {job.snapshot_id} no longer exists: retention pruned it after the "
+                "restore was requested; request a restore of a snapshot that is still kept"
+            )
+        target = await repository.mailbox(session, job.target_mailbox_id)
+        assert target is not None  # a foreign key: the mailbox row outlives its jobs
+        counts = await repository.snapshot_message_counts(
+            session, snap, folders=job.folders, message_ids=job.message_ids
+        )
+        job.total, job.done, job.restored, job.skipped = sum(counts.values()), 0, 0, 0
+        prefix = f"{job.target_folder}/" if job.target_folder else ""
+        return target.address, {
+            prefix + name: functools.partial(_restore_pages, job.snapshot_id, job.message_ids, name)
+            for name in counts
+        }
 
 
 def _record_progress(job: RestoreJob, progress: RestoreProgress) -> None:

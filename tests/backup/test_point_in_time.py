@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from services.backup import repository, service
+from services.backup import schemas as s
 from services.backup.engine.backup import backup_mailbox
+from shared.db import unit_of_work
 from tests.backup import helpers
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
@@ -30,3 +33,30 @@ async def test_restore_at_snapshot_one_gives_exactly_its_messages(seed, storage,
     )
     assert (job.snapshot_id, job.status) == (first.id, "succeeded")
     assert await helpers.state(fresh.address) == at_one
+
+
+async def test_a_restore_of_a_snapshot_pruned_meanwhile_fails_saying_so(
+    seed, storage, corpus
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(2))
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    async with unit_of_work() as session:
+        job = await service.request_restore(
+            session,
+            actor=helpers.OPERATOR,
+            data=s.RestoreRequest(
+                mailbox_id=mailbox.id,
+                snapshot_id=snapshot.id,
+                target=s.RestoreTarget(mode="folder", folder="Zurück"),
+            ),
+        )
+        job_id = job.id
+    async with unit_of_work() as session:
+        await repository.delete_snapshots(session, [snapshot.id])
+
+    assert await service.execute_restore(job_id, storage) == "failed"
+    async with unit_of_work() as session:
+        ended = await service.get_restore(session, restore_id=job_id)
+    assert ended.status == "failed"
+    assert f"snapshot {snapshot.id} no longer exists" in (ended.reason or "")
