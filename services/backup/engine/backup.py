@@ -341,7 +341,7 @@ class MailboxBackup:
         settings: Settings,
         connection: AsyncConnection,
         seen_before: bool,
-        catalog_rows: int,
+        catalog_size: int,
     ) -> None:
         self.mailbox_id = mailbox_id
         # Whether the catalog has messages of this mailbox a new UID may be one of (moved,
@@ -359,7 +359,7 @@ class MailboxBackup:
         self._pack: PackWriter | None = None
         self.catalog_rows = 0  # message rows this run wrote
         self._analyzed_rows = 0
-        self._analyze_every = max(ANALYZE_AFTER_ROWS, int(catalog_rows * ANALYZE_SHARE))
+        self._analyze_every = max(ANALYZE_AFTER_ROWS, int(catalog_size * ANALYZE_SHARE))
 
     async def _insert_messages(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
         await repository.insert_messages(session, rows)
@@ -772,7 +772,7 @@ async def backup_mailbox(
             snapshot_id = snap.id
             current = {f.name: f for f in await repository.current_folders(session, mailbox_id)}
             seen_before = await repository.has_messages(session, mailbox_id)
-            catalog_rows = await repository.catalog_size(session)
+            catalog_size = await repository.catalog_size(session)
         job = MailboxBackup(
             mailbox_id=mailbox_id,
             snapshot_id=snapshot_id,
@@ -781,7 +781,7 @@ async def backup_mailbox(
             settings=settings,
             connection=connection,
             seen_before=seen_before,
-            catalog_rows=catalog_rows,
+            catalog_size=catalog_size,
         )
         async with master_connection(address, settings) as imap:
             await job.run(imap, current)

@@ -348,10 +348,10 @@ class ImapConnection:
         """APPEND the items in one round trip (LITERAL+): as one MULTIAPPEND command where
         the server has it, else one APPEND each, pipelined; the answers, one per command.
 
-        MULTIAPPEND matters for large folders: Dovecot ends every APPEND command with a
-        mailbox sync and an fsync, so a message at a time into a Maildir folder of N
-        messages costs O(N) each; one command stores the whole batch in one transaction,
-        and all or nothing of it."""
+        MULTIAPPEND matters for large folders: Dovecot's work per APPEND command grows with
+        the folder (one APPEND a message into one Maildir folder stored 22,436 messages in
+        11 minutes, each slower than the last; MULTIAPPENDs of 500 stored 100,000 in about
+        80 s). It is also one transaction: all of the batch is stored, or none of it."""
         if not items:
             return []
         if "LITERAL+" not in self.capabilities:
