@@ -259,63 +259,7 @@ async def snapshot_messages(
 ) -> list[tuple[BackupMessage, str]]:
     """Messages of a snapshot with their folder names, filtered like a catalog search, in
     (folder, UID) order; `after` (a folder and UID) starts a page after that message."""
-    query = _snapshot_messages(
-        select(BackupMessage, BackupFolder.name),
-        snap,
-        folders=folders,
-        message_ids=message_ids,
-        q=q,
-        sender=sender,
-        since=since,
-        until=until,
-    )
-    if after is not None:
-        query = query.where(tuple_(BackupFolder.name, BackupMessage.uid) > tuple_(*after))
-    query = query.order_by(BackupFolder.name, BackupMessage.uid).offset(offset)
-    if limit is not None:
-        query = query.limit(limit)
-    return [(row[0], row[1]) for row in await session.execute(query)]
-
-
-async def snapshot_message_counts(
-    session: AsyncSession,
-    snap: Snapshot,
-    *,
-    folders: Sequence[str] | None = None,
-    message_ids: Sequence[int] | None = None,
-) -> dict[str, int]:
-    """How many of a snapshot's messages each folder has, filtered as `snapshot_messages`
-    filters them (folders with none left out), in folder order."""
-    query = _snapshot_messages(
-        select(BackupFolder.name, func.count()), snap, folders=folders, message_ids=message_ids
-    )
-    rows = await session.execute(query.group_by(BackupFolder.name).order_by(BackupFolder.name))
-    return {str(name): int(count) for name, count in rows}
-
-
-_Columns = TypeVarTuple("_Columns")
-
-
-def _snapshot_messages(
-    query: Select[*_Columns],
-    snap: Snapshot,
-    *,
-    folders: Sequence[str] | None = None,
-    message_ids: Sequence[int] | None = None,
-    q: str | None = None,
-    sender: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-) -> Select[*_Columns]:
-    query = (
-        query.select_from(BackupMessage)
-        .join(BackupFolder, BackupFolder.id == BackupMessage.folder_id)
-        .where(BackupMessage.mailbox_id == snap.mailbox_id, in_snapshot(BackupMessage, snap.seq))
-    )
-    if folders:
-        query = query.where(BackupFolder.name.in_(list(folders)))
-    if message_ids:
-        query = query.where(BackupMessage.id.in_(list(message_ids)))
+    query = _of_snapshot(select(BackupMessage, BackupFolder.name), snap, folders, message_ids)
     if q:
         pattern = f"%{_escape_like(q)}%"
         query = query.where(
@@ -332,6 +276,48 @@ def _snapshot_messages(
         query = query.where(BackupMessage.internal_date >= since)
     if until is not None:
         query = query.where(BackupMessage.internal_date < until)
+    if after is not None:
+        query = query.where(tuple_(BackupFolder.name, BackupMessage.uid) > tuple_(*after))
+    query = query.order_by(BackupFolder.name, BackupMessage.uid).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return [(row[0], row[1]) for row in await session.execute(query)]
+
+
+async def snapshot_message_counts(
+    session: AsyncSession,
+    snap: Snapshot,
+    *,
+    folders: Sequence[str] | None = None,
+    message_ids: Sequence[int] | None = None,
+) -> dict[str, int]:
+    """How many of the snapshot's messages (of these folders, with these ids) each folder
+    has, in folder order; folders with none are left out."""
+    query = _of_snapshot(select(BackupFolder.name, func.count()), snap, folders, message_ids)
+    rows = await session.execute(query.group_by(BackupFolder.name).order_by(BackupFolder.name))
+    return {str(name): int(count) for name, count in rows}
+
+
+_Columns = TypeVarTuple("_Columns")
+
+
+def _of_snapshot(
+    query: Select[*_Columns],
+    snap: Snapshot,
+    folders: Sequence[str] | None,
+    message_ids: Sequence[int] | None,
+) -> Select[*_Columns]:
+    """`query` over the snapshot's messages joined to their folders, of these folders and
+    with these catalog ids if given."""
+    query = (
+        query.select_from(BackupMessage)
+        .join(BackupFolder, BackupFolder.id == BackupMessage.folder_id)
+        .where(BackupMessage.mailbox_id == snap.mailbox_id, in_snapshot(BackupMessage, snap.seq))
+    )
+    if folders:
+        query = query.where(BackupFolder.name.in_(list(folders)))
+    if message_ids:
+        query = query.where(BackupMessage.id.in_(list(message_ids)))
     return query
 
 

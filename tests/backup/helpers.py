@@ -171,6 +171,20 @@ async def restore(
 ) -> RestoreJob:
     """Request a restore of the snapshot (or the one `at` a time) as an operator, carry it
     out, and return the job as it ended."""
+    job_id = await request_restore(mailbox_id, snapshot_id, target, at=at)
+    await service.execute_restore(job_id, storage)
+    async with unit_of_work() as session:
+        return await service.get_restore(session, restore_id=job_id)
+
+
+async def request_restore(
+    mailbox_id: uuid.UUID,
+    snapshot_id: uuid.UUID | None = None,
+    target: dict[str, Any] | None = None,
+    *,
+    at: datetime | None = None,
+) -> uuid.UUID:
+    """Request a restore as an operator (it waits, queued, to be carried out); its id."""
     async with unit_of_work() as session:
         job = await service.request_restore(
             session,
@@ -182,10 +196,7 @@ async def restore(
                 target=s.RestoreTarget(**(target or {"mode": "original"})),
             ),
         )
-        job_id = job.id
-    await service.execute_restore(job_id, storage)
-    async with unit_of_work() as session:
-        return await service.get_restore(session, restore_id=job_id)
+        return job.id
 
 
 async def message_blob(mailbox_id: uuid.UUID) -> BackupBlob:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from services.backup import repository, service
-from services.backup import schemas as s
 from services.backup.engine.backup import backup_mailbox
 from shared.db import unit_of_work
 from tests.backup import helpers
@@ -41,17 +40,9 @@ async def test_a_restore_of_a_snapshot_pruned_meanwhile_fails_saying_so(
     mailbox = await seed.mailbox("pw-1234567890")
     await helpers.append(mailbox.address, "INBOX", corpus(2))
     snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
-    async with unit_of_work() as session:
-        job = await service.request_restore(
-            session,
-            actor=helpers.OPERATOR,
-            data=s.RestoreRequest(
-                mailbox_id=mailbox.id,
-                snapshot_id=snapshot.id,
-                target=s.RestoreTarget(mode="folder", folder="Zurück"),
-            ),
-        )
-        job_id = job.id
+    job_id = await helpers.request_restore(
+        mailbox.id, snapshot.id, {"mode": "folder", "folder": "Zurück"}
+    )
     async with unit_of_work() as session:
         await repository.delete_snapshots(session, [snapshot.id])
 
