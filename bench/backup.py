@@ -130,11 +130,21 @@ def mailbox_message(rng: random.Random, i: int, mailbox: int, memos: Memos) -> b
     return corpus_message(rng, i, mailbox)
 
 
+def append_item(data: bytes, flags: list[str], when: datetime) -> Any:
+    """An APPEND of `data` (an `AppendItem`; imported late, as every mailops module here)."""
+    from services.backup.engine.imap import AppendItem
+
+    async def once() -> Any:
+        yield data
+
+    return AppendItem(flags=flags, internal_date=when, size=len(data), chunks=once())
+
+
 async def fill(
     addresses: list[str], messages: int, first_index: int = 0, memos: Memos = NO_MEMOS
 ) -> None:
     from services.backup.engine import utf7
-    from services.backup.engine.imap import AppendItem, master_connection, quote
+    from services.backup.engine.imap import master_connection, quote
 
     async def one(index: int, address: str) -> None:
         rng = random.Random(index)
@@ -148,19 +158,10 @@ async def fill(
                     for i in range(base, min(messages, base + 50))
                 ]
                 folder = FOLDERS[(base // 50) % len(FOLDERS)]
-
-                async def once(data: bytes):
-                    yield data
-
                 await imap.append_many(
                     utf7.encode(folder),
                     [
-                        AppendItem(
-                            flags=rng.choice(FLAGS),
-                            internal_date=start + timedelta(minutes=i),
-                            size=len(d),
-                            chunks=once(d),
-                        )
+                        append_item(d, rng.choice(FLAGS), start + timedelta(minutes=i))
                         for i, d in enumerate(batch)
                     ],
                 )
@@ -722,26 +723,16 @@ def small_message(i: int) -> bytes:
 
 
 async def fill_folder(address: str, count: int) -> None:
-    from services.backup.engine.imap import AppendItem, master_connection
+    from services.backup.engine.imap import master_connection
 
     start = datetime(2024, 1, 1, tzinfo=UTC)
-
-    async def once(data: bytes):
-        yield data
-
     async with master_connection(address) as imap:
         for base in range(0, count, 500):
-            batch = [small_message(i) for i in range(base, min(count, base + 500))]
             await imap.append_many(
                 "INBOX",
                 [
-                    AppendItem(
-                        flags=[],
-                        internal_date=start + timedelta(seconds=base + k),
-                        size=len(d),
-                        chunks=once(d),
-                    )
-                    for k, d in enumerate(batch)
+                    append_item(small_message(i), [], start + timedelta(seconds=i))
+                    for i in range(base, min(count, base + 500))
                 ],
             )
 

@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, TEXT
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import TableValuedAlias
 
 from services.backup.engine.storage import Sealed, StoredBlob
 from shared.models import Department, Mailbox, MailboxStatus
@@ -466,7 +467,7 @@ async def current_flags(
     return {int(r[0]): list(r[1]) for r in rows}
 
 
-def _uid_list(uids: Sequence[int]) -> Any:
+def _uid_list(uids: Sequence[int]) -> TableValuedAlias:
     """UIDs as a table to join (`unnest`), not an IN list: joined, each UID is one probe of
     the (folder, UID) index whatever the planner's statistics say. With `IN` and no
     statistics yet, it read every current row of the folder per batch of UIDs instead."""
