@@ -548,6 +548,9 @@ def _group_reason(group: BaseExceptionGroup[BaseException]) -> str:
 # ---------------------------------------------------------------- export
 
 
+EXPORT_PAGE = 200
+
+
 async def export_mbox(
     snapshot_id: uuid.UUID, folders: list[str] | None, storage: PackStorage | None = None
 ) -> AsyncIterator[bytes]:
@@ -558,7 +561,7 @@ async def export_mbox(
         async with unit_of_work() as session:
             snap = await get_snapshot(session, snapshot_id=snapshot_id)
             page = await repository.snapshot_messages(
-                session, snap, folders=folders, after=after, limit=200
+                session, snap, folders=folders, after=after, limit=EXPORT_PAGE
             )
             blobs = await repository.blobs(session, [m.blob_hash for m, _ in page])
         if not page:

@@ -131,3 +131,24 @@ async def test_a_run_that_writes_many_catalog_rows_refreshes_the_planners_statis
     )
     rows = await db_session.scalar(text("SELECT count(*) FROM backup_messages"))
     assert estimate == rows - 4
+
+
+async def test_an_export_paged_across_folders_holds_every_message_once_in_order(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    monkeypatch.setattr(service, "EXPORT_PAGE", 2)
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(3))
+    await helpers.append(mailbox.address, "Projekte/Übersicht", corpus(2, seed=9))
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+
+    async def folders_of(chosen: list[str] | None) -> list[str]:
+        mbox = b"".join([chunk async for chunk in service.export_mbox(snapshot.id, chosen)])
+        return [
+            line.removeprefix(b"X-Mailops-Folder: ").decode()
+            for line in mbox.split(b"\n")
+            if line.startswith(b"X-Mailops-Folder: ")
+        ]
+
+    assert await folders_of(None) == ["INBOX"] * 3 + ["Projekte/Übersicht"] * 2
+    assert await folders_of(["Projekte/Übersicht"]) == ["Projekte/Übersicht"] * 2
