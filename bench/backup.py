@@ -41,12 +41,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import private_environment, tree_cpu  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from services.backup.engine.imap import AppendItem
 
 FOLDERS = ("INBOX", "Sent", "Archive", "Projekte/Überblick")
 FLAGS = ([], ["\\Seen"], ["\\Seen", "\\Answered"], ["\\Seen", "$Label1"], ["\\Flagged"])
@@ -130,11 +135,11 @@ def mailbox_message(rng: random.Random, i: int, mailbox: int, memos: Memos) -> b
     return corpus_message(rng, i, mailbox)
 
 
-def append_item(data: bytes, flags: list[str], when: datetime) -> Any:
-    """An APPEND of `data` (an `AppendItem`; imported late, as every mailops module here)."""
+def append_item(data: bytes, flags: list[str], when: datetime) -> AppendItem:
+    """An APPEND of `data` (imported late, as every mailops module here)."""
     from services.backup.engine.imap import AppendItem
 
-    async def once() -> Any:
+    async def once() -> AsyncIterator[bytes]:
         yield data
 
     return AppendItem(flags=flags, internal_date=when, size=len(data), chunks=once())

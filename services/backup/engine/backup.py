@@ -357,13 +357,12 @@ class MailboxBackup:
         self.counters = BackupCounters()
         self.folder_states: dict[int, tuple[int, int]] = {}
         self._pack: PackWriter | None = None
-        self.catalog_rows = 0  # message rows this run wrote
-        self._analyzed_rows = 0
+        self._rows_unanalyzed = 0  # message rows this run wrote since its last ANALYZE
         self._analyze_every = max(ANALYZE_AFTER_ROWS, int(catalog_size * ANALYZE_SHARE))
 
     async def _insert_messages(self, session: AsyncSession, rows: list[dict[str, Any]]) -> None:
         await repository.insert_messages(session, rows)
-        self.catalog_rows += len(rows)
+        self._rows_unanalyzed += len(rows)
 
     async def _keep_statistics(self) -> None:
         """ANALYZE the catalog once this run has written ANALYZE_AFTER_ROWS rows, or a tenth
@@ -371,9 +370,9 @@ class MailboxBackup:
         The planner's plans come from statistics: until autovacuum gets to a table that grew
         fast (or where it is off), they are of an empty catalog, one blob lookup became a
         scan of every blob, and every 1,000-UID batch of a sync a scan of its folder."""
-        if self.catalog_rows - self._analyzed_rows < self._analyze_every:
+        if self._rows_unanalyzed < self._analyze_every:
             return
-        self._analyzed_rows = self.catalog_rows
+        self._rows_unanalyzed = 0
         try:
             await repository.analyze_catalog(self.connection)
         except Exception:  # statistics only make the next queries faster
