@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from arq import create_pool, cron
 from arq.connections import ArqRedis, RedisSettings
+from arq.jobs import Job
+from arq.jobs import JobStatus as ArqStatus
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import after_commit
@@ -98,6 +101,31 @@ def enqueue_after_commit(
         await enqueue(service, function, job_id=job_id, **kwargs)
 
     after_commit(session, send)
+
+
+@dataclass(frozen=True)
+class JobState:
+    """Where arq has a job: `alive` while it is queued, deferred or running; `error` is the
+    exception a finished job raised (its type and message), if it raised one."""
+
+    alive: bool
+    error: str | None = None
+
+
+async def job_state(service: str, job_id: str) -> JobState:
+    """What the queue knows of a job. Not alive is either finished (its result kept for
+    `keep_result`) or unknown: never enqueued, or its result expired."""
+    job = Job(job_id, await get_pool(), _queue_name=queue_name(service), _deserializer=deserialize)
+    status = await job.status()
+    if status is not ArqStatus.complete:
+        return JobState(alive=status is not ArqStatus.not_found)
+    result = await job.result_info()
+    if result is None or result.success:
+        return JobState(alive=False)
+    error = result.result
+    if isinstance(error, dict):  # as `_json_default` stored it
+        error = f"{error.get('error')}: {error.get('message')}".rstrip(": ")
+    return JobState(alive=False, error=str(error))
 
 
 def heartbeat_key(service: str) -> str:

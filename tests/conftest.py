@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -183,12 +184,13 @@ async def api_key_for(db_session: AsyncSession) -> Callable[..., Awaitable[str]]
     return make
 
 
-async def run_worker(service: str = "provisioning") -> None:
-    """Run the service's worker until its queue is empty (arq burst mode)."""
+async def run_worker(service: str = "provisioning", **overrides: Any) -> None:
+    """Run the service's worker until its queue is empty (arq burst mode); `overrides` are
+    WorkerSettings to change, e.g. `job_timeout`."""
     from arq.worker import Worker
 
     settings = importlib.import_module(f"services.{service}.worker").WorkerSettings
-    worker = Worker(**{**settings, "burst": True, "poll_delay": 0.01, "cron_jobs": []})
+    worker = Worker(**{**settings, "burst": True, "poll_delay": 0.01, "cron_jobs": [], **overrides})
     try:
         await worker.main()
     finally:

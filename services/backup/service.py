@@ -44,7 +44,7 @@ from shared.models.backup import (
     SnapshotStatus,
     VerifyRun,
 )
-from shared.queue import enqueue_after_commit
+from shared.queue import enqueue_after_commit, job_state
 from shared.settings import get_settings
 
 log = logging.getLogger("mailops.backup")
@@ -333,7 +333,9 @@ async def _mailboxes_of(run: BackupRun) -> list[uuid.UUID]:
 
 
 async def execute_backup_run(run_id: uuid.UUID, storage: PackStorage | None = None) -> str:
-    """Back up every mailbox of the run, several at once; idempotent if rerun after a crash."""
+    """Back up every mailbox of the run, several at once; idempotent if rerun after a crash.
+    A mailbox's failure is counted and the others go on; an error outside any one mailbox
+    (the database gone for a moment, say) ends the run `failed` with the reason."""
     storage = storage or default_storage()
     async with unit_of_work() as session:
         run = await repository.backup_run(session, run_id, lock=True)
@@ -343,11 +345,6 @@ async def execute_backup_run(run_id: uuid.UUID, storage: PackStorage | None = No
         run.started_at = run.started_at or datetime.now(UTC)
         run.mailboxes_done = run.mailboxes_failed = 0
         run.messages_fetched = run.bytes_read = run.bytes_stored = 0
-    mailbox_ids = await _mailboxes_of(run)
-    async with unit_of_work() as session:
-        locked = await repository.backup_run(session, run_id, lock=True)
-        assert locked is not None
-        locked.mailboxes_total = len(mailbox_ids)
     failures: list[str] = []
 
     async def record(outcomes: list[MailboxOutcome]) -> None:
@@ -364,18 +361,34 @@ async def execute_backup_run(run_id: uuid.UUID, storage: PackStorage | None = No
                     row.bytes_read += outcome.counters.bytes_read
                     row.bytes_stored += outcome.counters.bytes_stored
 
-    await backup_mailboxes(mailbox_ids=mailbox_ids, run_id=run_id, storage=storage, on_done=record)
+    stopped: str | None = None
+    try:
+        mailbox_ids = await _mailboxes_of(run)
+        async with unit_of_work() as session:
+            locked = await repository.backup_run(session, run_id, lock=True)
+            assert locked is not None
+            locked.mailboxes_total = len(mailbox_ids)
+        await backup_mailboxes(
+            mailbox_ids=mailbox_ids, run_id=run_id, storage=storage, on_done=record
+        )
+    except Exception as exc:
+        log.warning("backup run stopped", extra={"run_id": str(run_id)}, exc_info=True)
+        stopped = f"{type(exc).__name__}: {exc}"
     async with unit_of_work() as session:
         row = await repository.backup_run(session, run_id, lock=True)
         assert row is not None
-        row.finished_at = datetime.now(UTC)
+        reasons = []
+        if stopped is not None:
+            reasons.append(f"the run stopped with {row.mailboxes_done} backed up: {stopped}")
         if failures:
-            row.status = JobStatus.FAILED.value
-            row.reason = f"{len(failures)} of {len(mailbox_ids)} mailboxes failed: " + "; ".join(
-                failures[:5]
+            reasons.append(
+                f"{len(failures)} of {row.mailboxes_total} mailboxes failed: "
+                + "; ".join(failures[:5])
             )
+        if reasons:
+            _end_failed(row, "; ".join(reasons))
         else:
-            row.status = JobStatus.SUCCEEDED.value
+            row.status, row.finished_at = JobStatus.SUCCEEDED.value, datetime.now(UTC)
         return row.status
 
 
@@ -494,9 +507,8 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
         async with unit_of_work() as session:
             row = await repository.restore_job(session, restore_id, lock=True)
             assert row is not None
-            row.status, row.reason = JobStatus.FAILED.value, reason[:2000]
             _record_progress(row, progress)
-            row.finished_at = datetime.now(UTC)
+            _end_failed(row, reason)
             mode = row.target_mode
         log.warning("restore failed", extra={"restore_id": str(restore_id), "mode": mode})
         return "failed"
@@ -586,6 +598,54 @@ def _mbox_entry(data: bytes, when: datetime, folder: str, flags: list[str]) -> b
     if not data.endswith(b"\n"):
         out += b"\n"
     return bytes(out)
+
+
+# ---------------------------------------------------------------- jobs the worker left open
+
+# Long enough for `enqueue_after_commit` to have sent a job its row committed.
+ENQUEUE_GRACE = timedelta(minutes=2)
+
+Job = BackupRun | RestoreJob | VerifyRun
+
+
+def _end_failed(row: Job, reason: str) -> None:
+    row.status, row.reason = JobStatus.FAILED.value, reason[:2000]
+    row.finished_at = datetime.now(UTC)
+
+
+def queue_job_id(row: Job) -> str:
+    """The arq job id that carries out a row (the ids `enqueue_after_commit` was given)."""
+    if isinstance(row, RestoreJob):
+        return f"restore:{row.id}"
+    if isinstance(row, VerifyRun):
+        return f"verify:{row.id}"
+    if row.scope == BackupScope.FINAL.value:
+        return f"final-backup:{row.mailbox_id}"  # enqueued by provisioning, per mailbox
+    return f"backup-run:{row.id}"
+
+
+async def fail_abandoned_jobs(now: datetime | None = None) -> int:
+    """End `failed`, with the reason, each queued or running job whose arq job is gone.
+
+    A job arq stopped (its timeout, or a crash more times than its retries allow) or that
+    never reached the queue would otherwise stay open for ever: an open scheduled run keeps
+    its department from being scheduled again, and an open run keeps prune from running. A
+    worker that merely died leaves its job on the queue, and arq runs it again: that one is
+    alive and left alone. Returns how many were ended.
+    """
+    now = now or datetime.now(UTC)
+    ended = 0
+    async with unit_of_work() as session:
+        for row in await repository.open_jobs(session, created_before=now):
+            state = await job_state("backup", queue_job_id(row))
+            if state.alive or (state.error is None and row.created_at > now - ENQUEUE_GRACE):
+                continue
+            how = f"its job ended with {state.error}" if state.error else "its job is gone"
+            _end_failed(row, f"abandoned while {row.status}: {how}; request it again")
+            ended += 1
+    if ended:
+        log.warning("abandoned jobs ended failed", extra={"count": ended})
+    return ended
 
 
 # ---------------------------------------------------------------- verify and prune

@@ -35,7 +35,10 @@ async def run_verify(ctx: dict[str, Any], verify_id: str) -> str:
 
 
 async def schedule_backups(ctx: dict[str, Any]) -> int:
-    """Cron: enqueue a backup for every mailbox whose policy interval has passed."""
+    """Cron: end the jobs the worker left open, then enqueue a backup for every mailbox
+    whose policy interval has passed (an abandoned scheduled run no longer holds its
+    department back)."""
+    await service.fail_abandoned_jobs()
     return await service.schedule_due_backups()
 
 

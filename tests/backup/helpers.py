@@ -26,7 +26,7 @@ from services.backup.engine.storage import LocalPackStorage, PackStorage
 from shared.auth import Principal
 from shared.db import unit_of_work
 from shared.models import Role
-from shared.models.backup import BackupBlob, BackupMessage, RestoreJob, Snapshot
+from shared.models.backup import BackupBlob, BackupMessage, BackupRun, RestoreJob, Snapshot
 
 DEFAULT_FOLDERS = {"INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive"}
 OPERATOR = Principal(id=uuid.uuid4(), name="test-operator", role=Role.OPERATOR)
@@ -226,3 +226,22 @@ def corrupted(storage: PackStorage, blob: BackupBlob) -> Iterator[None]:
     finally:
         data[at] ^= 0xFF
         path.write_bytes(bytes(data))
+
+
+async def scheduled_runs(department_ids: set[uuid.UUID]) -> list[BackupRun]:
+    async with unit_of_work() as session:
+        runs = (
+            await session.scalars(select(BackupRun).where(BackupRun.scope == "scheduled"))
+        ).all()
+    return [r for r in runs if r.department_id in department_ids]
+
+
+async def set_aside_other_scheduled_runs(department_ids: set[uuid.UUID]) -> None:
+    """Other tests' mailboxes are due too: their runs end as no-ops if a worker meets them."""
+    async with unit_of_work() as session:
+        queued = select(BackupRun).where(
+            BackupRun.scope == "scheduled", BackupRun.status == "queued"
+        )
+        for run in await session.scalars(queued):
+            if run.department_id not in department_ids:
+                run.status, run.reason = "failed", "set aside by a test"

@@ -63,25 +63,6 @@ async def test_prune_removes_expired_snapshots_and_then_unreferenced_blobs(
     assert first.id not in left
 
 
-async def _scheduled_runs(department_ids: set[uuid.UUID]) -> list[BackupRun]:
-    async with unit_of_work() as session:
-        runs = (
-            await session.scalars(select(BackupRun).where(BackupRun.scope == "scheduled"))
-        ).all()
-    return [r for r in runs if r.department_id in department_ids]
-
-
-async def _set_aside_other_scheduled_runs(department_ids: set[uuid.UUID]) -> None:
-    """Other tests' mailboxes are due too: their runs end as no-ops if a worker meets them."""
-    async with unit_of_work() as session:
-        queued = select(BackupRun).where(
-            BackupRun.scope == "scheduled", BackupRun.status == "queued"
-        )
-        for run in await session.scalars(queued):
-            if run.department_id not in department_ids:
-                run.status, run.reason = "failed", "set aside by a test"
-
-
 @pytest.mark.usefixtures("mail_stack")
 async def test_the_schedule_backs_up_each_departments_due_mailboxes_in_one_run(
     seed, storage
@@ -95,19 +76,19 @@ async def test_the_schedule_backs_up_each_departments_due_mailboxes_in_one_run(
     ours = {hourly.id, daily.id}
 
     assert await service.schedule_due_backups() >= 2
-    await _set_aside_other_scheduled_runs(ours)
-    runs = {r.department_id: r for r in await _scheduled_runs(ours)}
+    await helpers.set_aside_other_scheduled_runs(ours)
+    runs = {r.department_id: r for r in await helpers.scheduled_runs(ours)}
     assert set(runs) == ours and all(r.status == "queued" for r in runs.values())
     await service.schedule_due_backups()  # open runs: nothing new for these departments
-    assert len(await _scheduled_runs(ours)) == 2
+    assert len(await helpers.scheduled_runs(ours)) == 2
 
     for run in runs.values():
         assert await service.execute_backup_run(run.id, storage) == "succeeded"
     assert await _backed_up_by(runs[hourly.id].id) == {due_1.id, due_2.id}  # not `fresh`
     assert await _backed_up_by(runs[daily.id].id) == {never.id}
     await service.schedule_due_backups()
-    await _set_aside_other_scheduled_runs(ours)
-    assert len(await _scheduled_runs(ours)) == 2, "nothing of theirs is due right after"
+    await helpers.set_aside_other_scheduled_runs(ours)
+    assert len(await helpers.scheduled_runs(ours)) == 2, "nothing of theirs is due right after"
 
 
 async def _backed_up_by(run_id: uuid.UUID) -> set[uuid.UUID]:
