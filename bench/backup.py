@@ -380,14 +380,15 @@ def child(phase: str, argument: str) -> None:
     print(json.dumps(result))
 
 
-def run_child(phase: str, argument: object) -> dict[str, object]:
+def run_child(phase: str, argument: object, root: Path = ROOT) -> dict[str, object]:
+    """A phase in a new process, from this checkout or the one at `root`."""
     settle_disk()
     out = subprocess.run(
-        [sys.executable, __file__, "--phase", phase, json.dumps(argument)],
+        [sys.executable, str(root / "bench" / "backup.py"), "--phase", phase, json.dumps(argument)],
         check=True,
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=root,
     )
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -473,6 +474,14 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def baseline_backup(root: Path, sources: list[tuple[str, str]], work: Path) -> float:
+    """The checkout at `root`'s full backup of the corpus, from empty, leaving the store empty."""
+    asyncio.run(forget_backups(work / "state" / "backup"))
+    seconds = float(str(run_child("backup", [m for m, _ in sources], root)["seconds"]))
+    asyncio.run(forget_backups(work / "state" / "backup"))
+    return seconds
+
+
 async def forget_backups(store: Path) -> None:
     """Empty the catalog and the pack store: the next backup is a full one again."""
     from sqlalchemy import text
@@ -523,6 +532,12 @@ def main() -> None:
         default=0.0,
         help="share of each mailbox's messages that are internal memos, in about "
         f"{COPIES_PER_MEMO} mailboxes each (default 0: every message in one mailbox only)",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of another commit (e.g. `git worktree add /tmp/before HEAD~1`) whose "
+        "full backup also runs in each (a) round, on the same corpus: before and after in one run",
     )
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("argument", nargs="?", help=argparse.SUPPRESS)
@@ -586,6 +601,7 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], dovecot: int 
     # (a) alternates the two tools from empty, --full-rounds times: one pull's time moves by
     # a third from run to run on this machine, so the table shows the medians.
     full_rounds: list[tuple[float, float]] = []
+    baseline_rounds: list[float] = []
     full_peak = 0.0
     for round_ in range(args.full_rounds):
         if round_:
@@ -597,9 +613,16 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], dovecot: int 
             asyncio.run(forget_backups(work / "state" / "backup"))
         with CpuMeter(dovecot) as theirs_cpu:
             mbsync_full = timed(["mbsync", "-c", str(pull), "-a", "-q"])
+        # The baseline goes first in even rounds, last in odd ones; in the last round first,
+        # so that (b) and (c) start from this checkout's store.
+        baseline_last = round_ % 2 == 1 and round_ < args.full_rounds - 1
+        if args.baseline and not baseline_last:
+            baseline_rounds.append(baseline_backup(args.baseline, sources, work))
         with CpuMeter(dovecot) as ours_cpu:
             full = run_child("backup", [m for m, _ in sources])
         full_rounds.append((float(str(full["seconds"])), mbsync_full))
+        if args.baseline and baseline_last:
+            baseline_rounds.append(baseline_backup(args.baseline, sources, work))
         full_peak = max(full_peak, float(str(full["peak_rss_mb"])))
     mbsync_again = statistics.median(
         timed(["mbsync", "-c", str(pull), "-a", "-q"]) for _ in range(ROUNDS)
@@ -680,6 +703,17 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], dovecot: int 
         f"(wall {mbsync_full:.1f}), its Dovecot {theirs_cpu.used['Dovecot']:.1f}, "
         f"PostgreSQL {theirs_cpu.used['PostgreSQL']:.1f}.",
     ]
+    if baseline_rounds:
+        lines += [
+            "",
+            f"(a) against the baseline {args.baseline}, round by round: "
+            + ", ".join(
+                f"{o:.2f} s vs {b:.2f} s ({o / b:.2f}x)"
+                for (o, _), b in zip(full_rounds, baseline_rounds, strict=True)
+            )
+            + f"; medians {statistics.median(o for o, _ in full_rounds):.2f} s vs "
+            f"{statistics.median(baseline_rounds):.2f} s.",
+        ]
     if scaling:
         lines += ["", scaling]
     if big:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import uuid
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select
 
-from services.backup import service
-from services.backup.engine.storage import PackStorage
+from services.backup import repository, service
+from services.backup.engine.backup import backup_mailbox
+from services.backup.engine.storage import LocalPackStorage, PackStorage, PackWriter
 from shared.db import unit_of_work
 from shared.models.backup import (
     BackupMessage,
@@ -106,3 +109,74 @@ async def test_killed_backup_reruns_to_completion_and_verify_reports_corruption_
     assert report["blob"] == bytes(blob.hash).hex()
     assert [m["mailbox_id"] for m in report["mailboxes"]] == [str(mailbox.id)]
     assert report["mailboxes"][0]["snapshot_ids"] == [str(snapshots[0].id)]
+
+
+class _WatchedWriter(PackWriter):
+    """A local pack writer that records how far each pack is durable, and checks that no
+    two threads use it at once."""
+
+    def __init__(self, inner: PackWriter, durable: dict[uuid.UUID, int]) -> None:
+        self._inner, self._durable, self._busy = inner, durable, False
+        self.pack_id = inner.pack_id
+        durable[self.pack_id] = 0
+
+    @property  # type: ignore[override]
+    def size(self) -> int:
+        return self._inner.size
+
+    def _use(self, step, *args):
+        assert not self._busy, "two threads on one pack writer"
+        self._busy = True
+        try:
+            return step(*args)
+        finally:
+            self._busy = False
+
+    def append(self, data: bytes) -> int:
+        return self._use(self._inner.append, data)
+
+    def truncate(self, size: int) -> None:
+        self._use(self._inner.truncate, size)
+
+    def sync(self) -> None:
+        size = self._inner.size
+        self._use(self._inner.sync)
+        self._durable[self.pack_id] = size
+
+    def close(self) -> None:
+        self._use(self._inner.close)
+
+
+class _WatchedStorage(LocalPackStorage):
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.durable: dict[uuid.UUID, int] = {}
+
+    def create(self) -> PackWriter:
+        return _WatchedWriter(super().create(), self.durable)
+
+
+async def test_the_catalog_names_a_blob_only_once_its_pack_bytes_are_durable(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    """The fsync of one batch overlaps the next batch's work, but a blob row, which any
+    other mailbox's snapshot may come to share, is never written before its bytes are."""
+    watched = _WatchedStorage(storage.root)
+    mailbox = await seed.mailbox("pw-1234567890")
+    when = datetime(2024, 5, 1, tzinfo=UTC)
+    large = b"Subject: large\r\n\r\n" + b"x" * (5 << 20)  # over one frame: streamed alone
+    await helpers.append(mailbox.address, "INBOX", [*corpus(180, seed=21), (large, [], when)])
+    recorded: list[dict[str, object]] = []
+    insert_blobs = repository.insert_blobs
+
+    async def checked_insert_blobs(session, rows) -> None:
+        for row in rows:
+            end = int(row["offset"]) + int(row["length"])
+            assert end <= watched.durable[row["pack_id"]], "a blob row ahead of its fsync"
+        recorded.extend(rows)
+        await insert_blobs(session, rows)
+
+    monkeypatch.setattr(repository, "insert_blobs", checked_insert_blobs)
+    snapshot, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=watched)
+    assert snapshot.message_count == 181 and counters.messages_fetched == 181
+    assert len(recorded) >= 181  # every message (bodies of 32 KiB and more apart)
