@@ -159,8 +159,8 @@ class _WatchedStorage(LocalPackStorage):
 async def test_the_catalog_names_a_blob_only_once_its_pack_bytes_are_durable(
     seed, storage, corpus, monkeypatch
 ) -> None:
-    """The fsync of one batch overlaps the next batch's work, but a blob row, which any
-    other mailbox's snapshot may come to share, is never written before its bytes are."""
+    """A blob row, which any other mailbox's snapshot may come to share, is written only
+    once the bytes it names are fsynced; and no two threads use one pack writer."""
     watched = _WatchedStorage(storage.root)
     mailbox = await seed.mailbox("pw-1234567890")
     when = datetime(2024, 5, 1, tzinfo=UTC)

@@ -229,19 +229,6 @@ class _Fresh(NamedTuple):
     size: int
 
 
-class _Written(NamedTuple):
-    """A batch whose blobs are in the pack, with the fsync that makes them durable under way;
-    its catalog rows wait for that fsync (a blob row must never point at data a crash could
-    lose: another mailbox's snapshot may come to share it)."""
-
-    synced: asyncio.Task[None] | None  # None: the batch wrote no blob
-    pack_id: uuid.UUID | None
-    pack_size: int
-    blob_rows: list[dict[str, Any]]
-    message_rows: list[dict[str, Any]]
-    hashes: frozenset[bytes]  # its blobs, to count as stored for the batch after it
-
-
 def _seal_all(blobs: Sequence[_Fresh], key_id: str, level: int) -> list[bytes]:
     compressor = zstandard.ZstdCompressor(level=level)
     return [seal_frames(b.plain, key_id=key_id, level=level, compressor=compressor) for b in blobs]
@@ -370,7 +357,6 @@ class MailboxBackup:
         self.counters = BackupCounters()
         self.folder_states: dict[int, tuple[int, int]] = {}
         self._pack: PackWriter | None = None
-        self._written: _Written | None = None  # the batch before the one being stored
         self._rows_unanalyzed = 0  # message rows this run wrote since its last ANALYZE
         self._analyze_every = max(ANALYZE_AFTER_ROWS, int(catalog_size * ANALYZE_SHARE))
 
@@ -407,15 +393,11 @@ class MailboxBackup:
                 ):
                     continue
                 await self._sync_folder(imap, status, previous)
-            await self._catalogue_written()
             if current:
                 async with _transaction(self.connection) as session:
                     for gone in current.values():
                         await repository.close_folder(session, gone.id, self.seq)
         finally:
-            written, self._written = self._written, None
-            if written is not None and written.synced is not None:
-                await asyncio.wait([written.synced])  # its thread is using the pack
             if self._pack is not None:
                 await asyncio.to_thread(self._pack.close)
 
@@ -595,8 +577,6 @@ class MailboxBackup:
             stored = await repository.existing_blobs(
                 session, [h.digest for h in hashes] + [h.body[1] for h in hashes if h.body]
             )
-        if self._written is not None:
-            stored |= self._written.hashes
         fresh: dict[bytes, _Fresh] = {}
         for hashed, message in zip(hashes, data, strict=True):
             if hashed.digest in stored or hashed.digest in fresh:
@@ -613,38 +593,19 @@ class MailboxBackup:
         sealed = await asyncio.to_thread(
             _seal_all, blobs, self.settings.backup_key_id, self.settings.backup_zstd_level
         )
-        # The previous batch's fsync ran while this one was hashed and sealed. Its rows go in
-        # before this batch touches the pack: a writer is used from one thread at a time.
-        await self._catalogue_written()
-        blob_rows = await self._append(list(zip(blobs, sealed, strict=True)))
+        blob_rows = await self._write(list(zip(blobs, sealed, strict=True)))
         self.counters.messages_fetched += len(data)
         self.counters.bytes_read += sum(len(b) for b in data)
         rows = [
             self._message_row(folder_id, meta, hashed.digest, len(message), fields)
             for meta, hashed, fields, message in zip(present, hashes, envelopes, data, strict=True)
         ]
-        pack = self._pack if blob_rows else None
-        self._written = _Written(
-            synced=asyncio.create_task(asyncio.to_thread(pack.sync)) if pack else None,
-            pack_id=pack.pack_id if pack else None,
-            pack_size=pack.size if pack else 0,
-            blob_rows=blob_rows,
-            message_rows=rows,
-            hashes=frozenset(fresh),
-        )
-
-    async def _catalogue_written(self) -> None:
-        """Once the previous batch's blobs are durable, record them and its messages."""
-        written, self._written = self._written, None
-        if written is None:
-            return
-        if written.synced is not None:
-            await written.synced
         async with _transaction(self.connection) as session:
-            if written.pack_id is not None:
-                await repository.record_pack(session, written.pack_id, written.pack_size)
-                await repository.insert_blobs(session, written.blob_rows)
-            await self._insert_messages(session, written.message_rows)
+            if blob_rows:
+                assert self._pack is not None
+                await repository.record_pack(session, self._pack.pack_id, self._pack.size)
+                await repository.insert_blobs(session, blob_rows)
+            await self._insert_messages(session, rows)
 
     def _message_row(
         self, folder_id: int, meta: _Meta, blob_hash: bytes, size: int, fields: dict[str, Any]
@@ -684,7 +645,6 @@ class MailboxBackup:
         }
 
     async def _pack_writer(self) -> PackWriter:
-        """The pack to append to (callers have catalogued the batch whose fsync was on it)."""
         if self._pack is not None and self._pack.size >= PACK_TARGET_BYTES:
             await asyncio.to_thread(self._pack.close)
             self._pack = None
@@ -692,8 +652,8 @@ class MailboxBackup:
             self._pack = await asyncio.to_thread(self.storage.create)
         return self._pack
 
-    async def _append(self, sealed: list[tuple[_Fresh, bytes]]) -> list[dict[str, Any]]:
-        """Append sealed blobs to the pack (not yet fsynced); return their catalog rows."""
+    async def _write(self, sealed: list[tuple[_Fresh, bytes]]) -> list[dict[str, Any]]:
+        """Append sealed blobs to the pack and fsync; return their catalog rows."""
         if not sealed:
             return []
         pack = await self._pack_writer()
@@ -707,6 +667,7 @@ class MailboxBackup:
                         blob.digest, pack, offset, len(stored), blob.size, blob.body_digest
                     )
                 )
+            pack.sync()
             return rows
 
         rows = await asyncio.to_thread(write)
@@ -716,7 +677,6 @@ class MailboxBackup:
     async def _store_large(self, imap: ImapConnection, folder_id: int, meta: _Meta) -> None:
         """A message over one frame: fetched, hashed, sealed and written a chunk at a time.
         Its body is written as a blob of its own, then its header section after it."""
-        await self._catalogue_written()  # this path writes, truncates and syncs the pack itself
         pack = await self._pack_writer()
         start = pack.size
         whole, body = hashlib.sha256(), hashlib.sha256()
