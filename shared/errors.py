@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -73,6 +74,47 @@ class Unavailable(DomainError):
     status, code, title = 503, "unavailable", "Service unavailable"
 
 
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string", "description": "Stable, for programs to branch on"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
+        },
+    },
+}
+_PROBLEMS = {
+    400: "Malformed request body (not JSON)",
+    401: "No or unknown API key",
+    403: "Role or department not allowed",
+    404: "Not found",
+    409: "Conflicts with the current state",
+    410: "Gone: used, expired or superseded",
+    422: "Invalid input (the problem names the field)",
+    503: "The mail server or another service it needs did not answer; retry later",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses: each an RFC 9457 problem+json body."""
+    return {
+        status: {
+            "description": _PROBLEMS[status],
+            "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}},
+        }
+        for status in statuses
+    }
+
+
 def problem_response(
     status: int, body: dict[str, Any], headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -111,9 +153,26 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def _allowed_methods(request: Request) -> str:
+    """Every method the OpenAPI document gives the request's path, and HEAD with GET.
+    Starlette's own `Allow` names only the first route that matched the path, and each
+    method of a path is a route of its own here."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = "[^/]+".join(re.escape(part) for part in re.split(r"\{[^}/]+\}", template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
     return problem_response(
         exc.status_code,
         {
@@ -123,7 +182,7 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
             "detail": str(exc.detail),
             "code": code,
         },
-        getattr(exc, "headers", None),
+        headers,
     )
 
 

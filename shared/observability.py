@@ -23,6 +23,14 @@ from shared.db import get_engine
 from shared.queue import get_pool
 
 HEALTH_JSON = "application/health+json"
+
+
+class HealthResponse(JSONResponse):
+    """A health document (draft-inadarei-api-health-check), documented under its own type."""
+
+    media_type = HEALTH_JSON
+
+
 READINESS_TIMEOUT_SECONDS = 2.0
 
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -94,18 +102,17 @@ def install_observability(
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     router = APIRouter(tags=["operations"])
 
-    @router.get("/livez", summary="The process is alive")
-    async def livez() -> JSONResponse:
-        return JSONResponse(
-            {"status": "pass", "serviceId": f"mailops-{service}"}, media_type=HEALTH_JSON
-        )
+    @router.get("/livez", summary="The process is alive", response_class=HealthResponse)
+    async def livez() -> HealthResponse:
+        return HealthResponse({"status": "pass", "serviceId": f"mailops-{service}"})
 
     @router.get(
         "/readyz",
         summary="The service can reach its database and queue",
-        responses={503: {"description": "A dependency is down"}},
+        response_class=HealthResponse,
+        responses={503: {"description": "A dependency is down", "content": {HEALTH_JSON: {}}}},
     )
-    async def readyz() -> JSONResponse:
+    async def readyz() -> HealthResponse:
         names = list(readiness)
         results = await asyncio.gather(*(_run_check(readiness[n]) for n in names))
         checks = {
@@ -117,7 +124,7 @@ def install_observability(
             "serviceId": f"mailops-{service}",
             "checks": checks,
         }
-        return JSONResponse(body, status_code=200 if ok else 503, media_type=HEALTH_JSON)
+        return HealthResponse(body, status_code=200 if ok else 503)
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics_endpoint() -> Response:

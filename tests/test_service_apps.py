@@ -60,12 +60,11 @@ def private_redis(monkeypatch: pytest.MonkeyPatch) -> subprocess.Popen[bytes]:
     ):
         assert time.monotonic() < deadline, "private redis did not start"
         time.sleep(0.05)
-    monkeypatch.setenv("MAILOPS_REDIS_URL", f"redis://127.0.0.1:{port}/0")
-    get_settings.cache_clear()
+    # On the one settings object every module and fixture holds, undone after the test.
+    monkeypatch.setattr(get_settings(), "redis_url", f"redis://127.0.0.1:{port}/0")
     yield server
     server.kill()
     server.wait()
-    get_settings.cache_clear()
 
 
 async def test_readyz_fails_with_503_once_redis_stops(
@@ -119,3 +118,44 @@ async def test_unknown_path_is_a_problem_json_404(service: str) -> None:
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("service", "post_with_body"),
+    [("provisioning", "/v1/api-keys"), ("backup", "/v1/backups"), ("monitor", "/v1/reports")],
+)
+async def test_the_openapi_document_names_each_answers_media_type(
+    service: str, post_with_body: str
+) -> None:
+    """Errors are problem+json and health documents health+json in the document, as they
+    are on the wire; a client generated from it then reads both right."""
+    async with service_client(service) as client:
+        spec = (await client.get("/openapi.json")).json()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if status.startswith(("4", "5")) and path.startswith("/v1/"):
+                    assert "application/problem+json" in response["content"], (method, path)
+    for path in ("/livez", "/readyz"):
+        assert set(spec["paths"][path]["get"]["responses"]["200"]["content"]) == {
+            "application/health+json"
+        }
+    assert "400" in spec["paths"][post_with_body]["post"]["responses"]  # a body that is not JSON
+
+
+@pytest.mark.parametrize(
+    ("service", "path", "methods"),
+    [
+        ("provisioning", "/v1/departments", "GET, HEAD, POST"),
+        ("backup", "/v1/departments/00000000-0000-0000-0000-000000000000/backup-policy", "PUT"),
+        ("monitor", "/v1/incidents", "GET, HEAD"),
+    ],
+)
+async def test_a_method_the_path_lacks_is_405_allowing_every_method_it_has(
+    service: str, path: str, methods: str
+) -> None:
+    async with service_client(service) as client:
+        response = await client.request("PATCH", path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == methods
+    assert response.headers["content-type"] == "application/problem+json"

@@ -12,23 +12,14 @@ from fastapi.responses import StreamingResponse
 from services.backup import repository, service
 from services.backup import schemas as s
 from shared.auth import Principal, SessionDep, require
+from shared.errors import problem_responses
 from shared.models import Role
 
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 Restorer = Annotated[Principal, Depends(require(Role.OPERATOR, Role.SUPPORT))]
 Reader = Annotated[Principal, Depends(require(Role.OPERATOR, Role.SUPPORT, Role.VIEWER))]
 
-PROBLEMS = {
-    code: {"description": text, "content": {"application/problem+json": {}}}
-    for code, text in {
-        401: "No or unknown API key",
-        403: "Role not allowed",
-        404: "Not found",
-        422: "Invalid input (the problem names the field)",
-    }.items()
-}
-
-router = APIRouter(prefix="/v1", responses=PROBLEMS)  # type: ignore[arg-type]
+router = APIRouter(prefix="/v1", responses=problem_responses(400, 401, 403, 404, 422))
 
 
 @router.post(

@@ -31,7 +31,17 @@ def check_folder_name(value: str) -> str:
     return value
 
 
-FolderName = Annotated[str, Field(max_length=1000), AfterValidator(check_folder_name)]
+# The pattern documents `check_folder_name` for clients (pydantic's regex engine has no
+# look-ahead, so the validator, not the pattern, is what enforces it).
+FolderName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=1000,
+        json_schema_extra={"pattern": r"^(?![/~])(?!.*//)(?!.*/$)[^.\x00-\x1f\x7f-\x9f]+$"},
+    ),
+    AfterValidator(check_folder_name),
+]
 
 
 class BackupRequest(Strict):

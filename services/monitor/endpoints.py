@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
 from services.monitor import maintenance, reports, repository, runner, service
 from services.monitor.checks import CHECKS, check_intervals
@@ -36,13 +36,15 @@ from services.monitor.schemas import (
 )
 from shared import audit
 from shared.auth import Principal, SessionDep, require
-from shared.errors import NotFound
+from shared.errors import NotFound, problem_responses
 from shared.models import Role
 from shared.models.monitor import IncidentState, MaintenanceSettings, ReportKind
-from shared.observability import HEALTH_JSON
+from shared.observability import HealthResponse
 from shared.settings import get_settings
 
-router = APIRouter(prefix="/v1", tags=["monitor"])
+router = APIRouter(
+    prefix="/v1", tags=["monitor"], responses=problem_responses(400, 401, 403, 404, 409, 422, 503)
+)
 Reader = Annotated[Principal, Depends(require(Role.VIEWER, Role.OPERATOR, Role.SUPPORT))]
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 
@@ -70,8 +72,12 @@ def _health_entry(name: str, result: Any) -> dict[str, Any]:
     return entry
 
 
-@router.get("/status", summary="Overall status with each check's last result (health+json)")
-async def get_status(session: SessionDep, _: Reader) -> JSONResponse:
+@router.get(
+    "/status",
+    summary="Overall status with each check's last result (health+json)",
+    response_class=HealthResponse,
+)
+async def get_status(session: SessionDep, _: Reader) -> HealthResponse:
     current = await service.status(session)
     body = {
         "status": current["status"],
@@ -81,7 +87,7 @@ async def get_status(session: SessionDep, _: Reader) -> JSONResponse:
             name: [_health_entry(name, result)] for name, result in current["checks"].items()
         },
     }
-    return JSONResponse(body, media_type=HEALTH_JSON)
+    return HealthResponse(body)
 
 
 @router.get("/checks", summary="Every check with its interval and last result")

@@ -25,9 +25,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.monitor import mailqueue, repository
-from services.monitor.doveadm import doveadm
+from services.monitor.doveadm import DoveadmError, doveadm
 from shared import audit
 from shared.auth import Principal
+from shared.errors import Unavailable
 from shared.models.monitor import MaintenanceRun, MaintenanceSettings
 from shared.settings import Settings
 
@@ -208,15 +209,25 @@ async def run(
 ) -> MaintenanceRun:
     """Run one job, store what it found or did, and audit it in the same transaction."""
     started = datetime.now(UTC)
-    if job is MaintenanceJob.EXPUNGE_TRASH_JUNK:
-        affected, summary = await expunge_trash_junk(session, settings=settings, dry_run=dry_run)
-    elif job is MaintenanceJob.UNREAD_FOLLOWUP:
-        dry_run = True  # a report: it never changes anything
-        affected, summary = await unread_followup(session, settings=settings)
-    else:
-        affected, summary = await deferred_cleanup(
-            settings=settings, older_than_days=older_than_days, dry_run=dry_run
-        )
+    try:
+        if job is MaintenanceJob.EXPUNGE_TRASH_JUNK:
+            affected, summary = await expunge_trash_junk(
+                session, settings=settings, dry_run=dry_run
+            )
+        elif job is MaintenanceJob.UNREAD_FOLLOWUP:
+            dry_run = True  # a report: it never changes anything
+            affected, summary = await unread_followup(session, settings=settings)
+        else:
+            affected, summary = await deferred_cleanup(
+                settings=settings, older_than_days=older_than_days, dry_run=dry_run
+            )
+    except (DoveadmError, mailqueue.QueueUnavailable, TimeoutError) as exc:
+        # The mail server is down or unreachable: the caller's to retry, not our bug (a 503).
+        raise Unavailable(
+            f"{job.value} could not reach the mail server: {exc or 'its tool timed out'}; "
+            "start it (`mailops stack up`) and run the job again",
+            code="mail_server_unavailable",
+        ) from exc
     record = MaintenanceRun(
         id=uuid.uuid4(),
         job=job.value,

@@ -11,8 +11,9 @@ from fastapi import APIRouter, Depends, Header, Query, Response, status
 from services.provisioning import repository, service
 from services.provisioning import schemas as s
 from shared.auth import Principal, SessionDep, require
-from shared.models import Role
-from shared.models.provisioning import MailRule, ProvisioningRequest
+from shared.errors import problem_responses
+from shared.models import MailboxStatus, Role
+from shared.models.provisioning import MailRule, ProvisioningRequest, RequestStatus
 
 READERS = (Role.OPERATOR, Role.SUPPORT, Role.VIEWER, Role.MANAGER, Role.ONBOARDING)
 Admin = Annotated[Principal, Depends(require())]
@@ -24,18 +25,7 @@ Supporter = Annotated[Principal, Depends(require(Role.OPERATOR, Role.SUPPORT))]
 Requester = Annotated[Principal, Depends(require(Role.OPERATOR, Role.MANAGER))]
 Auditor = Annotated[Principal, Depends(require(Role.OPERATOR, Role.SUPPORT, Role.VIEWER))]
 
-PROBLEMS = {
-    code: {"description": text, "content": {"application/problem+json": {}}}
-    for code, text in {
-        401: "No or unknown API key",
-        403: "Role or department not allowed",
-        404: "Not found",
-        409: "Conflicts with the current state",
-        422: "Invalid input (the problem names the field)",
-    }.items()
-}
-
-router = APIRouter(prefix="/v1", responses=PROBLEMS)  # type: ignore[arg-type]
+router = APIRouter(prefix="/v1", responses=problem_responses(400, 401, 403, 404, 409, 422, 503))
 
 
 # ---------------------------------------------------------------- domains
@@ -138,7 +128,7 @@ async def list_mailboxes(
     session: SessionDep,
     principal: Reader,
     department_id: uuid.UUID | None = None,
-    status_: Annotated[str | None, Query(alias="status")] = None,
+    status_: Annotated[MailboxStatus | None, Query(alias="status")] = None,
     q: Annotated[str | None, Query(max_length=200, description="Address or name contains")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: str | None = None,
@@ -269,7 +259,7 @@ def rules_out(rule: MailRule) -> s.RulesOut:
     "/credentials/{pickup_token}",
     response_model=s.PickedUpCredential,
     tags=["credentials"],
-    responses={410: {"description": "Used, expired or superseded"}},
+    responses=problem_responses(410),
     summary="The generated password, once; the token itself is the authorisation",
 )
 async def pick_up_credential(
@@ -329,7 +319,7 @@ async def file_request(
 async def list_requests(
     session: SessionDep,
     principal: Reader,
-    status_: Annotated[str | None, Query(alias="status")] = None,
+    status_: Annotated[RequestStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[s.RequestOut]:
     rows = await repository.requests(

@@ -10,6 +10,8 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from services.provisioning.rules import Rule
+from shared.models import Role
+from shared.models.provisioning import RequestKind
 from shared.schemas import FromRow, Strict
 
 
@@ -34,8 +36,16 @@ def normalise_domain(value: str) -> str:
     return normalise_address(f"postmaster@{value}").split("@", 1)[1]
 
 
-Address = Annotated[str, Field(max_length=254), AfterValidator(normalise_address)]
-DomainName = Annotated[str, Field(min_length=1, max_length=253), AfterValidator(normalise_domain)]
+Address = Annotated[
+    str,
+    Field(max_length=254, json_schema_extra={"format": "email"}),
+    AfterValidator(normalise_address),
+]
+DomainName = Annotated[
+    str,
+    Field(min_length=1, max_length=253, json_schema_extra={"format": "hostname"}),
+    AfterValidator(normalise_domain),
+]
 Bytes = Annotated[int, Field(gt=0, le=2**62, description="A size in bytes, > 0")]
 Targets = Annotated[list[Address], Field(min_length=1, max_length=50)]
 
@@ -181,10 +191,7 @@ class RulesOut(BaseModel):
 
 
 class RequestCreate(Strict):
-    kind: str = Field(
-        description="create_mailbox, change_quota, change_allocation, "
-        "suspend_mailbox or delete_mailbox"
-    )
+    kind: RequestKind
     payload: dict[str, Any]
     reason: str = Field(default="", max_length=2000)
 
@@ -224,7 +231,7 @@ class AuditEventOut(FromRow):
 
 class ApiKeyCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
-    role: str
+    role: Role
     department_ids: list[uuid.UUID] = Field(default_factory=list)
 
 

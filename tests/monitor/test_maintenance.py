@@ -10,10 +10,13 @@ import pytest
 from sqlalchemy import select
 
 from services.monitor import mailqueue, maintenance
+from services.monitor.maintenance import MaintenanceJob
 from shared import mailstack
 from shared.db import unit_of_work
+from shared.errors import Unavailable
 from shared.imap import check, imap_session
 from shared.models import AuditEvent
+from shared.models.monitor import MaintenanceRun
 from shared.settings import Settings
 from tests.conftest import Seed
 from tests.mail import message, send
@@ -157,3 +160,17 @@ async def test_unknown_maintenance_job_and_bad_settings_are_422_naming_the_field
     )
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "trash_retention_days"
+
+
+@pytest.mark.parametrize("job", list(MaintenanceJob))
+async def test_a_job_that_cannot_reach_the_mail_server_is_unavailable_and_records_nothing(
+    settings: Settings, job: MaintenanceJob, seed: Seed, tmp_path
+) -> None:
+    await seed.mailbox("pw-1234567890")  # something for the job to look at
+    nowhere = settings.model_copy(update={"state_dir": tmp_path})  # no stack configured here
+    async with unit_of_work() as session:
+        with pytest.raises(Unavailable) as raised:
+            await maintenance.run(session, settings=nowhere, job=job, dry_run=True, actor=None)
+        assert await session.scalar(select(MaintenanceRun)) is None
+    assert raised.value.status == 503 and raised.value.code == "mail_server_unavailable"
+    assert str(raised.value).startswith(f"{job.value} could not reach the mail server: ")
