@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# PostgreSQL's bigint: a larger id or offset is a 422 naming the field, not an overflow in the
+# driver (a 500).
+BIGINT_MAX = 2**63 - 1
+RowId = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
 
 
 class Strict(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+import uuid
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -159,3 +160,35 @@ async def test_a_method_the_path_lacks_is_405_allowing_every_method_it_has(
     assert response.status_code == 405
     assert response.headers["allow"] == methods
     assert response.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "path", "body", "field"),
+    [
+        ("provisioning", "GET", f"/v1/audit-events?before_id={2**63}", None, "before_id"),
+        ("monitor", "GET", f"/v1/checks/imap/results?before_id={2**63}", None, "before_id"),
+        ("backup", "GET", f"/v1/snapshots/{uuid.uuid4()}/messages?offset={2**63}", None, "offset"),
+        (
+            "backup",
+            "POST",
+            "/v1/restores",
+            {
+                "mailbox_id": str(uuid.uuid4()),
+                "snapshot_id": str(uuid.uuid4()),
+                "message_ids": [2**63],
+                "target": {"mode": "original"},
+            },
+            "message_ids.0",
+        ),
+    ],
+)
+async def test_a_number_past_postgresql_bigint_is_422_naming_the_field(
+    service: str, method: str, path: str, body: object, field: str, api_key_for
+) -> None:
+    key = await api_key_for("admin")
+    async with service_client(service) as client:
+        response = await client.request(
+            method, path, json=body, headers={"Authorization": f"Bearer {key}"}
+        )
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [field]

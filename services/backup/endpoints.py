@@ -14,6 +14,7 @@ from services.backup import schemas as s
 from shared.auth import Principal, SessionDep, require
 from shared.errors import problem_responses
 from shared.models import Role
+from shared.schemas import BIGINT_MAX
 
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 Restorer = Annotated[Principal, Depends(require(Role.OPERATOR, Role.SUPPORT))]
@@ -71,7 +72,7 @@ async def search_messages(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
 ) -> list[s.MessageOut]:
     snap = await service.get_snapshot(session, snapshot_id=snapshot_id)
     rows = await repository.snapshot_messages(

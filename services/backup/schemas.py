@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from services.backup.engine import utf7
 from shared.models.backup import RestoreMode
-from shared.schemas import FromRow, Strict
+from shared.schemas import FromRow, RowId, Strict
 
 
 def check_folder_name(value: str) -> str:
@@ -142,9 +142,7 @@ class RestoreRequest(Strict):
     folders: list[Annotated[str, Field(min_length=1, max_length=1000)]] | None = Field(
         default=None, min_length=1, max_length=1000
     )
-    message_ids: list[Annotated[int, Field(gt=0)]] | None = Field(
-        default=None, min_length=1, max_length=100_000
-    )
+    message_ids: list[RowId] | None = Field(default=None, min_length=1, max_length=100_000)
     target: RestoreTarget
 
     @model_validator(mode="after")

@@ -40,6 +40,7 @@ from shared.errors import NotFound, problem_responses
 from shared.models import Role
 from shared.models.monitor import IncidentState, MaintenanceSettings, ReportKind
 from shared.observability import HealthResponse
+from shared.schemas import RowId
 from shared.settings import get_settings
 
 router = APIRouter(
@@ -113,7 +114,7 @@ async def check_results(
     session: SessionDep,
     _: Reader,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    before_id: Annotated[RowId | None, Query()] = None,
 ) -> list[CheckResultOut]:
     service.known_check(name)
     rows = await repository.results(session, name, limit=limit, before_id=before_id)

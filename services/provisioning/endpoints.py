@@ -14,6 +14,7 @@ from shared.auth import Principal, SessionDep, require
 from shared.errors import problem_responses
 from shared.models import MailboxStatus, Role
 from shared.models.provisioning import MailRule, ProvisioningRequest, RequestStatus
+from shared.schemas import RowId
 
 READERS = (Role.OPERATOR, Role.SUPPORT, Role.VIEWER, Role.MANAGER, Role.ONBOARDING)
 Admin = Annotated[Principal, Depends(require())]
@@ -375,7 +376,7 @@ async def list_audit_events(
     target: Annotated[str | None, Query(description="Target id")] = None,
     actor: Annotated[str | None, Query(description="API key id or name")] = None,
     since: datetime | None = None,
-    before_id: Annotated[int | None, Query(description="Page: events older than this id")] = None,
+    before_id: Annotated[RowId | None, Query(description="Page: events older than this id")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[s.AuditEventOut]:
     rows = await repository.audit_events(
