@@ -142,6 +142,9 @@ async def test_the_openapi_document_names_each_answers_media_type(
             "application/health+json"
         }
     assert "400" in spec["paths"][post_with_body]["post"]["responses"]  # a body that is not JSON
+    if service == "backup":
+        export = spec["paths"]["/v1/snapshots/{snapshot_id}/export"]["get"]["responses"]["200"]
+        assert set(export["content"]) == {"application/mbox"}
 
 
 @pytest.mark.parametrize(

@@ -105,18 +105,28 @@ async def search_messages(
     ]
 
 
-@router.get("/snapshots/{snapshot_id}/export", tags=["snapshots"])
+class MboxResponse(StreamingResponse):
+    """An mbox file (RFC 4155), streamed; documented under its own media type."""
+
+    media_type = "application/mbox"
+
+
+@router.get(
+    "/snapshots/{snapshot_id}/export",
+    tags=["snapshots"],
+    response_class=MboxResponse,
+    responses={200: {"description": "The snapshot's messages as one mbox file, streamed"}},
+)
 async def export_snapshot(
     snapshot_id: uuid.UUID,
     session: SessionDep,
     _: Operator,
     format: Annotated[s.ExportFormat, Query()] = "mbox",
     folder: Annotated[list[str] | None, Query(max_length=1000)] = None,
-) -> StreamingResponse:
+) -> MboxResponse:
     await service.get_snapshot(session, snapshot_id=snapshot_id)
-    return StreamingResponse(
+    return MboxResponse(
         service.export_mbox(snapshot_id, folder),
-        media_type="application/mbox",
         headers={"Content-Disposition": f'attachment; filename="snapshot-{snapshot_id}.mbox"'},
     )
 
