@@ -103,6 +103,12 @@ def enqueue_after_commit(
     after_commit(session, send)
 
 
+def final_backup_job_id(mailbox_id: object) -> str:
+    """The backup queue's job for a mailbox's last backup: provisioning enqueues it, and the
+    backup service looks it up (its run row is made by the job itself)."""
+    return f"final-backup:{mailbox_id}"
+
+
 @dataclass(frozen=True)
 class JobState:
     """Where arq has a job: `alive` while it is queued, deferred or running; `error` is the

@@ -151,19 +151,14 @@ async def open_final_run(session: AsyncSession, mailbox_id: uuid.UUID) -> Backup
     )
 
 
-async def open_jobs(
-    session: AsyncSession, *, created_before: datetime
-) -> list[BackupRun | RestoreJob | VerifyRun]:
+async def open_jobs(session: AsyncSession) -> list[BackupRun | RestoreJob | VerifyRun]:
     """Queued and running backup runs, restores and verifies, locked; rows a worker holds
     locked right now are skipped (that worker is alive)."""
     rows: list[BackupRun | RestoreJob | VerifyRun] = []
     for model in (BackupRun, RestoreJob, VerifyRun):
         query = (
             select(model)
-            .where(
-                model.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value)),
-                model.created_at < created_before,
-            )
+            .where(model.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value)))
             .with_for_update(skip_locked=True)
         )
         rows.extend(await session.scalars(query))

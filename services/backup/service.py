@@ -44,7 +44,7 @@ from shared.models.backup import (
     SnapshotStatus,
     VerifyRun,
 )
-from shared.queue import enqueue_after_commit, job_state
+from shared.queue import enqueue_after_commit, final_backup_job_id, job_state
 from shared.settings import get_settings
 
 log = logging.getLogger("mailops.backup")
@@ -167,7 +167,7 @@ async def create_run(
     session.add(run)
     await session.flush()
     enqueue_after_commit(
-        session, "backup", "run_backup", job_id=f"backup-run:{run.id}", run_id=str(run.id)
+        session, "backup", "run_backup", job_id=queue_job_id(run), run_id=str(run.id)
     )
     return run
 
@@ -273,7 +273,7 @@ async def request_restore(
     session.add(job)
     await session.flush()
     enqueue_after_commit(
-        session, "backup", "run_restore", job_id=f"restore:{job.id}", restore_id=str(job.id)
+        session, "backup", "run_restore", job_id=queue_job_id(job), restore_id=str(job.id)
     )
     return job
 
@@ -306,7 +306,7 @@ async def request_verify(
     session.add(run)
     await session.flush()
     enqueue_after_commit(
-        session, "backup", "run_verify", job_id=f"verify:{run.id}", verify_id=str(run.id)
+        session, "backup", "run_verify", job_id=queue_job_id(run), verify_id=str(run.id)
     )
     return run
 
@@ -379,7 +379,9 @@ async def execute_backup_run(run_id: uuid.UUID, storage: PackStorage | None = No
         assert row is not None
         reasons = []
         if stopped is not None:
-            reasons.append(f"the run stopped with {row.mailboxes_done} backed up: {stopped}")
+            reasons.append(
+                f"the run stopped after backing up {row.mailboxes_done} mailboxes: {stopped}"
+            )
         if failures:
             reasons.append(
                 f"{len(failures)} of {row.mailboxes_total} mailboxes failed: "
@@ -614,13 +616,13 @@ def _end_failed(row: Job, reason: str) -> None:
 
 
 def queue_job_id(row: Job) -> str:
-    """The arq job id that carries out a row (the ids `enqueue_after_commit` was given)."""
+    """The arq job id that carries out a row: one per row, so enqueueing it twice is one job."""
     if isinstance(row, RestoreJob):
         return f"restore:{row.id}"
     if isinstance(row, VerifyRun):
         return f"verify:{row.id}"
     if row.scope == BackupScope.FINAL.value:
-        return f"final-backup:{row.mailbox_id}"  # enqueued by provisioning, per mailbox
+        return final_backup_job_id(row.mailbox_id)
     return f"backup-run:{row.id}"
 
 
@@ -636,7 +638,7 @@ async def fail_abandoned_jobs(now: datetime | None = None) -> int:
     now = now or datetime.now(UTC)
     ended = 0
     async with unit_of_work() as session:
-        for row in await repository.open_jobs(session, created_before=now):
+        for row in await repository.open_jobs(session):
             state = await job_state("backup", queue_job_id(row))
             if state.alive or (state.error is None and row.created_at > now - ENQUEUE_GRACE):
                 continue

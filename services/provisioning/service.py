@@ -44,7 +44,7 @@ from shared.models.provisioning import (
     RuleStatus,
 )
 from shared.passwords import hash_password
-from shared.queue import enqueue_after_commit
+from shared.queue import enqueue_after_commit, final_backup_job_id
 from shared.schemas import Strict
 from shared.settings import get_settings
 
@@ -610,7 +610,7 @@ async def delete_mailbox(
         session,
         "backup",
         "final_backup",
-        job_id=f"final-backup:{mailbox.id}",
+        job_id=final_backup_job_id(mailbox.id),
         mailbox_id=str(mailbox.id),
     )
     # No job deferred by weeks: the worker's sweep purges mailboxes once purge_after passes.

@@ -7,10 +7,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from arq.constants import job_key_prefix
 
 from services.backup import repository, service
 from shared.db import unit_of_work
 from shared.models.backup import BackupRun, BackupScope, JobStatus
+from shared.queue import enqueue, final_backup_job_id, get_pool, queue_name
 from tests.backup import helpers
 from tests.conftest import run_worker
 
@@ -82,8 +84,29 @@ async def test_an_error_outside_any_mailbox_ends_the_run_failed_with_it(monkeypa
     assert await service.execute_backup_run(run.id) == "failed"
     ended = await _run(run.id)
     assert ended.reason == (
-        "the run stopped with 0 backed up: "
+        "the run stopped after backing up 0 mailboxes: "
         "ConnectionResetError: connection to the database was lost"
     )
     assert ended.finished_at is not None
     await run_worker("backup")  # its queued job now finds it ended: nothing to do
+
+
+async def test_a_final_backup_still_on_the_queue_is_left_alone(seed) -> None:
+    """Its run row is made by the job provisioning enqueued, under that job's id."""
+    mailbox = await seed.mailbox("pw-1234567890")
+    job_id = final_backup_job_id(mailbox.id)
+    await enqueue("backup", "final_backup", job_id=job_id, mailbox_id=str(mailbox.id))
+    async with unit_of_work() as session:
+        run = BackupRun(
+            status=JobStatus.RUNNING.value, scope=BackupScope.FINAL.value, mailbox_id=mailbox.id
+        )
+        session.add(run)
+    try:
+        await service.fail_abandoned_jobs(datetime.now(UTC) + timedelta(hours=1))
+        assert (await _run(run.id)).status == "running"
+    finally:  # take the job back off the queue (the mailbox is not being deleted); end the run
+        pool = await get_pool()
+        await pool.zrem(queue_name("backup"), job_id)
+        await pool.delete(job_key_prefix + job_id)
+        async with unit_of_work() as session:
+            (await repository.backup_run(session, run.id)).status = "failed"
