@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +104,7 @@ def enqueue_after_commit(
     after_commit(session, send)
 
 
-def final_backup_job_id(mailbox_id: object) -> str:
+def final_backup_job_id(mailbox_id: uuid.UUID) -> str:
     """The backup queue's job for a mailbox's last backup: provisioning enqueues it, and the
     backup service looks it up (its run row is made by the job itself)."""
     return f"final-backup:{mailbox_id}"

@@ -621,7 +621,7 @@ def queue_job_id(row: Job) -> str:
         return f"restore:{row.id}"
     if isinstance(row, VerifyRun):
         return f"verify:{row.id}"
-    if row.scope == BackupScope.FINAL.value:
+    if row.scope == BackupScope.FINAL.value and row.mailbox_id is not None:
         return final_backup_job_id(row.mailbox_id)
     return f"backup-run:{row.id}"
 
