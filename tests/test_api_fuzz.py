@@ -1,7 +1,8 @@
 """Whatever a client sends, no request gets a 500. schemathesis generates requests from each
 service's own OpenAPI document, valid and invalid, for every operation, and sends them to
 `mailops serve` as in production: on a database of its own and a queue no worker reads (what
-they create stays out of the other tests' way), with the session's mail stack."""
+they create stays out of the other tests' way), with the session's mail stack. Path and query
+ids name a real department and mailbox, so the requests reach past the 404."""
 
 from __future__ import annotations
 
@@ -9,37 +10,79 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
+from shared.db import Base, unit_of_work
+from shared.models import Domain
 from shared.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import Seed, free_port
 
 MAILOPS = str(Path(sys.executable).with_name("mailops"))
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 
 
+@dataclass(frozen=True)
+class FuzzEnv:
+    environ: dict[str, str]  # of the served services
+    key: str  # an admin key valid there
+    config: Path  # schemathesis.toml: the ids of a real department and mailbox for paths
+
+
 @pytest.fixture(scope="module")
-def fuzz_env(settings: Settings, mail_stack: object) -> Iterator[tuple[dict[str, str], str]]:
-    """The environment of the served services, and an admin key valid there."""
-    env = {
+async def fuzz_env(
+    settings: Settings, mail_stack: object, tmp_path_factory
+) -> AsyncIterator[FuzzEnv]:
+    environ = {
         **os.environ,
         "MAILOPS_DATABASE_URL": f"{settings.database_url}_fuzz",
         "MAILOPS_QUEUE_PREFIX": f"{settings.queue_prefix}-fuzz",
     }
-    subprocess.run([MAILOPS, "db", "upgrade"], env=env, check=True, capture_output=True)
+    subprocess.run([MAILOPS, "db", "upgrade"], env=environ, check=True, capture_output=True)
     created = subprocess.run(
         [MAILOPS, "apikey", "create", "--role", "admin", "--name", "fuzz"],
-        env=env,
+        env=environ,
         check=True,
         capture_output=True,
         text=True,
     )
-    yield env, created.stdout.strip().splitlines()[-1]
-    subprocess.run([sys.executable, "-c", FORGET], env=env, check=True, capture_output=True)
+    # The same rows in both databases: the services read theirs, and Dovecot (which serves
+    # the session's database) knows the mailbox, so a Sieve script really is checked.
+    async with unit_of_work() as session:
+        seed = Seed(session)
+        department = await seed.department()
+        mailbox = await seed.mailbox("pw-1234567890", department=department)
+        domain = await session.get(Domain, department.domain_id)
+        copies = [_copy(row) for row in (domain, department, mailbox)]
+    engine = create_async_engine(environ["MAILOPS_DATABASE_URL"])
+    try:
+        async with AsyncSession(engine) as fuzz, fuzz.begin():
+            for row in copies:
+                fuzz.add(row)
+                await fuzz.flush()
+    finally:
+        await engine.dispose()
+    config = tmp_path_factory.mktemp("fuzz") / "schemathesis.toml"
+    config.write_text(
+        "[parameters]\n"
+        + "".join(
+            f'"{where}.{name}" = "{value}"\n'
+            for name, value in (("department_id", department.id), ("mailbox_id", mailbox.id))
+            for where in ("path", "query")
+        )
+    )
+    yield FuzzEnv(environ, created.stdout.strip().splitlines()[-1], config)
+    subprocess.run([sys.executable, "-c", FORGET], env=environ, check=True, capture_output=True)
+
+
+def _copy(row: Base) -> Base:
+    """A new instance with the same column values (for another database)."""
+    return type(row)(**{c.key: getattr(row, c.key) for c in row.__table__.columns})
 
 
 FORGET = """
@@ -61,8 +104,8 @@ asyncio.run(forget())
 
 
 @pytest.fixture(scope="module", params=["provisioning", "backup", "monitor"])
-def served(request: pytest.FixtureRequest, fuzz_env: tuple[dict[str, str], str]) -> Iterator[str]:
-    env, _ = fuzz_env
+def served(request: pytest.FixtureRequest, fuzz_env: FuzzEnv) -> Iterator[str]:
+    env = fuzz_env.environ
     port = free_port()
     log = Path(env["MAILOPS_STATE_DIR"]) / f"fuzz-{request.param}.log"
     with log.open("wb") as out:
@@ -84,15 +127,16 @@ def served(request: pytest.FixtureRequest, fuzz_env: tuple[dict[str, str], str])
     server.wait()
 
 
-def test_no_request_gets_a_server_error(served: str, fuzz_env: tuple[dict[str, str], str]) -> None:
-    _, key = fuzz_env
+def test_no_request_gets_a_server_error(served: str, fuzz_env: FuzzEnv) -> None:
     run = subprocess.run(
         [
             SCHEMATHESIS,
+            "--config-file",
+            str(fuzz_env.config),
             "run",
             f"{served}/openapi.json",
             "--header",
-            f"Authorization: Bearer {key}",
+            f"Authorization: Bearer {fuzz_env.key}",
             "--checks",
             "not_a_server_error",
             "--phases",
