@@ -2,7 +2,8 @@
 service's own OpenAPI document, valid and invalid, for every operation, and sends them to
 `mailops serve` as in production: on a database of its own and a queue no worker reads (what
 they create stays out of the other tests' way), with the session's mail stack. Path and query
-ids name a real department and mailbox, so the requests reach past the 404."""
+ids name real rows (a department, a mailbox, its snapshot, a run, a restore and a verify),
+so the requests reach past the 404."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from shared.db import Base, unit_of_work
 from shared.models import Domain
+from shared.models.backup import (
+    BackupRun,
+    BackupScope,
+    JobStatus,
+    RestoreJob,
+    RestoreMode,
+    VerifyRun,
+)
 from shared.settings import Settings
+from tests.backup import helpers
+from tests.backup.conftest import generated_corpus
 from tests.conftest import Seed, free_port
 
 MAILOPS = str(Path(sys.executable).with_name("mailops"))
@@ -31,7 +43,7 @@ SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 class FuzzEnv:
     environ: dict[str, str]  # of the served services
     key: str  # an admin key valid there
-    config: Path  # schemathesis.toml: the ids of a real department and mailbox for paths
+    config: Path  # schemathesis.toml: path and query ids that name real rows
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +71,53 @@ async def fuzz_env(
         mailbox = await seed.mailbox("pw-1234567890", department=department)
         domain = await session.get(Domain, department.domain_id)
         copies = [_copy(row) for row in (domain, department, mailbox)]
+    await helpers.append(mailbox.address, "INBOX", generated_corpus(3))
     engine = create_async_engine(environ["MAILOPS_DATABASE_URL"])
     try:
         async with AsyncSession(engine) as fuzz, fuzz.begin():
             for row in copies:
                 fuzz.add(row)
                 await fuzz.flush()
+        # A snapshot in the services' database, and a run, restore and verify that name it.
+        backed_up = subprocess.run(
+            [sys.executable, "-c", BACK_UP, str(mailbox.id)],
+            env=environ,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        snapshot_id = uuid.UUID(backed_up.stdout.strip().splitlines()[-1])
+        done = JobStatus.SUCCEEDED.value
+        async with AsyncSession(engine, expire_on_commit=False) as fuzz, fuzz.begin():
+            jobs = [
+                BackupRun(status=done, scope=BackupScope.MAILBOX.value, mailbox_id=mailbox.id),
+                RestoreJob(
+                    status=done,
+                    mailbox_id=mailbox.id,
+                    snapshot_id=snapshot_id,
+                    target_mode=RestoreMode.FOLDER.value,
+                    target_mailbox_id=mailbox.id,
+                    target_folder="Restored",
+                ),
+                VerifyRun(status=done),
+            ]
+            fuzz.add_all(jobs)
     finally:
         await engine.dispose()
+    ids = {
+        "department_id": department.id,
+        "mailbox_id": mailbox.id,
+        "snapshot_id": snapshot_id,
+        "run_id": jobs[0].id,
+        "restore_id": jobs[1].id,
+        "verify_id": jobs[2].id,
+    }
     config = tmp_path_factory.mktemp("fuzz") / "schemathesis.toml"
     config.write_text(
         "[parameters]\n"
         + "".join(
             f'"{where}.{name}" = "{value}"\n'
-            for name, value in (("department_id", department.id), ("mailbox_id", mailbox.id))
+            for name, value in ids.items()
             for where in ("path", "query")
         )
     )
@@ -84,6 +129,22 @@ def _copy(row: Base) -> Base:
     """A new instance with the same column values (for another database)."""
     return type(row)(**{c.key: getattr(row, c.key) for c in row.__table__.columns})
 
+
+BACK_UP = """
+import asyncio, sys, uuid
+from services.backup.engine.backup import backup_mailbox
+from services.backup.engine.storage import default_storage
+from shared.db import get_engine
+
+async def back_up():
+    snapshot, _ = await backup_mailbox(
+        mailbox_id=uuid.UUID(sys.argv[1]), run_id=None, storage=default_storage()
+    )
+    await get_engine().dispose()
+    print(snapshot.id)
+
+asyncio.run(back_up())
+"""
 
 FORGET = """
 import asyncio
