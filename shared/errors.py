@@ -105,11 +105,12 @@ _PROBLEMS = {
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for these error statuses: each an RFC 9457 problem+json body."""
+    """OpenAPI `responses` for these error statuses: each an RFC 9457 problem+json body, the
+    `Problem` schema that `install_error_handlers` publishes once for the document."""
     return {
         status: {
             "description": _PROBLEMS[status],
-            "content": {PROBLEM_JSON: {"schema": _PROBLEM_SCHEMA}},
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
         }
         for status in statuses
     }
@@ -201,7 +202,15 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Render every error the app can raise as problem+json."""
+    """Render every error the app can raise as problem+json, and publish its schema."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = generate()  # made once, then cached by FastAPI
+        document.setdefault("components", {}).setdefault("schemas", {})["Problem"] = _PROBLEM_SCHEMA
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -20,8 +20,10 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
+from shared.auth import new_api_key
+from shared.database_admin import drop_database
 from shared.db import Base, unit_of_work
-from shared.models import Domain
+from shared.models import Domain, Role
 from shared.models.backup import (
     BackupRun,
     BackupScope,
@@ -30,6 +32,7 @@ from shared.models.backup import (
     RestoreMode,
     VerifyRun,
 )
+from shared.queue import get_pool
 from shared.settings import Settings
 from tests.backup import helpers
 from tests.backup.conftest import generated_corpus
@@ -56,13 +59,7 @@ async def fuzz_env(
         "MAILOPS_QUEUE_PREFIX": f"{settings.queue_prefix}-fuzz",
     }
     subprocess.run([MAILOPS, "db", "upgrade"], env=environ, check=True, capture_output=True)
-    created = subprocess.run(
-        [MAILOPS, "apikey", "create", "--role", "admin", "--name", "fuzz"],
-        env=environ,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    key = new_api_key(name="fuzz", role=Role.ADMIN)
     # The same rows in both databases: the services read theirs, and Dovecot (which serves
     # the session's database) knows the mailbox, so a Sieve script really is checked.
     async with unit_of_work() as session:
@@ -75,7 +72,7 @@ async def fuzz_env(
     engine = create_async_engine(environ["MAILOPS_DATABASE_URL"])
     try:
         async with AsyncSession(engine) as fuzz, fuzz.begin():
-            for row in copies:
+            for row in [*copies, key.row]:
                 fuzz.add(row)
                 await fuzz.flush()
         # A snapshot in the services' database, and a run, restore and verify that name it.
@@ -121,8 +118,11 @@ async def fuzz_env(
             for where in ("path", "query")
         )
     )
-    yield FuzzEnv(environ, created.stdout.strip().splitlines()[-1], config)
-    subprocess.run([sys.executable, "-c", FORGET], env=environ, check=True, capture_output=True)
+    yield FuzzEnv(environ, key.key, config)
+    await drop_database(environ["MAILOPS_DATABASE_URL"])
+    redis = await get_pool()  # the same Redis: drop what the served services enqueued
+    async for name in redis.scan_iter(match=environ["MAILOPS_QUEUE_PREFIX"] + ":*"):
+        await redis.delete(name)
 
 
 def _copy(row: Base) -> Base:
@@ -144,23 +144,6 @@ async def back_up():
     print(snapshot.id)
 
 asyncio.run(back_up())
-"""
-
-FORGET = """
-import asyncio
-from redis.asyncio import Redis
-from shared.database_admin import drop_database
-from shared.settings import get_settings
-
-async def forget():
-    settings = get_settings()
-    await drop_database(settings.database_url)
-    redis = Redis.from_url(settings.redis_url)
-    async for key in redis.scan_iter(match=settings.queue_prefix + ":*"):
-        await redis.delete(key)
-    await redis.aclose()
-
-asyncio.run(forget())
 """
 
 
@@ -215,5 +198,6 @@ def test_no_request_gets_a_server_error(served: str, fuzz_env: FuzzEnv) -> None:
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=fuzz_env.config.parent,  # where schemathesis keeps its cache, not the checkout
     )
     assert run.returncode == 0, run.stdout[-6000:]
