@@ -183,8 +183,11 @@ async def restore_job(
     return await session.scalar(query.with_for_update() if lock else query)
 
 
-async def verify_run(session: AsyncSession, run_id: uuid.UUID) -> VerifyRun | None:
-    return await session.get(VerifyRun, run_id)
+async def verify_run(
+    session: AsyncSession, run_id: uuid.UUID, *, lock: bool = False
+) -> VerifyRun | None:
+    query = select(VerifyRun).where(VerifyRun.id == run_id)
+    return await session.scalar(query.with_for_update() if lock else query)
 
 
 # ---------------------------------------------------------------- snapshots

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeGuard, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -339,10 +340,8 @@ async def execute_backup_run(run_id: uuid.UUID, storage: PackStorage | None = No
     storage = storage or default_storage()
     async with unit_of_work() as session:
         run = await repository.backup_run(session, run_id, lock=True)
-        if run is None or run.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
+        if not _begin(run):
             return "nothing to do"
-        run.status = JobStatus.RUNNING.value
-        run.started_at = run.started_at or datetime.now(UTC)
         run.mailboxes_done = run.mailboxes_failed = 0
         run.messages_fetched = run.bytes_read = run.bytes_stored = 0
     failures: list[str] = []
@@ -528,10 +527,8 @@ async def _start_restore(restore_id: uuid.UUID) -> tuple[str, dict[str, ItemPage
     the pages of messages to restore there. None if the job has ended already."""
     async with unit_of_work() as session:
         job = await repository.restore_job(session, restore_id, lock=True)
-        if job is None or job.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
+        if not _begin(job):
             return None
-        job.status = JobStatus.RUNNING.value
-        job.started_at = job.started_at or datetime.now(UTC)
         snap = await repository.snapshot(session, job.snapshot_id)
         if snap is None:
             raise LookupError(
@@ -608,6 +605,17 @@ def _mbox_entry(data: bytes, when: datetime, folder: str, flags: list[str]) -> b
 ENQUEUE_GRACE = timedelta(minutes=2)
 
 Job = BackupRun | RestoreJob | VerifyRun
+AnyJob = TypeVar("AnyJob", BackupRun, RestoreJob, VerifyRun)
+
+
+def _begin(row: AnyJob | None) -> TypeGuard[AnyJob]:
+    """Mark a job's row running; False if it is gone or has ended (arq ran it again after it
+    finished, or the reaper ended it). A rerun after a crash keeps its first start time."""
+    if row is None or row.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
+        return False
+    row.status = JobStatus.RUNNING.value
+    row.started_at = row.started_at or datetime.now(UTC)
+    return True
 
 
 def _end_failed(row: Job, reason: str) -> None:
@@ -657,10 +665,9 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
     """Re-read stored blobs (all, or a fraction) and report damage by mailbox and snapshot."""
     storage = storage or default_storage()
     async with unit_of_work() as session:
-        run = await repository.verify_run(session, verify_id)
-        if run is None or run.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
+        run = await repository.verify_run(session, verify_id, lock=True)
+        if not _begin(run):
             return "nothing to do"
-        run.status, run.started_at = JobStatus.RUNNING.value, datetime.now(UTC)
         fraction = run.fraction
     checked = 0
     damage: list[dict[str, object]] = []
