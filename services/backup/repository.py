@@ -316,6 +316,20 @@ async def snapshot_message_counts(
     return {str(name): int(count) for name, count in rows}
 
 
+async def snapshot_message_bytes(
+    session: AsyncSession,
+    snap: Snapshot,
+    *,
+    folders: Sequence[str] | None = None,
+    message_ids: Sequence[int] | None = None,
+) -> int:
+    """The total size of the snapshot's messages (of these folders, with these ids)."""
+    query = _of_snapshot(
+        select(func.coalesce(func.sum(BackupMessage.size), 0)), snap, folders, message_ids
+    )
+    return int(await session.scalar(query) or 0)
+
+
 _Columns = TypeVarTuple("_Columns")
 
 

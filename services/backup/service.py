@@ -260,6 +260,17 @@ async def request_restore(
             raise Unprocessable(
                 f"messages not in snapshot {snap.id}: {missing[:10]}", field="message_ids"
             )
+    # A selection larger than the whole quota can never fit: say so now, not after a
+    # failed job. One that fits the quota but not the room left fails saying so (TargetFull).
+    needed = await repository.snapshot_message_bytes(
+        session, snap, folders=data.folders, message_ids=data.message_ids
+    )
+    if needed > target.quota_bytes:
+        raise Unprocessable(
+            f"the restore needs {needed} bytes and mailbox {target.id} has a quota of "
+            f"{target.quota_bytes} bytes: raise its quota, or restore fewer folders or messages",
+            field="target.mailbox_id" if data.target.mode is RestoreMode.MAILBOX else "mailbox_id",
+        )
     job = RestoreJob(
         status=JobStatus.QUEUED.value,
         mailbox_id=source.id,

@@ -52,6 +52,18 @@ class FolderRejected(Exception):
         self.folder = folder
 
 
+class TargetFull(Exception):
+    """The server refused an APPEND because the target mailbox is over its quota."""
+
+    def __init__(self, folder: str, detail: str) -> None:
+        super().__init__(
+            f"the target mailbox is over its quota: the mail server refused more mail in "
+            f"{folder!r} ({detail}); raise the mailbox's quota or make room in it, then request "
+            "the restore again (the messages restored already are skipped)"
+        )
+        self.folder = folder
+
+
 @dataclass(frozen=True)
 class RestoreItem:
     """One message to restore: its blob, flags and INTERNALDATE."""
@@ -182,6 +194,8 @@ async def restore_folder(
                 ],
             )
             for answer in answers:
+                if answer.status != "OK" and "[OVERQUOTA]" in answer.text.upper():
+                    raise TargetFull(folder, answer.text)
                 if answer.status != "OK":
                     raise ImapProtocolError(f"APPEND to {folder!r} failed: {answer.text}")
             progress.restored += len(batch)
