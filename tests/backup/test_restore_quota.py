@@ -3,6 +3,7 @@ a clear failure, losing nothing, when the mailbox lacks the room today."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -10,7 +11,8 @@ from sqlalchemy import update
 
 from services.backup.engine.backup import backup_mailbox
 from shared.db import unit_of_work
-from shared.models import Mailbox
+from shared.models import Department, Mailbox
+from shared.models.backup import Snapshot
 from tests.backup import helpers
 from tests.conftest import service_client
 
@@ -22,16 +24,33 @@ def filler(size: int) -> bytes:
     return header + b"x" * (size - len(header) - 2) + b"\r\n"
 
 
-async def test_a_restore_larger_than_the_target_quota_is_refused_up_front(
-    api_key_for, seed, storage, corpus
-) -> None:
+@dataclass
+class BackedUp:
+    """A mailbox of eight messages, backed up: its department, snapshot and size."""
+
+    department: Department
+    source: Mailbox
+    snapshot: Snapshot
+    needed: int
+
+
+@pytest.fixture
+async def backed_up(seed, storage, corpus) -> BackedUp:
     department = await seed.department()
     source = await seed.mailbox("pw-1234567890", department=department)
     messages = corpus(8)
     await helpers.append(source.address, "INBOX", messages)
     snapshot, _ = await backup_mailbox(mailbox_id=source.id, run_id=None, storage=storage)
-    needed = sum(len(data) for data, _, _ in messages)
-    small = await seed.mailbox("pw-1234567890", department=department, quota_bytes=needed - 1)
+    return BackedUp(department, source, snapshot, sum(len(data) for data, _, _ in messages))
+
+
+async def test_a_restore_larger_than_the_target_quota_is_refused_up_front(
+    api_key_for, seed, backed_up
+) -> None:
+    source, snapshot, needed = backed_up.source, backed_up.snapshot, backed_up.needed
+    small = await seed.mailbox(
+        "pw-1234567890", department=backed_up.department, quota_bytes=needed - 1
+    )
     key = await api_key_for("operator")
 
     async with service_client("backup") as api:
@@ -53,15 +72,12 @@ async def test_a_restore_larger_than_the_target_quota_is_refused_up_front(
 
 
 async def test_a_restore_into_a_mailbox_too_full_for_it_fails_saying_so_then_succeeds_with_room(
-    seed, storage, corpus
+    seed, backed_up
 ) -> None:
-    department = await seed.department()
-    source = await seed.mailbox("pw-1234567890", department=department)
-    messages = corpus(8)
-    await helpers.append(source.address, "INBOX", messages)
-    snapshot, _ = await backup_mailbox(mailbox_id=source.id, run_id=None, storage=storage)
-    needed = sum(len(data) for data, _, _ in messages)
-    target = await seed.mailbox("pw-1234567890", department=department, quota_bytes=needed + 1000)
+    source, snapshot, needed = backed_up.source, backed_up.snapshot, backed_up.needed
+    target = await seed.mailbox(
+        "pw-1234567890", department=backed_up.department, quota_bytes=needed + 1000
+    )
     # What the mailbox holds already leaves room for about half of the restore.
     await helpers.append(target.address, "INBOX", [(filler(needed // 2), [], datetime.now(UTC))])
     before = await helpers.state(target.address)
