@@ -13,6 +13,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    bindparam,
     delete,
     exists,
     func,
@@ -729,13 +730,79 @@ async def delete_unreferenced_blobs(session: AsyncSession) -> int:
         deleted += count
 
 
-async def empty_packs(session: AsyncSession) -> list[uuid.UUID]:
+async def empty_packs(session: AsyncSession, retired_before: datetime) -> list[uuid.UUID]:
+    """Packs no blob is in: at once if prune emptied them by deleting blobs, after the
+    grace period if it retired them by moving their blobs."""
     rows = await session.scalars(
         select(BackupPack.id).where(
-            ~select(BackupBlob.hash).where(BackupBlob.pack_id == BackupPack.id).exists()
+            ~select(BackupBlob.hash).where(BackupBlob.pack_id == BackupPack.id).exists(),
+            or_(BackupPack.retired_at.is_(None), BackupPack.retired_at < retired_before),
         )
     )
     return list(rows.all())
+
+
+@dataclass(frozen=True)
+class SparsePack:
+    id: uuid.UUID
+    size: int
+    live: int  # bytes of the blobs still in it
+
+
+async def sparse_packs(
+    session: AsyncSession, unused_share: float, created_before: datetime
+) -> list[SparsePack]:
+    """Packs in use, older than `created_before`, of which more than `unused_share` of the
+    bytes belong to no blob any more."""
+    live = func.coalesce(func.sum(BackupBlob.length), 0)
+    rows = await session.execute(
+        select(BackupPack.id, BackupPack.size, live)
+        .join(BackupBlob, BackupBlob.pack_id == BackupPack.id)
+        .where(BackupPack.retired_at.is_(None), BackupPack.created_at < created_before)
+        .group_by(BackupPack.id)
+        .having(BackupPack.size - live > unused_share * BackupPack.size)
+        .order_by(BackupPack.created_at)
+    )
+    return [SparsePack(pack_id, int(size), int(used)) for pack_id, size, used in rows]
+
+
+async def pack_blobs(session: AsyncSession, pack_id: uuid.UUID) -> list[tuple[bytes, int, int]]:
+    """The blobs in a pack as (hash, offset, length), in the order they lie."""
+    rows = await session.execute(
+        select(BackupBlob.hash, BackupBlob.offset, BackupBlob.length)
+        .where(BackupBlob.pack_id == pack_id)
+        .order_by(BackupBlob.offset)
+    )
+    return [(bytes(h), int(offset), int(length)) for h, offset, length in rows]
+
+
+async def move_blobs(
+    session: AsyncSession,
+    old_pack: uuid.UUID,
+    new_pack: uuid.UUID,
+    offsets: Sequence[tuple[bytes, int]],
+    retired_at: datetime,
+) -> None:
+    """Point the blobs at their copies in `new_pack` and retire `old_pack`. A blob that was
+    deleted meanwhile matches no row: its copy is unused bytes."""
+    if offsets:
+        await session.execute(
+            update(_BLOBS)
+            .where(_BLOBS.c.hash == bindparam("moved"), _BLOBS.c.pack_id == old_pack)
+            .values(pack_id=new_pack, offset=bindparam("at")),
+            [{"moved": h, "at": at} for h, at in offsets],
+        )
+    await session.execute(
+        update(BackupPack).where(BackupPack.id == old_pack).values(retired_at=retired_at)
+    )
+
+
+async def unknown_packs(session: AsyncSession, pack_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """Those of `pack_ids` that no catalog row names."""
+    known = set(
+        await session.scalars(select(BackupPack.id).where(BackupPack.id.in_(list(pack_ids))))
+    )
+    return [p for p in pack_ids if p not in known]
 
 
 async def delete_packs(session: AsyncSession, pack_ids: Sequence[uuid.UUID]) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.backup import repository
 from services.backup import schemas as s
-from services.backup.engine.backup import MailboxOutcome, backup_mailboxes
+from services.backup.engine.backup import PACK_TARGET_BYTES, MailboxOutcome, backup_mailboxes
 from services.backup.engine.restore import (
     ItemPages,
     RestoreItem,
@@ -26,6 +26,7 @@ from services.backup.engine.restore import (
 from services.backup.engine.storage import (
     BlobDamaged,
     PackStorage,
+    PackWriter,
     check_blob,
     default_storage,
     read_blob,
@@ -740,18 +741,35 @@ def retained(snapshots: list[Snapshot], policy: Policy) -> set[uuid.UUID]:
     return keep
 
 
+# A pack more than this share unused is rewritten by prune: its live blobs copied into a new
+# pack, the old one retired. Rewriting costs reading and writing what stays, so a pack a
+# little unused is left as it is (restic's default is 5%; its packs are far smaller).
+REPACK_UNUSED_SHARE = 0.25
+# How long a retired pack's file outlives its retirement, and how old a pack must be before
+# it is rewritten or, if no row names it, deleted: far longer than any reader holds a blob's
+# place between reading its row and its bytes (one page of a restore, export or verify),
+# or than a backup writes to a pack before its first row names it.
+PACK_GRACE = timedelta(hours=6)
+REPACK_COPY_BYTES = 4 << 20
+
+
 @dataclass
 class PruneResult:
     snapshots: int = 0
     rows: int = 0
     blobs: int = 0
     packs: int = 0
+    repacked: int = 0
+    freed_bytes: int = 0
+    orphans: int = 0
 
 
-async def prune(storage: PackStorage | None = None) -> PruneResult:
-    """Remove snapshots the policies no longer keep, then catalog rows, blobs and packs that
-    nothing references any more."""
+async def prune(storage: PackStorage | None = None, now: datetime | None = None) -> PruneResult:
+    """Remove snapshots the policies no longer keep, then catalog rows and blobs that nothing
+    references any more; rewrite packs mostly unused, so that the space of pruned mail comes
+    back; delete packs no blob is in, and pack files no catalog row names."""
     storage = storage or default_storage()
+    now = now or datetime.now(UTC)
     result = PruneResult()
     async with unit_of_work() as session:
         if await repository.running_backups(session):
@@ -770,9 +788,73 @@ async def prune(storage: PackStorage | None = None) -> PruneResult:
                 result.snapshots += len(expired)
                 result.rows += await repository.delete_unreferenced_rows(session, mailbox_id)
         result.blobs = await repository.delete_unreferenced_blobs(session)
-        empty = await repository.empty_packs(session)
+    await _repack(storage, now, result)
+    async with unit_of_work() as session:
+        empty = await repository.empty_packs(session, retired_before=now - PACK_GRACE)
         await repository.delete_packs(session, empty)
     for pack_id in empty:
         await asyncio.to_thread(storage.delete, pack_id)
     result.packs = len(empty)
+    # A crash between a pack's creation and its first row (a backup, or a repack) leaves a
+    # file nothing names.
+    stale = await asyncio.to_thread(lambda: list(storage.written_before(now - PACK_GRACE)))
+    async with unit_of_work() as session:
+        orphans = await repository.unknown_packs(session, stale)
+    for pack_id in orphans:
+        await asyncio.to_thread(storage.delete, pack_id)
+    result.orphans = len(orphans)
     return result
+
+
+async def _repack(storage: PackStorage, now: datetime, result: PruneResult) -> None:
+    """Copy the live blobs of each mostly unused pack into new packs, sealed bytes as they
+    are (a frame's authentication does not depend on where it lies), fsync, then point the
+    blobs at their copies and retire the old pack in one transaction. A pack that does not
+    read back whole is left where it is, for verify to report."""
+    async with unit_of_work() as session:
+        sparse = await repository.sparse_packs(session, REPACK_UNUSED_SHARE, now - PACK_GRACE)
+    writer: PackWriter | None = None
+    try:
+        for pack in sparse:
+            async with unit_of_work() as session:
+                blobs = await repository.pack_blobs(session, pack.id)
+            if writer is None or writer.size >= PACK_TARGET_BYTES:
+                if writer is not None:
+                    await asyncio.to_thread(writer.close)
+                writer = await asyncio.to_thread(storage.create)
+            try:
+                offsets = await asyncio.to_thread(_copy_blobs, storage, pack.id, blobs, writer)
+            except BlobDamaged:
+                log.warning("pack left unrepacked: it does not read back whole", exc_info=True)
+                continue
+            async with unit_of_work() as session:
+                await repository.record_pack(session, writer.pack_id, writer.size)
+                await repository.move_blobs(session, pack.id, writer.pack_id, offsets, now)
+            result.repacked += 1
+            result.freed_bytes += pack.size - pack.live
+    finally:
+        if writer is not None:
+            await asyncio.to_thread(writer.close)
+
+
+def _copy_blobs(
+    storage: PackStorage, pack_id: uuid.UUID, blobs: list[tuple[bytes, int, int]], to: PackWriter
+) -> list[tuple[bytes, int]]:
+    """Append the blobs' sealed bytes to `to` a piece at a time and fsync; where each now
+    starts. Raises BlobDamaged, having written nothing that stays, if a blob reads short."""
+    start = to.size
+    offsets = []
+    try:
+        for blob_hash, offset, length in blobs:
+            offsets.append((blob_hash, to.size))
+            for at in range(offset, offset + length, REPACK_COPY_BYTES):
+                want = min(REPACK_COPY_BYTES, offset + length - at)
+                piece = storage.read(pack_id, at, want)
+                if len(piece) != want:
+                    raise BlobDamaged(f"pack {pack_id} ends inside blob {blob_hash.hex()}")
+                to.append(piece)
+    except BlobDamaged:
+        to.truncate(start)
+        raise
+    to.sync()
+    return offsets

@@ -157,6 +157,9 @@ class BackupPack(Base):
     id: Mapped[uuid.UUID] = uuid_primary_key()
     size: Mapped[int] = _counter()
     created_at: Mapped[datetime] = timestamp_now()
+    # Set when prune copied the pack's live blobs elsewhere; its file outlives this by a
+    # grace period, for readers that looked a blob up just before it moved.
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class BackupBlob(Base):

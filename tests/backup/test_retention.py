@@ -11,8 +11,9 @@ from sqlalchemy import func, select
 
 from services.backup import service
 from services.backup.engine.backup import backup_mailbox
+from services.backup.engine.storage import LocalPackStorage
 from shared.db import unit_of_work
-from shared.models.backup import BackupBlob, BackupRun, Snapshot
+from shared.models.backup import BackupBlob, BackupPack, BackupRun, Snapshot
 from tests.backup import helpers
 
 
@@ -101,3 +102,59 @@ async def _backed_up_by(run_id: uuid.UUID) -> set[uuid.UUID]:
         mailboxes = set(snapshots)
         assert run.mailboxes_done == len(mailboxes)
         return mailboxes
+
+
+async def _pack_of(mailbox_id: uuid.UUID) -> uuid.UUID:
+    return (await helpers.message_blob(mailbox_id)).pack_id
+
+
+@pytest.mark.usefixtures("mail_stack")
+async def test_prune_rewrites_a_pack_mostly_of_expired_mail_and_what_it_keeps_still_restores(
+    seed, storage, corpus
+) -> None:
+    assert isinstance(storage, LocalPackStorage)
+    department = await seed.department()
+    mailbox = await seed.mailbox("pw-1234567890", department=department)
+    await seed.backup_policy(department)  # the last snapshot only
+    await helpers.append(mailbox.address, "INBOX", corpus(10, seed=41))
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    await helpers.delete_messages(mailbox.address, "INBOX", uids="1:8")
+    kept = await helpers.state(mailbox.address)
+    second, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    old_pack = await _pack_of(mailbox.id)
+    old_file = storage.path(old_pack)
+
+    later = datetime.now(UTC) + service.PACK_GRACE + timedelta(minutes=1)
+    result = await service.prune(storage, now=later)
+
+    assert result.repacked >= 1 and result.freed_bytes > 0
+    new_pack = await _pack_of(mailbox.id)
+    assert new_pack != old_pack
+    assert old_file.exists(), "a retired pack's file outlives its retirement by the grace"
+    fresh = await seed.mailbox("pw-1234567890", department=department)
+    job = await helpers.restore(mailbox.id, second.id, {"mode": "mailbox", "mailbox_id": fresh.id})
+    assert job.status == "succeeded" and await helpers.state(fresh.address) == kept
+
+    await service.prune(storage, now=later + service.PACK_GRACE + timedelta(minutes=1))
+    assert not old_file.exists()
+    async with unit_of_work() as session:
+        assert await session.get(BackupPack, old_pack) is None
+    again = await seed.mailbox("pw-1234567890", department=department)
+    job = await helpers.restore(mailbox.id, second.id, {"mode": "mailbox", "mailbox_id": again.id})
+    assert job.status == "succeeded" and await helpers.state(again.address) == kept
+
+
+@pytest.mark.usefixtures("mail_stack")
+async def test_prune_deletes_a_pack_file_no_catalog_row_names_once_it_is_old(storage) -> None:
+    assert isinstance(storage, LocalPackStorage)
+    writer = storage.create()  # as a backup killed before its first batch commit leaves it
+    writer.append(b"sealed bytes no row names")
+    writer.sync()
+    writer.close()
+    left = storage.path(writer.pack_id)
+
+    await service.prune(storage)
+    assert left.exists(), "a young file may be a backup's pack before its first row"
+    later = datetime.now(UTC) + service.PACK_GRACE + timedelta(minutes=1)
+    assert (await service.prune(storage, now=later)).orphans >= 1
+    assert not left.exists()

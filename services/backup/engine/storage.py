@@ -13,6 +13,7 @@ can leave unreferenced bytes at a pack's end but never a reference to missing da
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
@@ -20,6 +21,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
@@ -146,6 +148,10 @@ class PackStorage(ABC):
     @abstractmethod
     def delete(self, pack_id: uuid.UUID) -> None: ...
 
+    @abstractmethod
+    def written_before(self, when: datetime) -> Iterator[uuid.UUID]:
+        """The packs last written before `when` (prune looks there for files no row names)."""
+
 
 class _LocalPackWriter(PackWriter):
     def __init__(self, path: Path, pack_id: uuid.UUID) -> None:
@@ -205,6 +211,12 @@ class LocalPackStorage(PackStorage):
 
     def delete(self, pack_id: uuid.UUID) -> None:
         self.path(pack_id).unlink(missing_ok=True)
+
+    def written_before(self, when: datetime) -> Iterator[uuid.UUID]:
+        for path in self.root.glob("*/*.pack"):
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                if path.stat().st_mtime < when.timestamp():
+                    yield uuid.UUID(path.stem)
 
 
 def body_start(head: bytes, size: int) -> int | None:
