@@ -835,6 +835,8 @@ async def _repack(storage: PackStorage, now: datetime, result: PruneResult) -> N
     finally:
         if writer is not None:
             await asyncio.to_thread(writer.close)
+            if writer.size == 0:  # its only pack did not read back whole: nothing names it
+                await asyncio.to_thread(storage.delete, writer.pack_id)
 
 
 def _copy_blobs(

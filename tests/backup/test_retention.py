@@ -13,7 +13,7 @@ from services.backup import service
 from services.backup.engine.backup import backup_mailbox
 from services.backup.engine.storage import LocalPackStorage
 from shared.db import unit_of_work
-from shared.models.backup import BackupBlob, BackupPack, BackupRun, Snapshot
+from shared.models.backup import BackupBlob, BackupMessage, BackupPack, BackupRun, Snapshot
 from tests.backup import helpers
 
 
@@ -142,6 +142,38 @@ async def test_prune_rewrites_a_pack_mostly_of_expired_mail_and_what_it_keeps_st
     again = await seed.mailbox("pw-1234567890", department=department)
     job = await helpers.restore(mailbox.id, second.id, {"mode": "mailbox", "mailbox_id": again.id})
     assert job.status == "succeeded" and await helpers.state(again.address) == kept
+
+
+@pytest.mark.usefixtures("mail_stack")
+async def test_prune_leaves_in_place_a_pack_that_does_not_read_back_whole(
+    seed, storage, corpus
+) -> None:
+    assert isinstance(storage, LocalPackStorage)
+    department = await seed.department()
+    mailbox = await seed.mailbox("pw-1234567890", department=department)
+    await seed.backup_policy(department)  # the last snapshot only
+    await helpers.append(mailbox.address, "INBOX", corpus(10, seed=43))
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    await helpers.delete_messages(mailbox.address, "INBOX", uids="2:10")
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    async with unit_of_work() as session:  # the one message still in the mailbox
+        blob = await session.scalar(
+            select(BackupBlob)
+            .join(BackupMessage, BackupMessage.blob_hash == BackupBlob.hash)
+            .where(BackupMessage.mailbox_id == mailbox.id, BackupMessage.until_seq.is_(None))
+        )
+    assert blob is not None
+    # The pack lost its end, and with it the last byte of the message still needed.
+    with open(storage.path(blob.pack_id), "r+b") as pack:
+        pack.truncate(blob.offset + blob.length - 1)
+
+    later = datetime.now(UTC) + service.PACK_GRACE + timedelta(minutes=1)
+    await service.prune(storage, now=later)
+
+    async with unit_of_work() as session:
+        pack = await session.get(BackupPack, blob.pack_id)
+        assert pack is not None and pack.retired_at is None
+    assert (await helpers.message_blob(mailbox.id)).pack_id == blob.pack_id
 
 
 @pytest.mark.usefixtures("mail_stack")
