@@ -6,6 +6,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import lru_cache
 
+# The driver, imported with the rest rather than by the engine's first use: a service's
+# first request, or a worker's first job, would otherwise pay its 36 ms of import.
+import asyncpg  # noqa: F401
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
