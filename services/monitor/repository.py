@@ -153,6 +153,20 @@ async def backup_ages(session: AsyncSession) -> list[dict[str, Any]]:
     return [dict(row) for row in rows.mappings()]
 
 
+async def backup_store(session: AsyncSession) -> tuple[int, int]:
+    """The backup store's size (every pack, retired ones included until their file goes) and
+    how much of it no blob needs: what prune's repack and deletions give back."""
+    row = (
+        await session.execute(
+            text(
+                "SELECT (SELECT coalesce(sum(size), 0) FROM backup_packs) AS stored, "
+                "(SELECT coalesce(sum(length), 0) FROM backup_blobs) AS live"
+            )
+        )
+    ).one()
+    return int(row.stored), max(0, int(row.stored) - int(row.live))
+
+
 async def failed_backup_runs(session: AsyncSession, window_seconds: int) -> list[dict[str, Any]]:
     rows = await session.execute(
         text(

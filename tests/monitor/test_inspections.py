@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from services.monitor.checks import CHECKS, CheckContext
 from shared.db import unit_of_work
 from shared.imap import check, imap_session
-from shared.models.backup import Snapshot
+from shared.models.backup import BackupBlob, BackupPack, Snapshot
 from shared.settings import Settings
 from tests.mail import message
 from tests.monitor.conftest import Api
@@ -72,3 +74,27 @@ async def test_mailbox_whose_last_snapshot_is_older_than_its_policy_shows_as_sta
     assert stale.address in [m["address"] for m in report["body"]["stale_backups"]]
     listed = (await operator.get("/v1/reports", params={"kind": "weekly"})).json()
     assert [r["id"] for r in listed] == [report["id"]]
+
+
+async def test_backup_freshness_reports_the_store_size_and_what_prune_would_free(
+    settings: Settings,
+) -> None:
+    async def store() -> dict[str, float]:
+        outcome = (await CHECKS["backup_freshness"].run(CheckContext(settings))).outcome
+        return {g.name: g.value for g in outcome.gauges}
+
+    before = await store()
+    async with unit_of_work() as session:
+        pack = BackupPack(id=uuid.uuid4(), size=1000)
+        session.add(pack)
+        await session.flush()
+        session.add(
+            BackupBlob(
+                hash=os.urandom(32), pack_id=pack.id, offset=0, length=400, size=380, key_id="k1"
+            )
+        )
+    after = await store()
+
+    assert after["mailops_backup_store_bytes"] - before["mailops_backup_store_bytes"] == 1000
+    unused = "mailops_backup_store_unused_bytes"
+    assert after[unused] - before[unused] == 600
