@@ -1,8 +1,9 @@
-"""`mailops backup`: back up, restore and verify mailboxes from a shell on the server.
+"""`mailops backup`: back up, restore, verify and prune mailboxes from a shell on the server.
 
-Each command files its work as the API does (a run and a job for the backup worker), then
-follows it to its end, printing progress. A backup worker must be running: `mailops up`
-starts one, or `mailops worker backup`.
+Each command but prune files its work as the API does (a run and a job for the backup
+worker), then follows it to its end, printing progress. A backup worker must be running:
+`mailops up` starts one, or `mailops worker backup`. Prune, the worker's nightly job, runs
+in the command itself, for space needed now.
 """
 
 from __future__ import annotations
@@ -330,5 +331,27 @@ def backup_verify(
             )
             lines.append(f"  blob {report['blob'][:16]}: {report['error']}; needed by {owners}")
         raise _JobFailed("\n".join(lines))
+
+    _run(work)
+
+
+@backup_app.command("prune")
+def backup_prune() -> None:
+    """Apply every department's retention now and give back the space no snapshot needs
+    (the backup worker also does this each night at 03:30). Runs here, not in the worker."""
+
+    async def work() -> str:
+        from services.backup import service
+
+        result = await service.prune()
+        if result.skipped:
+            raise _JobFailed(f"nothing pruned: {result.skipped}; run it again once it has ended")
+        hours = service.PACK_GRACE.total_seconds() / 3600
+        return (
+            f"expired {result.snapshots} snapshot(s) and deleted {result.blobs} blob(s) no "
+            f"snapshot needs; rewrote {result.repacked} pack(s) without their "
+            f"{_megabytes(result.freed_bytes)} of unused data (the old files go in {hours:g} "
+            f"hours); deleted {result.packs} empty pack(s) and {result.orphans} stray pack file(s)"
+        )
 
     _run(work)

@@ -762,6 +762,7 @@ class PruneResult:
     repacked: int = 0
     freed_bytes: int = 0
     orphans: int = 0
+    skipped: str | None = None  # why nothing was done
 
 
 async def prune(storage: PackStorage | None = None, now: datetime | None = None) -> PruneResult:
@@ -773,7 +774,9 @@ async def prune(storage: PackStorage | None = None, now: datetime | None = None)
     result = PruneResult()
     async with unit_of_work() as session:
         if await repository.running_backups(session):
-            return result  # a backup may be about to reference a blob that looks unused
+            # A backup may be about to reference a blob that looks unused.
+            result.skipped = "a backup run is in progress"
+            return result
         policies = {p.department_id: _policy(p) for p in await repository.policies(session)}
         schedule = await repository.mailbox_schedule(session)
     departments = {m: d for m, d, _ in schedule}

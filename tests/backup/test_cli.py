@@ -9,8 +9,11 @@ import sys
 import time
 
 import pytest
+from sqlalchemy import update
 
 from services.backup.engine.backup import backup_mailbox
+from shared.db import unit_of_work
+from shared.models.backup import BackupRun
 from tests.backup import helpers
 from tests.conftest import run_worker
 
@@ -100,3 +103,42 @@ async def test_verify_that_finds_damage_fails_and_names_the_mailbox(seed, corpus
         result = await mailops_with_worker("backup", "verify")
     assert result.returncode == 1
     assert "1 damaged blobs" in result.stderr and mailbox.address in result.stderr
+
+
+async def test_prune_applies_retention_now_and_says_what_it_gave_back(
+    seed, storage, corpus
+) -> None:
+    department = await seed.department()
+    mailbox = await seed.mailbox("pw-1234567890", department=department)
+    await seed.backup_policy(department)  # the last snapshot only
+    await helpers.append(mailbox.address, "INBOX", corpus(3, seed=44))
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    await helpers.delete_messages(mailbox.address, "INBOX")
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+
+    def prune() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cli", "backup", "prune"],
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+            timeout=60,
+        )
+
+    pruned = await asyncio.to_thread(prune)
+    assert pruned.returncode == 0, pruned.stderr
+    expired = int(pruned.stdout.split("expired ")[1].split(" ")[0])
+    assert expired >= 1 and "rewrote " in pruned.stdout, pruned.stdout
+
+    async with unit_of_work() as session:
+        run = BackupRun(scope="mailbox", mailbox_id=mailbox.id, status="running")
+        session.add(run)
+    try:
+        busy = await asyncio.to_thread(prune)
+    finally:
+        async with unit_of_work() as session:
+            await session.execute(
+                update(BackupRun).where(BackupRun.id == run.id).values(status="failed")
+            )
+    assert busy.returncode == 1
+    assert "a backup run is in progress; run it again once it has ended" in busy.stderr
