@@ -754,7 +754,7 @@ async def sparse_packs(
 ) -> list[SparsePack]:
     """Packs in use, older than `created_before`, of which more than `unused_share` of the
     bytes belong to no blob any more."""
-    live = func.coalesce(func.sum(BackupBlob.length), 0)
+    live = func.sum(BackupBlob.length)  # an inner join: every group has a blob
     rows = await session.execute(
         select(BackupPack.id, BackupPack.size, live)
         .join(BackupBlob, BackupBlob.pack_id == BackupPack.id)

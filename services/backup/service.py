@@ -115,6 +115,38 @@ async def list_policies(session: AsyncSession) -> list[s.PolicyOut]:
     return out
 
 
+# ---------------------------------------------------------------- job rows
+
+Job = BackupRun | RestoreJob | VerifyRun
+AnyJob = TypeVar("AnyJob", BackupRun, RestoreJob, VerifyRun)
+
+
+def _begin(row: AnyJob | None) -> TypeGuard[AnyJob]:
+    """Mark a job's row running; False if it is gone or has ended (arq ran it again after it
+    finished, or the reaper ended it). A rerun after a crash keeps its first start time."""
+    if row is None or row.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
+        return False
+    row.status = JobStatus.RUNNING.value
+    row.started_at = row.started_at or datetime.now(UTC)
+    return True
+
+
+def _end_failed(row: Job, reason: str) -> None:
+    row.status, row.reason = JobStatus.FAILED.value, reason[:2000]
+    row.finished_at = datetime.now(UTC)
+
+
+def queue_job_id(row: Job) -> str:
+    """The arq job id that carries out a row: one per row, so enqueueing it twice is one job."""
+    if isinstance(row, RestoreJob):
+        return f"restore:{row.id}"
+    if isinstance(row, VerifyRun):
+        return f"verify:{row.id}"
+    if row.scope == BackupScope.FINAL.value and row.mailbox_id is not None:
+        return final_backup_job_id(row.mailbox_id)
+    return f"backup-run:{row.id}"
+
+
 # ---------------------------------------------------------------- requests
 
 
@@ -615,35 +647,6 @@ def _mbox_entry(data: bytes, when: datetime, folder: str, flags: list[str]) -> b
 
 # Long enough for `enqueue_after_commit` to have sent a job its row committed.
 ENQUEUE_GRACE = timedelta(minutes=2)
-
-Job = BackupRun | RestoreJob | VerifyRun
-AnyJob = TypeVar("AnyJob", BackupRun, RestoreJob, VerifyRun)
-
-
-def _begin(row: AnyJob | None) -> TypeGuard[AnyJob]:
-    """Mark a job's row running; False if it is gone or has ended (arq ran it again after it
-    finished, or the reaper ended it). A rerun after a crash keeps its first start time."""
-    if row is None or row.status in (JobStatus.SUCCEEDED.value, JobStatus.FAILED.value):
-        return False
-    row.status = JobStatus.RUNNING.value
-    row.started_at = row.started_at or datetime.now(UTC)
-    return True
-
-
-def _end_failed(row: Job, reason: str) -> None:
-    row.status, row.reason = JobStatus.FAILED.value, reason[:2000]
-    row.finished_at = datetime.now(UTC)
-
-
-def queue_job_id(row: Job) -> str:
-    """The arq job id that carries out a row: one per row, so enqueueing it twice is one job."""
-    if isinstance(row, RestoreJob):
-        return f"restore:{row.id}"
-    if isinstance(row, VerifyRun):
-        return f"verify:{row.id}"
-    if row.scope == BackupScope.FINAL.value and row.mailbox_id is not None:
-        return final_backup_job_id(row.mailbox_id)
-    return f"backup-run:{row.id}"
 
 
 async def fail_abandoned_jobs(now: datetime | None = None) -> int:

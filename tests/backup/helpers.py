@@ -7,7 +7,7 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from services.backup import repository, service
 from services.backup import schemas as s
 from services.backup.engine import utf7
+from services.backup.engine.backup import backup_mailbox
 from services.backup.engine.imap import (
     AppendItem,
     fetch_items,
@@ -25,7 +26,7 @@ from services.backup.engine.imap import (
 from services.backup.engine.storage import LocalPackStorage, PackStorage
 from shared.auth import Principal
 from shared.db import unit_of_work
-from shared.models import Role
+from shared.models import Department, Mailbox, Role
 from shared.models.backup import BackupBlob, BackupMessage, BackupRun, RestoreJob, Snapshot
 
 DEFAULT_FOLDERS = {"INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive"}
@@ -228,6 +229,20 @@ def corrupted(storage: PackStorage, blob: BackupBlob) -> Iterator[None]:
         path.write_bytes(bytes(data))
 
 
+@contextmanager
+def truncated(storage: PackStorage, blob: BackupBlob) -> Iterator[None]:
+    """The blob's pack cut short inside its last byte (a disk that lost the pack's end),
+    then made whole again."""
+    assert isinstance(storage, LocalPackStorage)
+    path = storage.path(blob.pack_id)
+    data = path.read_bytes()
+    path.write_bytes(data[: blob.offset + blob.length - 1])
+    try:
+        yield
+    finally:
+        path.write_bytes(data)
+
+
 async def scheduled_runs(department_ids: set[uuid.UUID]) -> list[BackupRun]:
     async with unit_of_work() as session:
         runs = (
@@ -245,3 +260,28 @@ async def set_aside_other_scheduled_runs(department_ids: set[uuid.UUID]) -> None
         for run in await session.scalars(queued):
             if run.department_id not in department_ids:
                 run.status, run.reason = "failed", "set aside by a test"
+
+
+async def mostly_expired(
+    seed: Any,
+    storage: PackStorage,
+    messages: Sequence[tuple[bytes, Sequence[str], datetime]],
+    *,
+    deleted_uids: str,
+) -> tuple[Department, Mailbox, Snapshot]:
+    """A mailbox whose department keeps only its last snapshot, backed up with `messages`
+    and again once the `deleted_uids` of its INBOX were deleted: its department, and the
+    second snapshot. The first snapshot and the mail only it holds are prune's to expire."""
+    department = await seed.department()
+    mailbox = await seed.mailbox("pw-1234567890", department=department)
+    await seed.backup_policy(department)
+    await append(mailbox.address, "INBOX", messages)
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    await delete_messages(mailbox.address, "INBOX", uids=deleted_uids)
+    second, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    return department, mailbox, second
+
+
+def past_pack_grace(after: datetime | None = None) -> datetime:
+    """A clock for prune past the grace that packs get, from now or from `after`."""
+    return (after or datetime.now(UTC)) + service.PACK_GRACE + timedelta(minutes=1)

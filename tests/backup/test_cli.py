@@ -108,13 +108,9 @@ async def test_verify_that_finds_damage_fails_and_names_the_mailbox(seed, corpus
 async def test_prune_applies_retention_now_and_says_what_it_gave_back(
     seed, storage, corpus
 ) -> None:
-    department = await seed.department()
-    mailbox = await seed.mailbox("pw-1234567890", department=department)
-    await seed.backup_policy(department)  # the last snapshot only
-    await helpers.append(mailbox.address, "INBOX", corpus(3, seed=44))
-    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
-    await helpers.delete_messages(mailbox.address, "INBOX")
-    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    _, mailbox, _ = await helpers.mostly_expired(
+        seed, storage, corpus(3, seed=44), deleted_uids="1:*"
+    )
 
     def prune() -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -113,18 +113,14 @@ async def test_prune_rewrites_a_pack_mostly_of_expired_mail_and_what_it_keeps_st
     seed, storage, corpus
 ) -> None:
     assert isinstance(storage, LocalPackStorage)
-    department = await seed.department()
-    mailbox = await seed.mailbox("pw-1234567890", department=department)
-    await seed.backup_policy(department)  # the last snapshot only
-    await helpers.append(mailbox.address, "INBOX", corpus(10, seed=41))
-    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
-    await helpers.delete_messages(mailbox.address, "INBOX", uids="1:8")
+    department, mailbox, second = await helpers.mostly_expired(
+        seed, storage, corpus(10, seed=41), deleted_uids="1:8"
+    )
     kept = await helpers.state(mailbox.address)
-    second, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     old_pack = await _pack_of(mailbox.id)
     old_file = storage.path(old_pack)
 
-    later = datetime.now(UTC) + service.PACK_GRACE + timedelta(minutes=1)
+    later = helpers.past_pack_grace()
     result = await service.prune(storage, now=later)
 
     assert result.repacked >= 1 and result.freed_bytes > 0
@@ -135,7 +131,7 @@ async def test_prune_rewrites_a_pack_mostly_of_expired_mail_and_what_it_keeps_st
     job = await helpers.restore(mailbox.id, second.id, {"mode": "mailbox", "mailbox_id": fresh.id})
     assert job.status == "succeeded" and await helpers.state(fresh.address) == kept
 
-    await service.prune(storage, now=later + service.PACK_GRACE + timedelta(minutes=1))
+    await service.prune(storage, now=helpers.past_pack_grace(later))
     assert not old_file.exists()
     async with unit_of_work() as session:
         assert await session.get(BackupPack, old_pack) is None
@@ -148,14 +144,9 @@ async def test_prune_rewrites_a_pack_mostly_of_expired_mail_and_what_it_keeps_st
 async def test_prune_leaves_in_place_a_pack_that_does_not_read_back_whole(
     seed, storage, corpus
 ) -> None:
-    assert isinstance(storage, LocalPackStorage)
-    department = await seed.department()
-    mailbox = await seed.mailbox("pw-1234567890", department=department)
-    await seed.backup_policy(department)  # the last snapshot only
-    await helpers.append(mailbox.address, "INBOX", corpus(10, seed=43))
-    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
-    await helpers.delete_messages(mailbox.address, "INBOX", uids="2:10")
-    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    _, mailbox, _ = await helpers.mostly_expired(
+        seed, storage, corpus(10, seed=43), deleted_uids="2:10"
+    )
     async with unit_of_work() as session:  # the one message still in the mailbox
         blob = await session.scalar(
             select(BackupBlob)
@@ -163,12 +154,8 @@ async def test_prune_leaves_in_place_a_pack_that_does_not_read_back_whole(
             .where(BackupMessage.mailbox_id == mailbox.id, BackupMessage.until_seq.is_(None))
         )
     assert blob is not None
-    # The pack lost its end, and with it the last byte of the message still needed.
-    with open(storage.path(blob.pack_id), "r+b") as pack:
-        pack.truncate(blob.offset + blob.length - 1)
-
-    later = datetime.now(UTC) + service.PACK_GRACE + timedelta(minutes=1)
-    await service.prune(storage, now=later)
+    with helpers.truncated(storage, blob):  # the message still needed lost its last byte
+        await service.prune(storage, now=helpers.past_pack_grace())
 
     async with unit_of_work() as session:
         pack = await session.get(BackupPack, blob.pack_id)
@@ -187,6 +174,6 @@ async def test_prune_deletes_a_pack_file_no_catalog_row_names_once_it_is_old(sto
 
     await service.prune(storage)
     assert left.exists(), "a young file may be a backup's pack before its first row"
-    later = datetime.now(UTC) + service.PACK_GRACE + timedelta(minutes=1)
+    later = helpers.past_pack_grace()
     assert (await service.prune(storage, now=later)).orphans >= 1
     assert not left.exists()

@@ -61,7 +61,6 @@ class TargetFull(Exception):
             f"{folder!r} ({detail}); raise the mailbox's quota or make room in it, then request "
             "the restore again (the messages restored already are skipped)"
         )
-        self.folder = folder
 
 
 @dataclass(frozen=True)
