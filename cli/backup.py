@@ -347,11 +347,19 @@ def backup_prune() -> None:
         if result.skipped:
             raise _JobFailed(f"nothing pruned: {result.skipped}; run it again once it has ended")
         hours = service.PACK_GRACE.total_seconds() / 3600
-        return (
+        said = (
             f"expired {result.snapshots} snapshot(s) and deleted {result.blobs} blob(s) no "
             f"snapshot needs; rewrote {result.repacked} pack(s) without their "
-            f"{_megabytes(result.freed_bytes)} of unused data (the old files go in {hours:g} "
-            f"hours); deleted {result.packs} empty pack(s) and {result.orphans} stray pack file(s)"
+            f"{_megabytes(result.freed_bytes)} of unused data, re-sealing {result.resealed} "
+            f"blob(s) under the current key (the old files go in {hours:g} hours); deleted "
+            f"{result.packs} empty pack(s) and {result.orphans} stray pack file(s)"
         )
+        if result.older_key_blobs:
+            said += (
+                f"\n{result.older_key_blobs} blob(s) are still under an older key: keep it in "
+                f"MAILOPS_BACKUP_PREVIOUS_KEYS (packs younger than {hours:g} hours are "
+                "rewritten by a later prune; a pack that does not read back is for verify)"
+            )
+        return said
 
     _run(work)

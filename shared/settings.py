@@ -23,6 +23,10 @@ PLACEHOLDER_SECRETS = frozenset(
 )
 
 
+# Names a backup key; stored with every blob sealed under it.
+KeyId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
+
+
 def _default_mail_uid() -> int:
     # Dovecot will not store mail as root; Debian's `mail` user (uid 8) always exists.
     return 8 if os.geteuid() == 0 else os.geteuid()
@@ -78,9 +82,10 @@ class Settings(BaseSettings):
     # Every stored blob is encrypted (AES-256-GCM) under a key derived from this secret; the
     # key id is stored with each blob, so a new key can take over while old ones still read.
     backup_key: SecretStr = SecretStr("mailops-dev-backup-key")
-    backup_key_id: str = Field(default="k1", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
-    # Retired keys that still decrypt older blobs: `{"k0": "old secret"}`.
-    backup_previous_keys: dict[str, SecretStr] = {}
+    backup_key_id: KeyId = "k1"
+    # Retired keys that still decrypt older blobs: `{"k0": "old secret"}`. Prune re-seals
+    # those blobs under the current key; once it reports none left, a retired key can go.
+    backup_previous_keys: dict[KeyId, SecretStr] = {}
     # The default policy of a department without a `backup_policies` row.
     backup_interval_seconds: int = Field(default=86400, ge=60)
     backup_keep_last: int = Field(default=7, ge=1)
@@ -136,6 +141,15 @@ class Settings(BaseSettings):
     monitor_dns_timeout_seconds: float = 2.0
     # How long a `/metrics` scrape may reuse the latest results it read from the database.
     monitor_metrics_cache_seconds: float = 5.0
+
+    @model_validator(mode="after")
+    def _one_secret_per_key_id(self) -> Settings:
+        if self.backup_key_id in self.backup_previous_keys:
+            raise ValueError(
+                f"MAILOPS_BACKUP_PREVIOUS_KEYS names the current key id {self.backup_key_id!r}; "
+                "give the new key an id of its own"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets(self) -> Settings:

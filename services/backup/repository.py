@@ -743,58 +743,82 @@ async def empty_packs(session: AsyncSession, retired_before: datetime) -> list[u
 
 
 @dataclass(frozen=True)
-class SparsePack:
+class PackToRewrite:
     id: uuid.UUID
     size: int
     live: int  # bytes of the blobs still in it
 
 
-async def sparse_packs(
-    session: AsyncSession, unused_share: float, created_before: datetime
-) -> list[SparsePack]:
+async def packs_to_rewrite(
+    session: AsyncSession, unused_share: float, created_before: datetime, key_id: str
+) -> list[PackToRewrite]:
     """Packs in use, older than `created_before`, of which more than `unused_share` of the
-    bytes belong to no blob any more."""
+    bytes belong to no blob any more, or that hold a blob sealed under a key other than
+    `key_id` (the current one)."""
     live = func.sum(BackupBlob.length)  # an inner join: every group has a blob
     rows = await session.execute(
         select(BackupPack.id, BackupPack.size, live)
         .join(BackupBlob, BackupBlob.pack_id == BackupPack.id)
         .where(BackupPack.retired_at.is_(None), BackupPack.created_at < created_before)
         .group_by(BackupPack.id)
-        .having(BackupPack.size - live > unused_share * BackupPack.size)
+        .having(
+            or_(
+                BackupPack.size - live > unused_share * BackupPack.size,
+                func.bool_or(BackupBlob.key_id != key_id),
+            )
+        )
         .order_by(BackupPack.created_at)
     )
-    return [SparsePack(pack_id, int(size), int(used)) for pack_id, size, used in rows]
+    return [PackToRewrite(pack_id, int(size), int(used)) for pack_id, size, used in rows]
 
 
-async def pack_blobs(session: AsyncSession, pack_id: uuid.UUID) -> list[tuple[bytes, int, int]]:
-    """The blobs in a pack as (hash, offset, length), in the order they lie."""
+async def pack_blobs(session: AsyncSession, pack_id: uuid.UUID) -> list[Sealed]:
+    """The blobs in a pack, in the order they lie."""
     rows = await session.execute(
-        select(BackupBlob.hash, BackupBlob.offset, BackupBlob.length)
+        select(BackupBlob.hash, BackupBlob.offset, BackupBlob.length, BackupBlob.key_id)
         .where(BackupBlob.pack_id == pack_id)
         .order_by(BackupBlob.offset)
     )
-    return [(bytes(h), int(offset), int(length)) for h, offset, length in rows]
+    return [Sealed(bytes(h), pack_id, int(at), int(length), key) for h, at, length, key in rows]
 
 
 async def move_blobs(
-    session: AsyncSession,
-    old_pack: uuid.UUID,
-    new_pack: uuid.UUID,
-    offsets: Sequence[tuple[bytes, int]],
-    retired_at: datetime,
+    session: AsyncSession, old_pack: uuid.UUID, copies: Sequence[Sealed], retired_at: datetime
 ) -> None:
-    """Point the blobs at their copies in `new_pack` and retire `old_pack`. A blob that was
-    deleted meanwhile matches no row: its copy is unused bytes."""
-    if offsets:
+    """Point the blobs at their `copies` and retire `old_pack`. A blob that was deleted
+    meanwhile matches no row: its copy is unused bytes."""
+    if copies:
         await session.execute(
             update(_BLOBS)
             .where(_BLOBS.c.hash == bindparam("moved"), _BLOBS.c.pack_id == old_pack)
-            .values(pack_id=new_pack, offset=bindparam("at")),
-            [{"moved": h, "at": at} for h, at in offsets],
+            .values(
+                pack_id=bindparam("to"),
+                offset=bindparam("at"),
+                length=bindparam("sealed_length"),
+                key_id=bindparam("sealed_key"),
+            ),
+            [
+                {
+                    "moved": c.blob_hash,
+                    "to": c.pack_id,
+                    "at": c.offset,
+                    "sealed_length": c.length,
+                    "sealed_key": c.key_id,
+                }
+                for c in copies
+            ],
         )
     await session.execute(
         update(BackupPack).where(BackupPack.id == old_pack).values(retired_at=retired_at)
     )
+
+
+async def blobs_under_other_keys(session: AsyncSession, key_id: str) -> int:
+    """Blobs sealed under a key other than `key_id`: until none are, an older key is needed."""
+    count = await session.scalar(
+        select(func.count()).select_from(BackupBlob).where(BackupBlob.key_id != key_id)
+    )
+    return int(count or 0)
 
 
 async def unknown_packs(session: AsyncSession, pack_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:

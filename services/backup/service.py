@@ -27,7 +27,9 @@ from services.backup.engine.storage import (
     BlobDamaged,
     PackStorage,
     PackWriter,
+    Sealed,
     check_blob,
+    copy_sealed,
     default_storage,
     read_blob,
 )
@@ -753,7 +755,6 @@ REPACK_UNUSED_SHARE = 0.25
 # place between reading its row and its bytes (one page of a restore, export or verify),
 # or than a backup writes to a pack before its first row names it.
 PACK_GRACE = timedelta(hours=6)
-REPACK_COPY_BYTES = 4 << 20
 
 
 @dataclass
@@ -765,13 +766,16 @@ class PruneResult:
     repacked: int = 0
     freed_bytes: int = 0
     orphans: int = 0
+    resealed: int = 0  # blobs moved from an older key to the current one
+    older_key_blobs: int = 0  # blobs still under an older key: it must stay configured
     skipped: str | None = None  # why nothing was done
 
 
 async def prune(storage: PackStorage | None = None, now: datetime | None = None) -> PruneResult:
     """Remove snapshots the policies no longer keep, then catalog rows and blobs that nothing
     references any more; rewrite packs mostly unused, so that the space of pruned mail comes
-    back; delete packs no blob is in, and pack files no catalog row names."""
+    back, and packs holding blobs under an older key, so that the key can be retired; delete
+    packs no blob is in, and pack files no catalog row names."""
     storage = storage or default_storage()
     now = now or datetime.now(UTC)
     result = PruneResult()
@@ -813,15 +817,19 @@ async def prune(storage: PackStorage | None = None, now: datetime | None = None)
 
 
 async def _repack(storage: PackStorage, now: datetime, result: PruneResult) -> None:
-    """Copy the live blobs of each mostly unused pack into new packs, sealed bytes as they
-    are (a frame's authentication does not depend on where it lies), fsync, then point the
-    blobs at their copies and retire the old pack in one transaction. A pack that does not
-    read back whole is left where it is, for verify to report."""
+    """Copy the live blobs of each mostly unused pack, and of each pack holding blobs sealed
+    under an older key, into new packs under the current key; fsync, then point the blobs
+    at their copies and retire the old pack in one transaction. A pack that does not read
+    back whole (or needs a key no longer configured) is left where it is, for verify to
+    report."""
+    key_id = get_settings().backup_key_id
     async with unit_of_work() as session:
-        sparse = await repository.sparse_packs(session, REPACK_UNUSED_SHARE, now - PACK_GRACE)
+        packs = await repository.packs_to_rewrite(
+            session, REPACK_UNUSED_SHARE, now - PACK_GRACE, key_id
+        )
     writer: PackWriter | None = None
     try:
-        for pack in sparse:
+        for pack in packs:
             async with unit_of_work() as session:
                 blobs = await repository.pack_blobs(session, pack.id)
             if writer is None or writer.size >= PACK_TARGET_BYTES:
@@ -829,40 +837,37 @@ async def _repack(storage: PackStorage, now: datetime, result: PruneResult) -> N
                     await asyncio.to_thread(writer.close)
                 writer = await asyncio.to_thread(storage.create)
             try:
-                offsets = await asyncio.to_thread(_copy_blobs, storage, pack.id, blobs, writer)
+                copies = await asyncio.to_thread(_copy_blobs, storage, blobs, writer, key_id)
             except BlobDamaged:
-                log.warning("pack left unrepacked: it does not read back whole", exc_info=True)
+                log.warning(
+                    "pack %s left as it is: it does not read back whole", pack.id, exc_info=True
+                )
                 continue
             async with unit_of_work() as session:
                 await repository.record_pack(session, writer.pack_id, writer.size)
-                await repository.move_blobs(session, pack.id, writer.pack_id, offsets, now)
+                await repository.move_blobs(session, pack.id, copies, now)
             result.repacked += 1
             result.freed_bytes += pack.size - pack.live
+            result.resealed += sum(b.key_id != key_id for b in blobs)
     finally:
         if writer is not None:
             await asyncio.to_thread(writer.close)
             if writer.size == 0:  # its only pack did not read back whole: nothing names it
                 await asyncio.to_thread(storage.delete, writer.pack_id)
+    async with unit_of_work() as session:
+        result.older_key_blobs = await repository.blobs_under_other_keys(session, key_id)
 
 
 def _copy_blobs(
-    storage: PackStorage, pack_id: uuid.UUID, blobs: list[tuple[bytes, int, int]], to: PackWriter
-) -> list[tuple[bytes, int]]:
-    """Append the blobs' sealed bytes to `to` a piece at a time and fsync; where each now
-    starts. Raises BlobDamaged, having written nothing that stays, if a blob reads short."""
+    storage: PackStorage, blobs: list[Sealed], to: PackWriter, key_id: str
+) -> list[Sealed]:
+    """Append the blobs to `to` under `key_id` and fsync; where each copy lies. Raises
+    BlobDamaged, having written nothing that stays, if a blob does not read back whole."""
     start = to.size
-    offsets = []
     try:
-        for blob_hash, offset, length in blobs:
-            offsets.append((blob_hash, to.size))
-            for at in range(offset, offset + length, REPACK_COPY_BYTES):
-                want = min(REPACK_COPY_BYTES, offset + length - at)
-                piece = storage.read(pack_id, at, want)
-                if len(piece) != want:
-                    raise BlobDamaged(f"pack {pack_id} ends inside blob {blob_hash.hex()}")
-                to.append(piece)
+        copies = [copy_sealed(storage, blob, to, key_id) for blob in blobs]
     except BlobDamaged:
         to.truncate(start)
         raise
     to.sync()
-    return offsets
+    return copies

@@ -153,18 +153,27 @@ async def backup_ages(session: AsyncSession) -> list[dict[str, Any]]:
     return [dict(row) for row in rows.mappings()]
 
 
-async def backup_store(session: AsyncSession) -> tuple[int, int]:
-    """The backup store's size (every pack, retired ones included until their file goes) and
-    how much of it no blob needs: what prune's repack and deletions give back."""
+@dataclass(frozen=True)
+class BackupStore:
+    stored: int  # every pack, retired ones included until their file goes
+    unused: int  # what no blob needs: what prune's repack and deletions give back
+    older_key_blobs: int  # blobs under a key other than the current one: it is still needed
+
+
+async def backup_store(session: AsyncSession, key_id: str) -> BackupStore:
+    """The backup store's size and use, `key_id` being the current backup key."""
     row = (
         await session.execute(
             text(
                 "SELECT (SELECT coalesce(sum(size), 0) FROM backup_packs) AS stored, "
-                "(SELECT coalesce(sum(length), 0) FROM backup_blobs) AS live"
-            )
+                "coalesce(sum(length), 0) AS live, "
+                "count(*) FILTER (WHERE key_id <> :key_id) AS older "
+                "FROM backup_blobs"
+            ),
+            {"key_id": key_id},
         )
     ).one()
-    return int(row.stored), max(0, int(row.stored) - int(row.live))
+    return BackupStore(int(row.stored), max(0, int(row.stored) - int(row.live)), int(row.older))
 
 
 async def failed_backup_runs(session: AsyncSession, window_seconds: int) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import delete
 
 from services.monitor.checks import CHECKS, CheckContext
 from shared.db import unit_of_work
@@ -76,7 +77,7 @@ async def test_mailbox_whose_last_snapshot_is_older_than_its_policy_shows_as_sta
     assert [r["id"] for r in listed] == [report["id"]]
 
 
-async def test_backup_freshness_reports_the_store_size_and_what_prune_would_free(
+async def test_backup_freshness_reports_the_store_size_what_prune_would_free_and_old_keys(
     settings: Settings,
 ) -> None:
     async def store() -> dict[str, float]:
@@ -88,13 +89,24 @@ async def test_backup_freshness_reports_the_store_size_and_what_prune_would_free
         pack = BackupPack(id=uuid.uuid4(), size=1000)
         session.add(pack)
         await session.flush()
-        session.add(
-            BackupBlob(
-                hash=os.urandom(32), pack_id=pack.id, offset=0, length=400, size=380, key_id="k1"
+        for offset, key_id in ((0, settings.backup_key_id), (400, "retired")):
+            session.add(
+                BackupBlob(
+                    hash=os.urandom(32),
+                    pack_id=pack.id,
+                    offset=offset,
+                    length=400,
+                    size=380,
+                    key_id=key_id,
+                )
             )
-        )
     after = await store()
 
     assert after["mailops_backup_store_bytes"] - before["mailops_backup_store_bytes"] == 1000
     unused = "mailops_backup_store_unused_bytes"
-    assert after[unused] - before[unused] == 600
+    assert after[unused] - before[unused] == 200
+    older = "mailops_backup_older_key_blobs"
+    assert after[older] - before[older] == 1
+    async with unit_of_work() as session:  # rows with no pack file: no later prune's concern
+        await session.execute(delete(BackupBlob).where(BackupBlob.pack_id == pack.id))
+        await session.execute(delete(BackupPack).where(BackupPack.id == pack.id))

@@ -26,6 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import zstandard
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -277,6 +278,41 @@ def _sealed_frames(storage: PackStorage, part: Sealed) -> Iterator[bytes]:
             raise BlobDamaged("truncated frame")
         position += length
         yield body
+
+
+# A verbatim copy reads and writes this much at a time, whatever the blob's size.
+COPY_PIECE_BYTES = 4 << 20
+
+
+def copy_sealed(storage: PackStorage, part: Sealed, to: PackWriter, key_id: str) -> Sealed:
+    """Append `part`'s frames to `to` and say where the copy lies. Frames sealed under
+    `key_id` are copied as they are (a frame's authentication does not depend on where it
+    lies); frames under another key are decrypted and sealed again under `key_id`, their
+    compressed chunks unchanged, so a retired key's data can be rewritten without it ever
+    being decompressed. Raises BlobDamaged if `part` does not read back whole (a frame
+    re-sealed must also decrypt); the caller drops what was appended."""
+    offset = to.size
+    if part.key_id == key_id:
+        end = part.offset + part.length
+        for at in range(part.offset, end, COPY_PIECE_BYTES):
+            want = min(COPY_PIECE_BYTES, end - at)
+            piece = storage.read(part.pack_id, at, want)
+            if len(piece) != want:
+                raise BlobDamaged(f"pack {part.pack_id} ends inside blob {part.blob_hash.hex()}")
+            to.append(piece)
+    else:
+        old, new = cipher(part.key_id), cipher(key_id)
+        for index, body in enumerate(_sealed_frames(storage, part)):
+            try:
+                chunk = old.decrypt(
+                    body[:NONCE_BYTES], body[NONCE_BYTES:], _aad(part.key_id, index)
+                )
+            except InvalidTag as exc:
+                raise BlobDamaged(f"frame {index} does not decrypt: InvalidTag") from exc
+            nonce = os.urandom(NONCE_BYTES)
+            sealed = new.encrypt(nonce, chunk, _aad(key_id, index))
+            to.append(_HEADER.pack(NONCE_BYTES + len(sealed)) + nonce + sealed)
+    return Sealed(part.blob_hash, to.pack_id, offset, to.size - offset, key_id)
 
 
 def blob_chunks(storage: PackStorage, blob: StoredBlob) -> Iterator[bytes]:

@@ -3,7 +3,9 @@
 The interval is the department's `backup_policies.interval_seconds` (a day without a
 policy) plus a grace; a mailbox never backed up counts from its creation. Failed backup
 runs in the recent window make it warn. It also reports the backup store's size, and how much
-of it prune would give back, for capacity planning.
+of it prune would give back, for capacity planning; and how many blobs are still sealed under
+an older key, which must stay configured until prune has re-sealed them (a key rotation is
+over at zero).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class BackupFreshnessCheck(Check):
                 failed = await repository.failed_backup_runs(
                     session, settings.monitor_backup_failed_runs_window_seconds
                 )
-                stored, unused = await repository.backup_store(session)
+                store = await repository.backup_store(session, settings.backup_key_id)
         except DBAPIError as exc:
             # The backup service's tables are missing or changed: this check cannot tell.
             return Outcome(Status.UNKNOWN, f"cannot read backup data: {describe(exc.orig or exc)}")
@@ -68,14 +70,16 @@ class BackupFreshnessCheck(Check):
                 "stale_count": len(stale),
                 "stale": stale[:LISTED],
                 "failed_runs": failed,
-                "store_bytes": stored,
-                "store_unused_bytes": unused,
+                "store_bytes": store.stored,
+                "store_unused_bytes": store.unused,
+                "store_older_key_blobs": store.older_key_blobs,
             },
             gauges=[
                 Gauge("mailops_backup_oldest_age_seconds", oldest),
                 Gauge("mailops_backup_stale_mailboxes", len(stale)),
                 Gauge("mailops_backup_failed_runs", len(failed)),
-                Gauge("mailops_backup_store_bytes", stored),
-                Gauge("mailops_backup_store_unused_bytes", unused),
+                Gauge("mailops_backup_store_bytes", store.stored),
+                Gauge("mailops_backup_store_unused_bytes", store.unused),
+                Gauge("mailops_backup_older_key_blobs", store.older_key_blobs),
             ],
         )
