@@ -9,7 +9,10 @@ empty, --full-rounds times; the medians), (b) a second run with
 nothing changed (mbsync: median of 5 runs; mailops: the first run in a new process, and the
 median of 5 more in that process, as a long-running worker runs them), (c) restore into
 empty mailboxes vs mbsync push, and reports (d) store size vs the Maildir and the backup
-process's peak RSS. mailops phases run in a child process so their peak RSS is their own;
+process's peak RSS; then a key rotation: one prune re-sealing the whole store under a new
+key, against the time of a full backup (the alternative: back everything up again); the
+phases after it run under the new key.
+mailops phases run in a child process so their peak RSS is their own;
 each backup phase is one multi-mailbox run (`backup_mailboxes`, what a department or `all`
 run executes). Also prints the CPU seconds of mailops, Dovecot and PostgreSQL during (a),
 (unless --scale-mailboxes 0) (b) at 10x the messages per folder, and (unless --big-folder 0)
@@ -309,6 +312,30 @@ async def phase_restore(pairs: list[tuple[str, str, str]]) -> dict[str, float]:
     return {"seconds": time.perf_counter() - started}
 
 
+async def phase_rekey(_: object) -> dict[str, float]:
+    """One prune, its clock past the packs' grace, run with a new current key (the old one
+    kept for reading, as `rotate_key` set them): it re-seals every blob under the new key."""
+    from services.backup import service
+
+    started = time.perf_counter()
+    result = await service.prune(now=datetime.now(UTC) + service.PACK_GRACE + timedelta(minutes=1))
+    seconds = time.perf_counter() - started
+    assert result.skipped is None and result.older_key_blobs == 0, result
+    return {"seconds": seconds, "resealed": result.resealed, "packs": result.repacked}
+
+
+def rotate_key(env: dict[str, str]) -> None:
+    """What an operator does: a new key under a new id, the old one kept for reading, in the
+    environment of every process started from now on."""
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    old = {settings.backup_key_id: settings.backup_key.get_secret_value()}
+    env["MAILOPS_BACKUP_PREVIOUS_KEYS"] = json.dumps(old)
+    env["MAILOPS_BACKUP_KEY_ID"], env["MAILOPS_BACKUP_KEY"] = "bench-2", uuid.uuid4().hex
+    os.environ.update(env)
+
+
 def _sampled(main: Any, out: Path) -> dict[str, float]:
     import collections
     import threading
@@ -355,6 +382,8 @@ def child(phase: str, argument: str) -> None:
                 return await phase_again(json.loads(argument))
             if phase == "unchanged":
                 return await phase_unchanged(json.loads(argument))
+            if phase == "rekey":
+                return await phase_rekey(json.loads(argument))
             return await phase_restore(json.loads(argument))
         finally:
             await get_engine().dispose()
@@ -641,6 +670,8 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], dovecot: int 
     store = du(work / "state" / "backup")
     maildir_size = du(maildir)
     peak = max(full_peak, float(str(again["peak_rss_mb"])), float(str(restored["peak_rss_mb"])))
+    rotate_key(env)
+    rekey = run_child("rekey", None)
 
     scaling = ""
     if args.scale_mailboxes:
@@ -702,6 +733,15 @@ def run(args: argparse.Namespace, work: Path, env: dict[str, str], dovecot: int 
         f"PostgreSQL {ours_cpu.used['PostgreSQL']:.1f}; mbsync {theirs_cpu.used['children']:.1f} "
         f"(wall {mbsync_full:.1f}), its Dovecot {theirs_cpu.used['Dovecot']:.1f}, "
         f"PostgreSQL {theirs_cpu.used['PostgreSQL']:.1f}.",
+    ]
+    full_median = statistics.median(ours for ours, _ in full_rounds)
+    lines += [
+        "",
+        f"Key rotation: one prune re-sealed the {rekey['resealed']:.0f} blobs of "
+        f"{rekey['packs']:.0f} packs ({store / 1e6:.0f} MB) under a new key in "
+        f"{rekey['seconds']:.2f} s ({store / 1e6 / rekey['seconds']:.0f} MB/s, "
+        f"its process {rekey['cpu_seconds']:.1f} CPU-s with start-up), "
+        f"{rekey['seconds'] / full_median:.2f}x the time of backing the corpus up again.",
     ]
     if baseline_rounds:
         lines += [
