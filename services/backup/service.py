@@ -838,10 +838,8 @@ async def _repack(storage: PackStorage, now: datetime, result: PruneResult) -> N
                 writer = await asyncio.to_thread(storage.create)
             try:
                 copies = await asyncio.to_thread(_copy_blobs, storage, blobs, writer, key_id)
-            except BlobDamaged:
-                log.warning(
-                    "pack %s left as it is: it does not read back whole", pack.id, exc_info=True
-                )
+            except BlobDamaged as exc:  # damage, or a key no longer configured
+                log.warning("pack %s left as it is, for verify to report: %s", pack.id, exc)
                 continue
             async with unit_of_work() as session:
                 await repository.record_pack(session, writer.pack_id, writer.size)
