@@ -340,10 +340,19 @@ def backup_prune() -> None:
     """Apply every department's retention now and give back the space no snapshot needs
     (the backup worker also does this each night at 03:30). Runs here, not in the worker."""
 
+    shown = 0.0
+
+    def progress(done: int, total: int) -> None:
+        # A pack is up to 64 MB: a key rotation of a large store rewrites thousands.
+        nonlocal shown
+        if done == total or time.monotonic() - shown >= 2:
+            typer.echo(f"rewriting packs: {done} of {total} done", err=True)
+            shown = time.monotonic()
+
     async def work() -> str:
         from services.backup import service
 
-        result = await service.prune()
+        result = await service.prune(progress=progress)
         if result.skipped:
             raise _JobFailed(f"nothing pruned: {result.skipped}; run it again once it has ended")
         hours = service.PACK_GRACE.total_seconds() / 3600

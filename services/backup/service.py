@@ -7,7 +7,7 @@ import asyncio
 import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeGuard, TypeVar
@@ -771,7 +771,15 @@ class PruneResult:
     skipped: str | None = None  # why nothing was done
 
 
-async def prune(storage: PackStorage | None = None, now: datetime | None = None) -> PruneResult:
+# Called as each pack to rewrite is done, with how many are done and how many there are.
+PackProgress = Callable[[int, int], None]
+
+
+async def prune(
+    storage: PackStorage | None = None,
+    now: datetime | None = None,
+    progress: PackProgress | None = None,
+) -> PruneResult:
     """Remove snapshots the policies no longer keep, then catalog rows and blobs that nothing
     references any more; rewrite packs mostly unused, so that the space of pruned mail comes
     back, and packs holding blobs under an older key, so that the key can be retired; delete
@@ -798,7 +806,7 @@ async def prune(storage: PackStorage | None = None, now: datetime | None = None)
                 result.snapshots += len(expired)
                 result.rows += await repository.delete_unreferenced_rows(session, mailbox_id)
         result.blobs = await repository.delete_unreferenced_blobs(session)
-    await _repack(storage, now, result)
+    await _repack(storage, now, result, progress)
     async with unit_of_work() as session:
         empty = await repository.empty_packs(session, retired_before=now - PACK_GRACE)
         await repository.delete_packs(session, empty)
@@ -816,7 +824,9 @@ async def prune(storage: PackStorage | None = None, now: datetime | None = None)
     return result
 
 
-async def _repack(storage: PackStorage, now: datetime, result: PruneResult) -> None:
+async def _repack(
+    storage: PackStorage, now: datetime, result: PruneResult, progress: PackProgress | None
+) -> None:
     """Copy the live blobs of each mostly unused pack, and of each pack holding blobs sealed
     under an older key, into new packs under the current key; fsync, then point the blobs
     at their copies and retire the old pack in one transaction. A pack that does not read
@@ -829,7 +839,9 @@ async def _repack(storage: PackStorage, now: datetime, result: PruneResult) -> N
         )
     writer: PackWriter | None = None
     try:
-        for pack in packs:
+        for done, pack in enumerate(packs):
+            if progress is not None:
+                progress(done, len(packs))
             async with unit_of_work() as session:
                 blobs = await repository.pack_blobs(session, pack.id)
             if writer is None or writer.size >= PACK_TARGET_BYTES:
@@ -852,6 +864,8 @@ async def _repack(storage: PackStorage, now: datetime, result: PruneResult) -> N
             await asyncio.to_thread(writer.close)
             if writer.size == 0:  # its only pack did not read back whole: nothing names it
                 await asyncio.to_thread(storage.delete, writer.pack_id)
+    if progress is not None and packs:
+        progress(len(packs), len(packs))
     async with unit_of_work() as session:
         result.older_key_blobs = await repository.blobs_under_other_keys(session, key_id)
 

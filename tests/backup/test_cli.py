@@ -7,13 +7,15 @@ import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import update
 
+from services.backup import service
 from services.backup.engine.backup import backup_mailbox
 from shared.db import unit_of_work
-from shared.models.backup import BackupRun
+from shared.models.backup import BackupPack, BackupRun
 from tests.backup import helpers
 from tests.conftest import run_worker
 
@@ -105,12 +107,19 @@ async def test_verify_that_finds_damage_fails_and_names_the_mailbox(seed, corpus
     assert "1 damaged blobs" in result.stderr and mailbox.address in result.stderr
 
 
-async def test_prune_applies_retention_now_and_says_what_it_gave_back(
+async def test_prune_applies_retention_now_shows_progress_and_says_what_it_gave_back(
     seed, storage, corpus
 ) -> None:
     _, mailbox, _ = await helpers.mostly_expired(
-        seed, storage, corpus(3, seed=44), deleted_uids="1:*"
+        seed, storage, corpus(3, seed=44), deleted_uids="1:2"
     )
+    pack_id = (await helpers.message_blob(mailbox.id)).pack_id
+    async with unit_of_work() as session:  # old enough for prune to rewrite it
+        await session.execute(
+            update(BackupPack)
+            .where(BackupPack.id == pack_id)
+            .values(created_at=datetime.now(UTC) - 2 * service.PACK_GRACE)
+        )
 
     def prune() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -124,7 +133,8 @@ async def test_prune_applies_retention_now_and_says_what_it_gave_back(
     pruned = await asyncio.to_thread(prune)
     assert pruned.returncode == 0, pruned.stderr
     expired = int(pruned.stdout.split("expired ")[1].split(" ")[0])
-    assert expired >= 1 and "rewrote " in pruned.stdout, pruned.stdout
+    assert expired >= 1 and "rewrote 1 pack(s)" in pruned.stdout, pruned.stdout
+    assert "rewriting packs: 1 of 1 done" in pruned.stderr, pruned.stderr
 
     async with unit_of_work() as session:
         run = BackupRun(scope="mailbox", mailbox_id=mailbox.id, status="running")
