@@ -338,7 +338,9 @@ def backup_verify(
 @backup_app.command("prune")
 def backup_prune() -> None:
     """Apply every department's retention now and give back the space no snapshot needs
-    (the backup worker also does this each night at 03:30). Runs here, not in the worker."""
+    (the backup worker also does this each night at 03:30). Runs here, not in the worker.
+
+    It re-seals blobs under an older key too, and says how many are left: at 0, it can go."""
 
     shown = 0.0
 
