@@ -133,3 +133,17 @@ def test_production_refuses_placeholder_and_short_secrets() -> None:
     ):
         with pytest.raises(ValidationError, match=name.upper()):
             Settings(environment="production", **{**strong, name: weak})
+
+
+def test_a_previous_backup_key_may_not_share_the_current_keys_id() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from shared.settings import Settings
+
+    with pytest.raises(ValidationError, match="names the current key id 'k2'"):
+        Settings(backup_key_id="k2", backup_previous_keys={"k2": "old secret"})
+    with pytest.raises(ValidationError, match="backup_previous_keys"):
+        Settings(backup_key_id="k2", backup_previous_keys={"k 1": "old secret"})
+    kept = Settings(backup_key_id="k2", backup_previous_keys={"k1": "old secret"})
+    assert kept.backup_previous_keys["k1"].get_secret_value() == "old secret"

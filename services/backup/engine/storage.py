@@ -77,6 +77,21 @@ def _aad(key_id: str, index: int) -> bytes:
     return b"%s:%d" % (key_id.encode(), index)
 
 
+def _seal_frame(aead: AESGCM, key_id: str, index: int, chunk: bytes) -> tuple[bytes, ...]:
+    """Frame `index` of a blob, `[u32 length][nonce][ciphertext]`, as its three parts."""
+    nonce = os.urandom(NONCE_BYTES)
+    sealed = aead.encrypt(nonce, chunk, _aad(key_id, index))
+    return _HEADER.pack(NONCE_BYTES + len(sealed)), nonce, sealed
+
+
+def _open_frame(aead: AESGCM, key_id: str, index: int, body: bytes) -> bytes:
+    """The compressed chunk a sealed frame (nonce + ciphertext) holds; raises BlobDamaged."""
+    try:
+        return aead.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], _aad(key_id, index))
+    except InvalidTag as exc:
+        raise BlobDamaged(f"frame {index} does not decrypt: InvalidTag") from exc
+
+
 def seal_frames(
     data: bytes | memoryview,
     *,
@@ -97,9 +112,7 @@ def seal_frames(
     parts: list[bytes] = []
     for index, start in enumerate(range(0, max(len(data), 1), FRAME_PLAINTEXT_BYTES)):
         chunk = compressor.compress(view[start : start + FRAME_PLAINTEXT_BYTES])
-        nonce = os.urandom(NONCE_BYTES)
-        sealed = aead.encrypt(nonce, chunk, _aad(key_id, first_index + index))
-        parts += (_HEADER.pack(NONCE_BYTES + len(sealed)), nonce, sealed)
+        parts += _seal_frame(aead, key_id, first_index + index, chunk)
     return b"".join(parts)
 
 
@@ -108,10 +121,10 @@ def _open(frames: Iterator[bytes], key_id: str) -> Iterator[bytes]:
     aead = cipher(key_id)
     decompressor = zstandard.ZstdDecompressor()
     for index, body in enumerate(frames):
+        chunk = _open_frame(aead, key_id, index, body)
         try:
-            chunk = aead.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], _aad(key_id, index))
             yield decompressor.decompress(chunk)
-        except Exception as exc:  # InvalidTag, ZstdError: either way the bytes are damaged
+        except zstandard.ZstdError as exc:  # authentic, yet not what was sealed
             raise BlobDamaged(f"frame {index} does not decrypt: {type(exc).__name__}") from exc
 
 
@@ -303,15 +316,8 @@ def copy_sealed(storage: PackStorage, part: Sealed, to: PackWriter, key_id: str)
     else:
         old, new = cipher(part.key_id), cipher(key_id)
         for index, body in enumerate(_sealed_frames(storage, part)):
-            try:
-                chunk = old.decrypt(
-                    body[:NONCE_BYTES], body[NONCE_BYTES:], _aad(part.key_id, index)
-                )
-            except InvalidTag as exc:
-                raise BlobDamaged(f"frame {index} does not decrypt: InvalidTag") from exc
-            nonce = os.urandom(NONCE_BYTES)
-            sealed = new.encrypt(nonce, chunk, _aad(key_id, index))
-            to.append(_HEADER.pack(NONCE_BYTES + len(sealed)) + nonce + sealed)
+            chunk = _open_frame(old, part.key_id, index, body)
+            to.append(b"".join(_seal_frame(new, key_id, index, chunk)))
     return Sealed(part.blob_hash, to.pack_id, offset, to.size - offset, key_id)
 
 
