@@ -13,7 +13,7 @@ import getpass
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Protocol, TypeVar
 
 import typer
@@ -336,7 +336,16 @@ def backup_verify(
 
 
 @backup_app.command("prune")
-def backup_prune() -> None:
+def backup_prune(
+    wait: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            help="Seconds to wait for the mailbox backups in progress to finish (new ones "
+            "wait for prune meanwhile)",
+        ),
+    ] = 300.0,
+) -> None:
     """Apply every department's retention now and give back the space no snapshot needs
     (the backup worker also does this each night at 03:30). Runs here, not in the worker.
 
@@ -354,9 +363,11 @@ def backup_prune() -> None:
     async def work() -> str:
         from services.backup import service
 
-        result = await service.prune(progress=progress)
+        result = await service.prune(progress=progress, lock_wait=timedelta(seconds=wait))
         if result.skipped:
-            raise _JobFailed(f"nothing pruned: {result.skipped}; run it again once it has ended")
+            raise _JobFailed(
+                f"nothing pruned: {result.skipped}; run it again later, or with a longer --wait"
+            )
         hours = service.PACK_GRACE.total_seconds() / 3600
         said = (
             f"expired {result.snapshots} snapshot(s) and deleted {result.blobs} blob(s) no "

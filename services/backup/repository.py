@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVarTuple, cast
 
 from sqlalchemy import (
@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, TEXT
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import TableValuedAlias
@@ -164,17 +165,6 @@ async def open_jobs(session: AsyncSession) -> list[BackupRun | RestoreJob | Veri
         )
         rows.extend(await session.scalars(query))
     return rows
-
-
-async def running_backups(session: AsyncSession) -> int:
-    return int(
-        await session.scalar(
-            select(func.count())
-            .select_from(BackupRun)
-            .where(BackupRun.status == JobStatus.RUNNING.value)
-        )
-        or 0
-    )
 
 
 async def restore_job(
@@ -982,11 +972,57 @@ async def analyze_catalog(connection: AsyncConnection) -> None:
     await connection.commit()
 
 
-async def advisory_lock(connection: AsyncConnection, key: str) -> None:
-    """Block until this connection holds the session advisory lock named by `key` (it
-    outlives the transaction: the caller commits and later calls `advisory_unlock`)."""
-    await connection.execute(select(func.pg_advisory_lock(func.hashtext(key))))
+# A backup in progress may have found a blob stored and be about to reference it; prune
+# deletes the blobs nothing references. So each mailbox backup holds a share of this lock,
+# and prune holds it alone while it deletes. PostgreSQL queues a share asked for after a
+# waiting prune behind it: prune waits for the backups in progress, not for a quiet moment.
+STORE_LOCK = "backup-store"
+
+# What PostgreSQL raises when lock_timeout ends a wait.
+LOCK_NOT_AVAILABLE = "55P03"
 
 
-async def advisory_unlock(connection: AsyncConnection, key: str) -> None:
-    await connection.execute(select(func.pg_advisory_unlock(func.hashtext(key))))
+def _lock_id(key: str) -> ColumnElement[int]:
+    return func.hashtext(key)
+
+
+async def lock_for_backup(connection: AsyncConnection, key: str) -> None:
+    """Block until this connection holds the mailbox's advisory lock named by `key` and a
+    share of the store lock (session locks: they outlive the transaction, so the caller
+    commits, and later calls `unlock_after_backup`)."""
+    await connection.execute(
+        select(
+            func.pg_advisory_lock(_lock_id(key)),
+            func.pg_advisory_lock_shared(_lock_id(STORE_LOCK)),
+        )
+    )
+
+
+async def unlock_after_backup(connection: AsyncConnection, key: str) -> None:
+    await connection.execute(
+        select(
+            func.pg_advisory_unlock_shared(_lock_id(STORE_LOCK)),
+            func.pg_advisory_unlock(_lock_id(key)),
+        )
+    )
+
+
+async def lock_store(connection: AsyncConnection, wait: timedelta) -> bool:
+    """Take the store lock alone, as a session lock, waiting at most `wait` for the backups
+    in progress to release their shares; False, holding nothing, if they did not. Commits."""
+    milliseconds = max(1, int(wait.total_seconds() * 1000))
+    try:
+        await connection.execute(select(func.set_config("lock_timeout", f"{milliseconds}ms", True)))
+        await connection.execute(select(func.pg_advisory_lock(_lock_id(STORE_LOCK))))
+    except DBAPIError as exc:
+        await connection.rollback()
+        if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+            return False
+        raise
+    await connection.commit()  # ends the lock_timeout set for this transaction only
+    return True
+
+
+async def unlock_store(connection: AsyncConnection) -> None:
+    await connection.execute(select(func.pg_advisory_unlock(_lock_id(STORE_LOCK))))
+    await connection.commit()

@@ -28,13 +28,14 @@ from services.backup.engine.storage import (
     PackStorage,
     PackWriter,
     Sealed,
+    StoredBlob,
     check_blob,
     copy_sealed,
     default_storage,
     read_blob,
 )
 from shared.auth import Principal
-from shared.db import unit_of_work
+from shared.db import get_engine, unit_of_work
 from shared.errors import Forbidden, NotFound, Unprocessable
 from shared.models import Mailbox, Role
 from shared.models.backup import (
@@ -656,9 +657,9 @@ async def fail_abandoned_jobs(now: datetime | None = None) -> int:
 
     A job arq stopped (its timeout, or a crash more times than its retries allow) or that
     never reached the queue would otherwise stay open for ever: an open scheduled run keeps
-    its department from being scheduled again, and an open run keeps prune from running. A
-    worker that merely died leaves its job on the queue, and arq runs it again: that one is
-    alive and left alone. Returns how many were ended.
+    its department from being scheduled again. A worker that merely died leaves its job on
+    the queue, and arq runs it again: that one is alive and left alone. Returns how many
+    were ended.
     """
     now = now or datetime.now(UTC)
     ended = 0
@@ -700,7 +701,10 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
             checked += 1
             try:
                 await asyncio.to_thread(check_blob, storage, blob)
-            except BlobDamaged as exc:
+            except BlobDamaged as first:
+                exc = await _recheck(storage, blob, first)
+                if exc is None:
+                    continue
                 # A shared body that is damaged is one report naming every mailbox that
                 # needs it, not one more per message that continues with it.
                 bad = exc.blob_hash or blob.hash
@@ -718,6 +722,25 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
         row.reason = f"{len(damage)} damaged blobs" if damage else None
         row.finished_at = datetime.now(UTC)
         return row.status
+
+
+async def _recheck(
+    storage: PackStorage, blob: StoredBlob, damage: BlobDamaged
+) -> BlobDamaged | None:
+    """The damage of a blob that did not read back, or None if it is not damage: prune may
+    have deleted it since its page was read (nothing needs it) or moved it to a new pack
+    (it is read there)."""
+    async with unit_of_work() as session:
+        now = (await repository.blobs(session, [blob.hash])).get(blob.hash)
+    if now is None:
+        return None
+    if now == blob:
+        return damage
+    try:
+        await asyncio.to_thread(check_blob, storage, now)
+    except BlobDamaged as exc:
+        return exc
+    return None
 
 
 def retained(snapshots: list[Snapshot], policy: Policy) -> set[uuid.UUID]:
@@ -775,37 +798,37 @@ class PruneResult:
 PackProgress = Callable[[int, int], None]
 
 
+# How long prune waits for the mailbox backups in progress to finish before it gives up
+# for this time; backups that start meanwhile wait behind it.
+PRUNE_LOCK_WAIT = timedelta(minutes=5)
+
+
 async def prune(
     storage: PackStorage | None = None,
     now: datetime | None = None,
     progress: PackProgress | None = None,
+    lock_wait: timedelta = PRUNE_LOCK_WAIT,
 ) -> PruneResult:
     """Remove snapshots the policies no longer keep, then catalog rows and blobs that nothing
     references any more; rewrite packs mostly unused, so that the space of pruned mail comes
     back, and packs holding blobs under an older key, so that the key can be retired; delete
-    packs no blob is in, and pack files no catalog row names."""
+    packs no blob is in, and pack files no catalog row names.
+
+    The deletions wait for the mailbox backups in progress, and hold new ones back while
+    they run (`repository.STORE_LOCK`); rewriting packs runs beside backups."""
     storage = storage or default_storage()
     now = now or datetime.now(UTC)
     result = PruneResult()
-    async with unit_of_work() as session:
-        if await repository.running_backups(session):
-            # A backup may be about to reference a blob that looks unused.
-            result.skipped = "a backup run is in progress"
+    async with get_engine().connect() as connection:
+        if not await repository.lock_store(connection, lock_wait):
+            waited = lock_wait.total_seconds()
+            result.skipped = f"mailbox backups in progress held the store for over {waited:g} s"
+            log.warning("prune skipped", extra={"reason": result.skipped})
             return result
-        policies = {p.department_id: _policy(p) for p in await repository.policies(session)}
-        schedule = await repository.mailbox_schedule(session)
-    departments = {m: d for m, d, _ in schedule}
-    async with unit_of_work() as session:
-        for mailbox_id in await repository.mailboxes_with_snapshots(session):
-            snaps = await repository.committed_snapshots(session, mailbox_id)
-            policy = policies.get(departments.get(mailbox_id), default_policy())  # type: ignore[arg-type]
-            kept = retained(snaps, policy)
-            expired = [x.id for x in snaps if x.id not in kept]
-            if expired:
-                await repository.delete_snapshots(session, expired)
-                result.snapshots += len(expired)
-                result.rows += await repository.delete_unreferenced_rows(session, mailbox_id)
-        result.blobs = await repository.delete_unreferenced_blobs(session)
+        try:
+            await _expire(result)
+        finally:
+            await repository.unlock_store(connection)
     await _repack(storage, now, result, progress)
     async with unit_of_work() as session:
         empty = await repository.empty_packs(session, retired_before=now - PACK_GRACE)
@@ -822,6 +845,24 @@ async def prune(
         await asyncio.to_thread(storage.delete, pack_id)
     result.orphans = len(orphans)
     return result
+
+
+async def _expire(result: PruneResult) -> None:
+    """Delete the snapshots each mailbox's policy no longer keeps, then the catalog rows and
+    blobs no snapshot needs any more."""
+    async with unit_of_work() as session:
+        policies = {p.department_id: _policy(p) for p in await repository.policies(session)}
+        departments = {m: d for m, d, _ in await repository.mailbox_schedule(session)}
+        for mailbox_id in await repository.mailboxes_with_snapshots(session):
+            snaps = await repository.committed_snapshots(session, mailbox_id)
+            policy = policies.get(departments.get(mailbox_id), default_policy())  # type: ignore[arg-type]
+            kept = retained(snaps, policy)
+            expired = [x.id for x in snaps if x.id not in kept]
+            if expired:
+                await repository.delete_snapshots(session, expired)
+                result.snapshots += len(expired)
+                result.rows += await repository.delete_unreferenced_rows(session, mailbox_id)
+        result.blobs = await repository.delete_unreferenced_blobs(session)
 
 
 async def _repack(

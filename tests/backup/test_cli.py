@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import update
 
 from services.backup import service
-from services.backup.engine.backup import backup_mailbox
+from services.backup.engine.backup import backup_mailbox, mailbox_lock
 from shared.db import unit_of_work
-from shared.models.backup import BackupPack, BackupRun
+from shared.models.backup import BackupPack
 from tests.backup import helpers
 from tests.conftest import run_worker
 
@@ -121,9 +121,9 @@ async def test_prune_applies_retention_now_shows_progress_and_says_what_it_gave_
             .values(created_at=datetime.now(UTC) - 2 * service.PACK_GRACE)
         )
 
-    def prune() -> subprocess.CompletedProcess[str]:
+    def prune(*options: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "cli", "backup", "prune"],
+            [sys.executable, "-m", "cli", "backup", "prune", *options],
             capture_output=True,
             text=True,
             env=os.environ.copy(),
@@ -136,15 +136,10 @@ async def test_prune_applies_retention_now_shows_progress_and_says_what_it_gave_
     assert expired >= 1 and "rewrote 1 pack(s)" in pruned.stdout, pruned.stdout
     assert "rewriting packs: 1 of 1 done" in pruned.stderr, pruned.stderr
 
-    async with unit_of_work() as session:
-        run = BackupRun(scope="mailbox", mailbox_id=mailbox.id, status="running")
-        session.add(run)
-    try:
-        busy = await asyncio.to_thread(prune)
-    finally:
-        async with unit_of_work() as session:
-            await session.execute(
-                update(BackupRun).where(BackupRun.id == run.id).values(status="failed")
-            )
+    async with mailbox_lock(mailbox.id):  # as a backup of it in progress holds it
+        busy = await asyncio.to_thread(prune, "--wait", "0.5")
     assert busy.returncode == 1
-    assert "a backup run is in progress; run it again once it has ended" in busy.stderr
+    assert (
+        "nothing pruned: mailbox backups in progress held the store for over 0.5 s; "
+        "run it again later, or with a longer --wait"
+    ) in busy.stderr

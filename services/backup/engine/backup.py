@@ -298,12 +298,13 @@ def _lock_key(mailbox_id: uuid.UUID) -> str:
 
 @asynccontextmanager
 async def mailbox_lock(mailbox_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
-    """One backup of a mailbox at a time, across workers (a PostgreSQL advisory lock that
-    the server drops if the holder dies). Yields the connection holding the lock, on which
-    the run does its catalog work: one connection per run, no pool checkout per step."""
+    """One backup of a mailbox at a time, across workers, and none while prune deletes
+    blobs (PostgreSQL advisory locks, which the server drops if the holder dies). Yields
+    the connection holding the locks, on which the run does its catalog work: one
+    connection per run, no pool checkout per step."""
     key = _lock_key(mailbox_id)
     async with get_engine().connect() as connection:
-        await repository.advisory_lock(connection, key)
+        await repository.lock_for_backup(connection, key)
         await connection.commit()  # a session-level lock: it outlives this transaction
         try:
             yield connection
@@ -311,7 +312,7 @@ async def mailbox_lock(mailbox_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
             if connection.in_transaction():
                 await connection.rollback()
             # Pooled connections outlive this block: release the lock before returning it.
-            await repository.advisory_unlock(connection, key)
+            await repository.unlock_after_backup(connection, key)
             await connection.commit()
 
 

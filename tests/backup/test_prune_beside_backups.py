@@ -1,0 +1,116 @@
+"""Prune beside backups and verify: its deletions wait for the mailbox backups in progress,
+and backups that start meanwhile wait for it, so that no backup references a blob it
+deletes and no stream of backups keeps it from running; verify does not take a blob that
+prune deleted or moved while it ran for damage."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, text
+
+from services.backup import repository, service
+from services.backup.engine.backup import backup_mailbox, mailbox_lock
+from services.backup.engine.storage import BlobDamaged, StoredBlob, check_blob
+from shared.db import unit_of_work
+from shared.models.backup import BackupMessage, JobStatus, VerifyRun
+from tests.backup import helpers
+
+pytestmark = pytest.mark.usefixtures("mail_stack")
+
+# The store lock's requests, as PostgreSQL's lock table has them: (mode, granted).
+STORE_LOCK_REQUESTS = text(
+    "SELECT mode, granted FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1"
+    " AND ((classid::bigint << 32) | objid::bigint) = hashtext(:key)::bigint"
+)
+
+
+async def _until_store_lock_waits(mode: str) -> None:
+    """Return once a request for the store lock in `mode` is waiting."""
+    for _ in range(500):
+        async with unit_of_work() as session:
+            rows = await session.execute(STORE_LOCK_REQUESTS, {"key": repository.STORE_LOCK})
+        if (mode, False) in {tuple(row) for row in rows}:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"no {mode} request for the store lock is waiting")
+
+
+async def test_prune_waits_for_the_backups_in_progress_and_backups_started_meanwhile_wait_for_it(
+    seed, storage, corpus
+) -> None:
+    department = await seed.department()
+    busy, other = [await seed.mailbox("pw-1234567890", department=department) for _ in "ab"]
+    await helpers.append(other.address, "INBOX", corpus(2, seed=61))
+
+    async with mailbox_lock(busy.id):  # as a backup of `busy` in progress holds it
+        short = await service.prune(storage, lock_wait=timedelta(milliseconds=200))
+        assert short.skipped == "mailbox backups in progress held the store for over 0.2 s"
+        assert (short.snapshots, short.blobs, short.repacked) == (0, 0, 0)
+
+        pruning = asyncio.create_task(service.prune(storage, lock_wait=timedelta(seconds=60)))
+        await _until_store_lock_waits("ExclusiveLock")
+        backing_up = asyncio.create_task(
+            backup_mailbox(mailbox_id=other.id, run_id=None, storage=storage)
+        )
+        # Only shares are held, yet the new backup queues behind the waiting prune.
+        await _until_store_lock_waits("ShareLock")
+        assert not pruning.done() and not backing_up.done()
+
+    assert (await pruning).skipped is None
+    snapshot, counters = await backing_up
+    assert (snapshot.status, snapshot.message_count, counters.messages_fetched) == (
+        "committed",
+        2,
+        2,
+    )
+
+
+async def test_verify_does_not_report_blobs_prune_deleted_or_moved_since_it_read_them(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    department, mailbox, second = await helpers.mostly_expired(
+        seed, storage, corpus(10, seed=62), deleted_uids="1:8"
+    )
+    kept = await helpers.state(mailbox.address)
+    async with unit_of_work() as session:
+        hashes = (
+            await session.scalars(
+                select(BackupMessage.blob_hash).where(BackupMessage.mailbox_id == mailbox.id)
+            )
+        ).all()
+        read_before_prune = await repository.blobs(session, [bytes(h) for h in hashes])
+    stale: list[StoredBlob] = sorted(read_before_prune.values(), key=lambda b: b.hash)
+    calls = 0
+
+    async def page_then_prune(*_: object) -> list[StoredBlob]:
+        """Verify's first page is the mailbox's blobs as they were; before it reads them,
+        prune expires 8 of them and moves the other 2 into a new pack, and a later prune
+        deletes the old pack's file. There is no second page."""
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            return []
+        later = helpers.past_pack_grace()
+        first = await service.prune(storage, now=later)
+        assert first.blobs >= 8 and first.repacked >= 1
+        await service.prune(storage, now=helpers.past_pack_grace(later))
+        for blob in stale:  # none reads back where the page says it is
+            with pytest.raises(BlobDamaged):
+                check_blob(storage, blob)
+        return stale
+
+    monkeypatch.setattr(repository, "blob_page", page_then_prune)
+    async with unit_of_work() as session:
+        run = VerifyRun(status=JobStatus.QUEUED.value, fraction=1.0)
+        session.add(run)
+    assert await service.execute_verify(run.id, storage) == "succeeded"
+    async with unit_of_work() as session:
+        done = await session.get(VerifyRun, run.id)
+    assert done is not None
+    assert (done.blobs_checked, done.blobs_damaged, done.damage) == (len(stale), 0, [])
+    fresh = await seed.mailbox("pw-1234567890", department=department)
+    job = await helpers.restore(mailbox.id, second.id, {"mode": "mailbox", "mailbox_id": fresh.id})
+    assert job.status == "succeeded" and await helpers.state(fresh.address) == kept
