@@ -167,6 +167,16 @@ async def open_jobs(session: AsyncSession) -> list[BackupRun | RestoreJob | Veri
     return rows
 
 
+async def snapshots_being_restored(session: AsyncSession) -> set[uuid.UUID]:
+    """The snapshots that queued and running restores read."""
+    rows = await session.scalars(
+        select(RestoreJob.snapshot_id).where(
+            RestoreJob.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value))
+        )
+    )
+    return set(rows.all())
+
+
 async def restore_job(
     session: AsyncSession, job_id: uuid.UUID, *, lock: bool = False
 ) -> RestoreJob | None:

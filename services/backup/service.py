@@ -849,14 +849,16 @@ async def prune(
 
 async def _expire(result: PruneResult) -> None:
     """Delete the snapshots each mailbox's policy no longer keeps, then the catalog rows and
-    blobs no snapshot needs any more."""
+    blobs no snapshot needs any more. A snapshot a restore is reading, or is queued to
+    read, stays until a prune after it (one deleted under it would fail it half done)."""
     async with unit_of_work() as session:
         policies = {p.department_id: _policy(p) for p in await repository.policies(session)}
         departments = {m: d for m, d, _ in await repository.mailbox_schedule(session)}
+        restoring = await repository.snapshots_being_restored(session)
         for mailbox_id in await repository.mailboxes_with_snapshots(session):
             snaps = await repository.committed_snapshots(session, mailbox_id)
             policy = policies.get(departments.get(mailbox_id), default_policy())  # type: ignore[arg-type]
-            kept = retained(snaps, policy)
+            kept = retained(snaps, policy) | restoring
             expired = [x.id for x in snaps if x.id not in kept]
             if expired:
                 await repository.delete_snapshots(session, expired)

@@ -1,7 +1,8 @@
 """Prune beside backups and verify: its deletions wait for the mailbox backups in progress,
 and backups that start meanwhile wait for it, so that no backup references a blob it
 deletes and no stream of backups keeps it from running; verify does not take a blob that
-prune deleted or moved while it ran for damage."""
+prune deleted or moved while it ran for damage; a snapshot a restore will read outlives
+its retention until the restore has ended."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from services.backup import repository, service
 from services.backup.engine.backup import backup_mailbox, mailbox_lock
 from services.backup.engine.storage import BlobDamaged, StoredBlob, check_blob
 from shared.db import unit_of_work
-from shared.models.backup import BackupMessage, JobStatus, VerifyRun
+from shared.models.backup import BackupMessage, JobStatus, Snapshot, VerifyRun
 from tests.backup import helpers
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
@@ -114,3 +115,31 @@ async def test_verify_does_not_report_blobs_prune_deleted_or_moved_since_it_read
     fresh = await seed.mailbox("pw-1234567890", department=department)
     job = await helpers.restore(mailbox.id, second.id, {"mode": "mailbox", "mailbox_id": fresh.id})
     assert job.status == "succeeded" and await helpers.state(fresh.address) == kept
+
+
+async def _snapshots(mailbox_id) -> list[Snapshot]:
+    async with unit_of_work() as session:
+        query = select(Snapshot).where(Snapshot.mailbox_id == mailbox_id).order_by(Snapshot.seq)
+        return list((await session.scalars(query)).all())
+
+
+async def test_a_snapshot_a_queued_restore_will_read_outlives_its_retention_until_it_ends(
+    seed, storage, corpus
+) -> None:
+    messages = corpus(6, seed=63)
+    department, mailbox, second = await helpers.mostly_expired(
+        seed, storage, messages, deleted_uids="1:4"
+    )
+    first = (await _snapshots(mailbox.id))[0]
+    fresh = await seed.mailbox("pw-1234567890", department=department)
+    job_id = await helpers.request_restore(
+        mailbox.id, first.id, {"mode": "mailbox", "mailbox_id": fresh.id}
+    )
+
+    await service.prune(storage)
+    assert [x.id for x in await _snapshots(mailbox.id)] == [first.id, second.id]
+    assert await service.execute_restore(job_id, storage) == "succeeded"
+    assert sum(len(found) for found in (await helpers.state(fresh.address)).values()) == 6
+
+    assert (await service.prune(storage)).snapshots >= 1
+    assert [x.id for x in await _snapshots(mailbox.id)] == [second.id]
