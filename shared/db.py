@@ -11,6 +11,7 @@ from functools import lru_cache
 import asyncpg  # noqa: F401
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -35,11 +36,18 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+# Connections a process keeps open, and how many more it may open at busy times.
+POOL_SIZE, MAX_OVERFLOW = 10, 20
+
+
 @lru_cache
 def get_engine() -> AsyncEngine:
     settings = get_settings()
     return create_async_engine(
-        settings.database_url, pool_size=10, max_overflow=20, pool_pre_ping=True
+        settings.database_url,
+        pool_size=POOL_SIZE,
+        max_overflow=MAX_OVERFLOW,
+        pool_pre_ping=True,
     )
 
 
@@ -76,3 +84,16 @@ async def transaction() -> AsyncIterator[AsyncSession]:
 # For jobs and scripts: `async with unit_of_work() as session:` commits even when the
 # block returns early (a `return` inside `async for ... in transaction()` would not).
 unit_of_work = asynccontextmanager(transaction)
+
+
+@asynccontextmanager
+async def transaction_on(connection: AsyncConnection) -> AsyncIterator[AsyncSession]:
+    """A unit of work on a connection the caller holds (one holding a session advisory
+    lock, say): commits, or rolls back on error. Nothing is deferred to after the commit."""
+    async with AsyncSession(bind=connection, expire_on_commit=False) as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise

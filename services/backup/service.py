@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeGuard, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from services.backup import repository
 from services.backup import schemas as s
@@ -35,7 +35,7 @@ from services.backup.engine.storage import (
     read_blob,
 )
 from shared.auth import Principal
-from shared.db import get_engine, unit_of_work
+from shared.db import get_engine, transaction_on, unit_of_work
 from shared.errors import Forbidden, NotFound, Unprocessable
 from shared.models import Mailbox, Role
 from shared.models.backup import (
@@ -826,7 +826,9 @@ async def prune(
             log.warning("prune skipped", extra={"reason": result.skipped})
             return result
         try:
-            await _expire(result)
+            # On the connection holding the lock: backups waiting behind it hold pool
+            # connections, and a checkout could wait for them.
+            await _expire(connection, result)
         finally:
             await repository.unlock_store(connection)
     await _repack(storage, now, result, progress)
@@ -847,11 +849,11 @@ async def prune(
     return result
 
 
-async def _expire(result: PruneResult) -> None:
+async def _expire(connection: AsyncConnection, result: PruneResult) -> None:
     """Delete the snapshots each mailbox's policy no longer keeps, then the catalog rows and
     blobs no snapshot needs any more. A snapshot a restore is reading, or is queued to
     read, stays until a prune after it (one deleted under it would fail it half done)."""
-    async with unit_of_work() as session:
+    async with transaction_on(connection) as session:
         policies = {p.department_id: _policy(p) for p in await repository.policies(session)}
         departments = {m: d for m, d, _ in await repository.mailbox_schedule(session)}
         restoring = await repository.snapshots_being_restored(session)

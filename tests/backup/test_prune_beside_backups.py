@@ -7,16 +7,20 @@ its retention until the restore has ended."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from services.backup import repository, service
 from services.backup.engine.backup import backup_mailbox, mailbox_lock
 from services.backup.engine.storage import BlobDamaged, StoredBlob, check_blob
-from shared.db import unit_of_work
+from shared.db import MAX_OVERFLOW, POOL_SIZE, unit_of_work
 from shared.models.backup import BackupMessage, JobStatus, Snapshot, VerifyRun
+from shared.settings import get_settings
 from tests.backup import helpers
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
@@ -29,13 +33,19 @@ STORE_LOCK_REQUESTS = text(
 
 
 async def _until_store_lock_waits(mode: str) -> None:
-    """Return once a request for the store lock in `mode` is waiting."""
-    for _ in range(500):
-        async with unit_of_work() as session:
-            rows = await session.execute(STORE_LOCK_REQUESTS, {"key": repository.STORE_LOCK})
-        if (mode, False) in {tuple(row) for row in rows}:
-            return
-        await asyncio.sleep(0.01)
+    """Return once a request for the store lock in `mode` is waiting. Looks on a connection
+    of its own: the pool may have none left."""
+    observer = create_async_engine(get_settings().database_url, poolclass=NullPool)
+    try:
+        async with observer.connect() as connection:
+            for _ in range(500):
+                rows = await connection.execute(STORE_LOCK_REQUESTS, {"key": repository.STORE_LOCK})
+                await connection.rollback()
+                if (mode, False) in {tuple(row) for row in rows}:
+                    return
+                await asyncio.sleep(0.01)
+    finally:
+        await observer.dispose()
     raise AssertionError(f"no {mode} request for the store lock is waiting")
 
 
@@ -67,6 +77,31 @@ async def test_prune_waits_for_the_backups_in_progress_and_backups_started_meanw
         2,
         2,
     )
+
+
+async def test_prune_ends_while_the_backups_waiting_behind_it_hold_every_pooled_connection(
+    storage,
+) -> None:
+    async with mailbox_lock(uuid.uuid4()):  # a backup in progress
+        pruning = asyncio.create_task(service.prune(storage, lock_wait=timedelta(seconds=60)))
+        await _until_store_lock_waits("ExclusiveLock")
+        # As many backups as the pool has connections start behind it: the pool is empty.
+        waiting = [
+            asyncio.create_task(_backup_in_progress(uuid.uuid4()))
+            for _ in range(POOL_SIZE + MAX_OVERFLOW)
+        ]
+        await _until_store_lock_waits("ShareLock")
+    try:
+        assert (await asyncio.wait_for(pruning, 20)).skipped is None
+        await asyncio.wait_for(asyncio.gather(*waiting), 20)
+    finally:
+        for task in waiting:
+            task.cancel()
+
+
+async def _backup_in_progress(mailbox_id: uuid.UUID) -> None:
+    async with mailbox_lock(mailbox_id):
+        pass
 
 
 async def test_verify_does_not_report_blobs_prune_deleted_or_moved_since_it_read_them(

@@ -59,7 +59,7 @@ from services.backup.engine.storage import (
     body_start,
     seal_frames,
 )
-from shared.db import get_engine
+from shared.db import get_engine, transaction_on
 from shared.models.backup import Snapshot, SnapshotStatus
 from shared.settings import Settings, get_settings
 
@@ -316,19 +316,6 @@ async def mailbox_lock(mailbox_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
             await connection.commit()
 
 
-@asynccontextmanager
-async def _transaction(connection: AsyncConnection) -> AsyncIterator[AsyncSession]:
-    """A unit of work on `connection` (the one holding the run's lock, see `mailbox_lock`):
-    commits, or rolls back on error. `shared.db.transaction` takes no connection to bind."""
-    async with AsyncSession(bind=connection, expire_on_commit=False) as session:
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
-
-
 class MailboxBackup:
     """One mailbox's backup run into snapshot `seq` (state for a single use)."""
 
@@ -395,7 +382,7 @@ class MailboxBackup:
                     continue
                 await self._sync_folder(imap, status, previous)
             if current:
-                async with _transaction(self.connection) as session:
+                async with transaction_on(self.connection) as session:
                     for gone in current.values():
                         await repository.close_folder(session, gone.id, self.seq)
         finally:
@@ -421,7 +408,7 @@ class MailboxBackup:
             await self._sync_changes(imap, folder_id, previous.uidnext, previous.highestmodseq)
             first_new = int(previous.uidnext)
         else:
-            async with _transaction(self.connection) as session:
+            async with transaction_on(self.connection) as session:
                 if previous is not None:
                     await repository.close_folder(session, previous.id, self.seq)
                 folder_id = await repository.add_folder(
@@ -461,10 +448,10 @@ class MailboxBackup:
             each=take,
         )
         for gone in _chunks(vanished):
-            async with _transaction(self.connection) as session:
+            async with transaction_on(self.connection) as session:
                 await repository.close_messages(session, folder_id, gone, self.seq)
         for uids in _chunks(list(changed)):
-            async with _transaction(self.connection) as session:
+            async with transaction_on(self.connection) as session:
                 known = await repository.current_flags(session, folder_id, uids)
                 differing = [uid for uid in uids if known.get(uid, changed[uid]) != changed[uid]]
                 closed = await repository.close_messages(session, folder_id, differing, self.seq)
@@ -509,7 +496,7 @@ class MailboxBackup:
         return sorted((m for m in metas if m.uid in wanted), key=lambda m: m.uid)
 
     async def _store_new(self, imap: ImapConnection, folder_id: int, metas: list[_Meta]) -> None:
-        async with _transaction(self.connection) as session:
+        async with transaction_on(self.connection) as session:
             known = await repository.known_by_identity(
                 session, self.mailbox_id, [m.message_id for m in metas if m.message_id]
             )
@@ -530,7 +517,7 @@ class MailboxBackup:
             else:
                 to_fetch.append(meta)
         if rows:
-            async with _transaction(self.connection) as session:
+            async with transaction_on(self.connection) as session:
                 await self._insert_messages(session, rows)
         small = [m for m in to_fetch if m.size <= FRAME_PLAINTEXT_BYTES]
         # One body batch in flight while the previous one is hashed, sealed, written and
@@ -574,7 +561,7 @@ class MailboxBackup:
         # 5 ms slices that every socket call of the event loop then waits for.
         hashes = await asyncio.to_thread(_hash_all, data)
         envelopes = [envelope(message) for message in data]
-        async with _transaction(self.connection) as session:
+        async with transaction_on(self.connection) as session:
             stored = await repository.existing_blobs(
                 session, [h.digest for h in hashes] + [h.body[1] for h in hashes if h.body]
             )
@@ -601,7 +588,7 @@ class MailboxBackup:
             self._message_row(folder_id, meta, hashed.digest, len(message), fields)
             for meta, hashed, fields, message in zip(present, hashes, envelopes, data, strict=True)
         ]
-        async with _transaction(self.connection) as session:
+        async with transaction_on(self.connection) as session:
             if blob_rows:
                 assert self._pack is not None
                 await repository.record_pack(session, self._pack.pack_id, self._pack.size)
@@ -707,7 +694,7 @@ class MailboxBackup:
         blob_hash, body_hash = whole.digest(), body.digest()
         self.counters.messages_fetched += 1
         self.counters.bytes_read += offset
-        async with _transaction(self.connection) as session:
+        async with transaction_on(self.connection) as session:
             already = await repository.existing_blobs(session, [blob_hash, body_hash])
         blob_rows: list[dict[str, Any]] = []
         if blob_hash in already or body_hash in already:
@@ -731,7 +718,7 @@ class MailboxBackup:
                 )
             await asyncio.to_thread(pack.sync)
             self.counters.bytes_stored += sum(int(r["length"]) for r in blob_rows)
-        async with _transaction(self.connection) as session:
+        async with transaction_on(self.connection) as session:
             if blob_rows:
                 await repository.record_pack(session, pack.pack_id, pack.size)
                 await repository.insert_blobs(session, blob_rows)
@@ -750,7 +737,7 @@ async def backup_mailbox(
     """Back up the mailbox into a new committed snapshot; idempotent after a crash."""
     settings = settings or get_settings()
     async with mailbox_lock(mailbox_id) as connection:
-        async with _transaction(connection) as session:
+        async with transaction_on(connection) as session:
             mailbox = await repository.mailbox(session, mailbox_id)
             if mailbox is None or mailbox.status not in repository.BACKED_UP_STATUSES:
                 raise MailboxUnavailable(
@@ -785,7 +772,7 @@ async def backup_mailbox(
         )
         async with master_connection(address, settings) as imap:
             await job.run(imap, current)
-        async with _transaction(connection) as session:
+        async with transaction_on(connection) as session:
             for folder_id, (uidnext, modseq) in job.folder_states.items():
                 await repository.set_folder_state(
                     session, folder_id, uidnext=uidnext, highestmodseq=modseq
@@ -846,7 +833,7 @@ async def backup_unchanged(
     up, locked by a run in progress, unreachable) needs `backup_mailbox`."""
     settings = settings or get_settings()
     async with get_engine().connect() as connection:
-        async with _transaction(connection) as session:
+        async with transaction_on(connection) as session:
             addresses = await repository.fast_path_candidates(session, mailbox_ids)
         if not addresses:
             return {}
@@ -859,7 +846,7 @@ async def backup_unchanged(
         # The server is asked while the catalog is read.
         server = {m: asyncio.create_task(probe(a)) for m, a in addresses.items()}
         try:
-            async with _transaction(connection) as session:
+            async with transaction_on(connection) as session:
                 states = await repository.catalog_states(session, list(addresses))
             found = dict(zip(server, await asyncio.gather(*server.values()), strict=True))
         finally:
@@ -879,7 +866,7 @@ async def backup_unchanged(
         # Each advisory lock takes a slot of PostgreSQL's shared lock table until commit:
         # a run over thousands of mailboxes commits them a chunk at a time.
         for start in range(0, len(unchanged), FAST_PATH_CHUNK):
-            async with _transaction(connection) as session:
+            async with transaction_on(connection) as session:
                 # A run of the same mailbox in progress holds its lock: that mailbox is left
                 # to the full path, which waits for it. One that starts now waits for this
                 # commit.
