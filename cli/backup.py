@@ -116,7 +116,11 @@ def _run(work: Callable[[], Awaitable[str]]) -> None:
     except DomainError as exc:
         fail(exc.detail)
     except ValidationError as exc:
-        fail("; ".join(str(e["msg"]) for e in exc.errors()))
+        fail(
+            "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()
+            )
+        )
     except _NoWorker:
         fail(
             "no backup worker took the job; start one with `mailops worker backup` (or "
@@ -213,11 +217,54 @@ def backup_snapshots(
         lines = [f"{'snapshot':36}  {'completed (UTC)':19}  {'messages':>8}  {'size':>10}"]
         for snap in sorted(snaps, key=lambda x: x.seq, reverse=True):
             when = snap.completed_at.astimezone(UTC) if snap.completed_at else None
+            held = f"  held: {snap.hold_reason}" if snap.held_at else ""
             lines.append(
                 f"{snap.id}  {when:%Y-%m-%d %H:%M:%S}  {snap.message_count:>8,}  "
-                f"{_megabytes(snap.total_bytes):>10}"
+                f"{_megabytes(snap.total_bytes):>10}{held}"
             )
         return "\n".join(lines)
+
+    _run(work)
+
+
+SnapshotArgument = Annotated[
+    uuid.UUID, typer.Argument(help="The snapshot (see `mailops backup snapshots`)")
+]
+
+
+@backup_app.command("hold")
+def backup_hold(
+    snapshot: SnapshotArgument,
+    reason: Annotated[str, typer.Option(help="Why it must be kept: the case, request or ticket")],
+) -> None:
+    """Keep a snapshot from prune whatever retention says, for a legal or audit request,
+    until `mailops backup release` ends the hold."""
+
+    async def work() -> str:
+        from services.backup import schemas as s
+        from services.backup import service
+        from shared.db import unit_of_work
+
+        async with unit_of_work() as session:
+            await service.hold_snapshot(
+                session, actor=_actor(), snapshot_id=snapshot, data=s.HoldIn(reason=reason)
+            )
+        return f"snapshot {snapshot} is held: prune keeps it until it is released"
+
+    _run(work)
+
+
+@backup_app.command("release")
+def backup_release(snapshot: SnapshotArgument) -> None:
+    """End a snapshot's hold: its department's retention applies to it again."""
+
+    async def work() -> str:
+        from services.backup import service
+        from shared.db import unit_of_work
+
+        async with unit_of_work() as session:
+            await service.release_snapshot(session, actor=_actor(), snapshot_id=snapshot)
+        return f"snapshot {snapshot} is not held: retention applies to it again"
 
     _run(work)
 

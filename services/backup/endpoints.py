@@ -16,6 +16,7 @@ from shared.errors import problem_responses
 from shared.models import Role
 from shared.schemas import BIGINT_MAX
 
+Admin = Annotated[Principal, Depends(require())]
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 Restorer = Annotated[Principal, Depends(require(Role.OPERATOR, Role.SUPPORT))]
 Reader = Annotated[Principal, Depends(require(Role.OPERATOR, Role.SUPPORT, Role.VIEWER))]
@@ -42,9 +43,10 @@ async def list_snapshots(
     session: SessionDep,
     _: Reader,
     mailbox_id: uuid.UUID | None = None,
+    held: Annotated[bool | None, Query(description="Only held (true) or unheld (false)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[s.SnapshotOut]:
-    rows = await repository.snapshots(session, mailbox_id=mailbox_id, limit=limit)
+    rows = await repository.snapshots(session, mailbox_id=mailbox_id, held=held, limit=limit)
     return [s.SnapshotOut.model_validate(r) for r in rows]
 
 
@@ -54,6 +56,29 @@ async def get_snapshot(snapshot_id: uuid.UUID, session: SessionDep, _: Reader) -
     folders = await repository.snapshot_folders(session, snap)
     base = s.SnapshotOut.model_validate(snap)
     return s.SnapshotDetail(**base.model_dump(), folders=[s.FolderOut(**f) for f in folders])
+
+
+@router.put(
+    "/snapshots/{snapshot_id}/hold",
+    response_model=s.SnapshotOut,
+    tags=["snapshots"],
+    summary="Keep a snapshot from prune, whatever retention says (a legal or audit hold)",
+)
+async def hold_snapshot(
+    snapshot_id: uuid.UUID, body: s.HoldIn, session: SessionDep, actor: Operator
+) -> s.SnapshotOut:
+    snap = await service.hold_snapshot(session, actor=actor, snapshot_id=snapshot_id, data=body)
+    return s.SnapshotOut.model_validate(snap)
+
+
+@router.delete(
+    "/snapshots/{snapshot_id}/hold",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["snapshots"],
+    summary="Release a snapshot's hold: retention applies to it again (admin only)",
+)
+async def release_snapshot(snapshot_id: uuid.UUID, session: SessionDep, actor: Admin) -> None:
+    await service.release_snapshot(session, actor=actor, snapshot_id=snapshot_id)
 
 
 @router.get(

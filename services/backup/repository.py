@@ -199,11 +199,13 @@ async def snapshot(session: AsyncSession, snapshot_id: uuid.UUID) -> Snapshot | 
 
 
 async def snapshots(
-    session: AsyncSession, *, mailbox_id: uuid.UUID | None, limit: int
+    session: AsyncSession, *, mailbox_id: uuid.UUID | None, held: bool | None, limit: int
 ) -> list[Snapshot]:
     query = select(Snapshot).where(Snapshot.status == SnapshotStatus.COMMITTED.value)
     if mailbox_id is not None:
         query = query.where(Snapshot.mailbox_id == mailbox_id)
+    if held is not None:
+        query = query.where(Snapshot.held_at.is_not(None) if held else Snapshot.held_at.is_(None))
     query = query.order_by(Snapshot.completed_at.desc()).limit(limit)
     return list((await session.scalars(query)).all())
 

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
 
 from services.backup.engine import utf7
 from shared.models.backup import RestoreMode
@@ -93,6 +93,15 @@ class SnapshotOut(FromRow):
     messages_fetched: int
     bytes_read: int
     bytes_stored: int
+    held_at: datetime | None = Field(description="When a hold began to keep it from prune")
+    held_by: str | None
+    hold_reason: str | None
+
+
+class HoldIn(Strict):
+    reason: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)
+    ] = Field(description="Why the snapshot must be kept: the case, request or ticket")
 
 
 class FolderOut(BaseModel):

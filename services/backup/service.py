@@ -34,6 +34,7 @@ from services.backup.engine.storage import (
     default_storage,
     read_blob,
 )
+from shared import audit
 from shared.auth import Principal
 from shared.db import get_engine, transaction_on, unit_of_work
 from shared.errors import Forbidden, NotFound, Unprocessable
@@ -247,6 +248,56 @@ async def get_snapshot(session: AsyncSession, *, snapshot_id: uuid.UUID) -> Snap
     if snap is None or snap.status != SnapshotStatus.COMMITTED.value:
         raise NotFound(f"no snapshot {snapshot_id}", field="snapshot_id")
     return snap
+
+
+async def hold_snapshot(
+    session: AsyncSession, *, actor: Principal, snapshot_id: uuid.UUID, data: s.HoldIn
+) -> Snapshot:
+    """Keep the snapshot from prune until the hold is released; holding it again replaces
+    the reason and keeps the time it was first held."""
+    snap = await get_snapshot(session, snapshot_id=snapshot_id)
+    before = _hold(snap)
+    snap.held_at = snap.held_at or datetime.now(UTC)
+    snap.held_by, snap.hold_reason = actor.name, data.reason
+    audit.record(
+        session,
+        actor=actor,
+        action="snapshot.hold",
+        target_type="snapshot",
+        target_id=snap.id,
+        before=before,
+        after=_hold(snap),
+    )
+    await session.flush()
+    return snap
+
+
+async def release_snapshot(
+    session: AsyncSession, *, actor: Principal, snapshot_id: uuid.UUID
+) -> None:
+    """End the snapshot's hold (if it has one): retention applies to it again."""
+    snap = await get_snapshot(session, snapshot_id=snapshot_id)
+    if snap.held_at is None:
+        return
+    audit.record(
+        session,
+        actor=actor,
+        action="snapshot.release",
+        target_type="snapshot",
+        target_id=snap.id,
+        before=_hold(snap),
+    )
+    snap.held_at = snap.held_by = snap.hold_reason = None
+
+
+def _hold(snap: Snapshot) -> dict[str, str] | None:
+    if snap.held_at is None:
+        return None
+    return {
+        "at": snap.held_at.isoformat(),
+        "by": str(snap.held_by),
+        "reason": str(snap.hold_reason),
+    }
 
 
 async def request_restore(
@@ -851,8 +902,9 @@ async def prune(
 
 async def _expire(connection: AsyncConnection, result: PruneResult) -> None:
     """Delete the snapshots each mailbox's policy no longer keeps, then the catalog rows and
-    blobs no snapshot needs any more. A snapshot a restore is reading, or is queued to
-    read, stays until a prune after it (one deleted under it would fail it half done)."""
+    blobs no snapshot needs any more. A held snapshot stays; so does one a restore is
+    reading, or is queued to read, until a prune after it (one deleted under it would fail
+    it half done)."""
     async with transaction_on(connection) as session:
         policies = {p.department_id: _policy(p) for p in await repository.policies(session)}
         departments = {m: d for m, d, _ in await repository.mailbox_schedule(session)}
@@ -860,7 +912,7 @@ async def _expire(connection: AsyncConnection, result: PruneResult) -> None:
         for mailbox_id in await repository.mailboxes_with_snapshots(session):
             snaps = await repository.committed_snapshots(session, mailbox_id)
             policy = policies.get(departments.get(mailbox_id), default_policy())  # type: ignore[arg-type]
-            kept = retained(snaps, policy) | restoring
+            kept = retained(snaps, policy) | restoring | {x.id for x in snaps if x.held_at}
             expired = [x.id for x in snaps if x.id not in kept]
             if expired:
                 await repository.delete_snapshots(session, expired)

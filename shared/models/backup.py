@@ -147,6 +147,11 @@ class Snapshot(Base):
     messages_fetched: Mapped[int] = _counter()
     bytes_read: Mapped[int] = _counter()
     bytes_stored: Mapped[int] = _counter()
+    # A hold (a legal or audit request) keeps the snapshot whatever retention says, until
+    # an admin releases it.
+    held_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    held_by: Mapped[str | None] = mapped_column(Text)
+    hold_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class BackupPack(Base):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.backup.engine.storage import PackStorage, default_storage
+from tests.conftest import service_client
 
 ENMIME = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "enmime"
 
@@ -49,3 +50,10 @@ def generated_corpus(count: int, *, seed: int = 7) -> list[tuple[bytes, list[str
 @pytest.fixture
 def corpus() -> Callable[..., list[tuple[bytes, list[str], datetime]]]:
     return generated_corpus
+
+
+@pytest.fixture
+async def api():
+    """The backup service's API, in this process."""
+    async with service_client("backup") as client:
+        yield client

@@ -271,7 +271,9 @@ async def mostly_expired(
 ) -> tuple[Department, Mailbox, Snapshot]:
     """A mailbox whose department keeps only its last snapshot, backed up with `messages`
     and again once the `deleted_uids` of its INBOX were deleted: its department, and the
-    second snapshot. The first snapshot and the mail only it holds are prune's to expire."""
+    second snapshot. The first snapshot and the mail only it holds are prune's to expire.
+    The messages must be ones no other test stores (a corpus seed of its own): a blob
+    stored before lies in another test's pack."""
     department = await seed.department()
     mailbox = await seed.mailbox("pw-1234567890", department=department)
     await seed.backup_policy(department)
@@ -285,3 +287,13 @@ async def mostly_expired(
 def past_pack_grace(after: datetime | None = None) -> datetime:
     """A clock for prune past the grace that packs get, from now or from `after`."""
     return (after or datetime.now(UTC)) + service.PACK_GRACE + timedelta(minutes=1)
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def problem_field(response: Any) -> str:
+    """The field a problem+json response names."""
+    assert response.headers["content-type"].startswith("application/problem+json")
+    return str(response.json()["errors"][0]["field"])

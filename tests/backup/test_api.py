@@ -10,24 +10,10 @@ from services.backup.engine.backup import backup_mailbox
 from shared import queue
 from shared.models import MailboxStatus
 from tests.backup import helpers
-from tests.conftest import run_worker, service_client
+from tests.backup.helpers import auth, problem_field
+from tests.conftest import run_worker
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
-
-
-@pytest.fixture
-async def api():
-    async with service_client("backup") as client:
-        yield client
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def problem_field(response) -> str:
-    assert response.headers["content-type"].startswith("application/problem+json")
-    return response.json()["errors"][0]["field"]
 
 
 async def test_backup_request_runs_and_reports_counts(api, api_key_for, seed, corpus) -> None:

@@ -143,3 +143,29 @@ async def test_prune_applies_retention_now_shows_progress_and_says_what_it_gave_
         "nothing pruned: mailbox backups in progress held the store for over 0.5 s; "
         "run it again later, or with a longer --wait"
     ) in busy.stderr
+
+
+async def test_hold_and_release_say_what_prune_does_with_the_snapshot(seed, storage) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+
+    def mailops(*arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cli", "backup", *arguments],
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+            timeout=60,
+        )
+
+    held = await asyncio.to_thread(mailops, "hold", str(snapshot.id), "--reason", "audit 7")
+    assert held.returncode == 0, held.stderr
+    assert "prune keeps it until it is released" in held.stdout
+    listed = await asyncio.to_thread(mailops, "snapshots", mailbox.address)
+    assert listed.stdout.strip().splitlines()[1].endswith("held: audit 7")
+    released = await asyncio.to_thread(mailops, "release", str(snapshot.id))
+    assert released.returncode == 0 and "retention applies to it again" in released.stdout
+    blank = await asyncio.to_thread(mailops, "hold", str(snapshot.id), "--reason", " ")
+    assert (
+        blank.returncode == 1 and "reason: String should have at least 1 character" in blank.stderr
+    )

@@ -114,7 +114,7 @@ async def test_prune_rewrites_a_pack_mostly_of_expired_mail_and_what_it_keeps_st
 ) -> None:
     assert isinstance(storage, LocalPackStorage)
     department, mailbox, second = await helpers.mostly_expired(
-        seed, storage, corpus(10, seed=41), deleted_uids="1:8"
+        seed, storage, corpus(10, seed=45), deleted_uids="1:8"
     )
     kept = await helpers.state(mailbox.address)
     old_pack = await _pack_of(mailbox.id)
@@ -145,7 +145,7 @@ async def test_prune_leaves_in_place_a_pack_that_does_not_read_back_whole(
     seed, storage, corpus
 ) -> None:
     _, mailbox, _ = await helpers.mostly_expired(
-        seed, storage, corpus(10, seed=43), deleted_uids="2:10"
+        seed, storage, corpus(10, seed=46), deleted_uids="2:10"
     )
     async with unit_of_work() as session:  # the one message still in the mailbox
         blob = await session.scalar(
