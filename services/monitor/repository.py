@@ -158,6 +158,7 @@ class BackupStore:
     stored: int  # every pack, retired ones included until their file goes
     unused: int  # what no blob needs: what prune's repack and deletions give back
     older_key_blobs: int  # blobs under a key other than the current one: it is still needed
+    held_snapshots: int  # kept by a hold whatever retention says
 
 
 async def backup_store(session: AsyncSession, key_id: str) -> BackupStore:
@@ -167,13 +168,15 @@ async def backup_store(session: AsyncSession, key_id: str) -> BackupStore:
             text(
                 "SELECT (SELECT coalesce(sum(size), 0) FROM backup_packs) AS stored, "
                 "coalesce(sum(length), 0) AS live, "
-                "count(*) FILTER (WHERE key_id <> :key_id) AS older "
+                "count(*) FILTER (WHERE key_id <> :key_id) AS older, "
+                "(SELECT count(*) FROM snapshots WHERE held_at IS NOT NULL) AS held "
                 "FROM backup_blobs"
             ),
             {"key_id": key_id},
         )
     ).one()
-    return BackupStore(int(row.stored), max(0, int(row.stored) - int(row.live)), int(row.older))
+    unused = max(0, int(row.stored) - int(row.live))
+    return BackupStore(int(row.stored), unused, int(row.older), int(row.held))
 
 
 async def failed_backup_runs(session: AsyncSession, window_seconds: int) -> list[dict[str, Any]]:

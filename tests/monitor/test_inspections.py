@@ -77,8 +77,8 @@ async def test_mailbox_whose_last_snapshot_is_older_than_its_policy_shows_as_sta
     assert [r["id"] for r in listed] == [report["id"]]
 
 
-async def test_backup_freshness_reports_the_store_size_what_prune_would_free_and_old_keys(
-    settings: Settings,
+async def test_backup_freshness_reports_the_store_size_what_prune_would_free_old_keys_and_holds(
+    settings: Settings, seed
 ) -> None:
     async def store() -> dict[str, float]:
         outcome = (await CHECKS["backup_freshness"].run(CheckContext(settings))).outcome
@@ -100,8 +100,21 @@ async def test_backup_freshness_reports_the_store_size_what_prune_would_free_and
                     key_id=key_id,
                 )
             )
+        mailbox = await seed.mailbox("pw-1234567890")
+        session.add(
+            Snapshot(
+                mailbox_id=mailbox.id,
+                seq=1,
+                status="committed",
+                completed_at=datetime.now(UTC),
+                held_at=datetime.now(UTC),
+                held_by="test",
+                hold_reason="audit",
+            )
+        )
     after = await store()
 
+    assert after["mailops_backup_held_snapshots"] - before["mailops_backup_held_snapshots"] == 1
     assert after["mailops_backup_store_bytes"] - before["mailops_backup_store_bytes"] == 1000
     unused = "mailops_backup_store_unused_bytes"
     assert after[unused] - before[unused] == 200

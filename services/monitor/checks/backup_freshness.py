@@ -73,6 +73,7 @@ class BackupFreshnessCheck(Check):
                 "store_bytes": store.stored,
                 "store_unused_bytes": store.unused,
                 "store_older_key_blobs": store.older_key_blobs,
+                "held_snapshots": store.held_snapshots,
             },
             gauges=[
                 Gauge("mailops_backup_oldest_age_seconds", oldest),
@@ -81,5 +82,6 @@ class BackupFreshnessCheck(Check):
                 Gauge("mailops_backup_store_bytes", store.stored),
                 Gauge("mailops_backup_store_unused_bytes", store.unused),
                 Gauge("mailops_backup_older_key_blobs", store.older_key_blobs),
+                Gauge("mailops_backup_held_snapshots", store.held_snapshots),
             ],
         )
