@@ -194,8 +194,10 @@ async def verify_run(
 # ---------------------------------------------------------------- snapshots
 
 
-async def snapshot(session: AsyncSession, snapshot_id: uuid.UUID) -> Snapshot | None:
-    return await session.get(Snapshot, snapshot_id)
+async def snapshot(
+    session: AsyncSession, snapshot_id: uuid.UUID, *, lock: bool = False
+) -> Snapshot | None:
+    return await session.get(Snapshot, snapshot_id, with_for_update=lock)
 
 
 async def snapshots(
@@ -686,9 +688,15 @@ async def mailboxes_with_snapshots(session: AsyncSession) -> list[uuid.UUID]:
     return list((await session.scalars(select(Snapshot.mailbox_id).distinct())).all())
 
 
-async def delete_snapshots(session: AsyncSession, snapshot_ids: Sequence[uuid.UUID]) -> None:
-    if snapshot_ids:
-        await session.execute(delete(Snapshot).where(Snapshot.id.in_(list(snapshot_ids))))
+async def delete_snapshots(session: AsyncSession, snapshot_ids: Sequence[uuid.UUID]) -> int:
+    """Delete those of the snapshots no hold keeps, a hold committed meanwhile included;
+    how many were deleted."""
+    if not snapshot_ids:
+        return 0
+    result = await session.execute(
+        delete(Snapshot).where(Snapshot.id.in_(list(snapshot_ids)), Snapshot.held_at.is_(None))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def delete_unreferenced_rows(session: AsyncSession, mailbox_id: uuid.UUID) -> int:

@@ -243,8 +243,10 @@ async def get_run(session: AsyncSession, *, run_id: uuid.UUID) -> BackupRun:
     return run
 
 
-async def get_snapshot(session: AsyncSession, *, snapshot_id: uuid.UUID) -> Snapshot:
-    snap = await repository.snapshot(session, snapshot_id)
+async def get_snapshot(
+    session: AsyncSession, *, snapshot_id: uuid.UUID, lock: bool = False
+) -> Snapshot:
+    snap = await repository.snapshot(session, snapshot_id, lock=lock)
     if snap is None or snap.status != SnapshotStatus.COMMITTED.value:
         raise NotFound(f"no snapshot {snapshot_id}", field="snapshot_id")
     return snap
@@ -254,8 +256,9 @@ async def hold_snapshot(
     session: AsyncSession, *, actor: Principal, snapshot_id: uuid.UUID, data: s.HoldIn
 ) -> Snapshot:
     """Keep the snapshot from prune until the hold is released; holding it again replaces
-    the reason and keeps the time it was first held."""
-    snap = await get_snapshot(session, snapshot_id=snapshot_id)
+    the reason and keeps the time it was first held. Locked: a prune deleting it meanwhile
+    makes this a 404, and one that comes after it sees the hold."""
+    snap = await get_snapshot(session, snapshot_id=snapshot_id, lock=True)
     before = _hold(snap)
     snap.held_at = snap.held_at or datetime.now(UTC)
     snap.held_by, snap.hold_reason = actor.name, data.reason
@@ -276,7 +279,7 @@ async def release_snapshot(
     session: AsyncSession, *, actor: Principal, snapshot_id: uuid.UUID
 ) -> None:
     """End the snapshot's hold (if it has one): retention applies to it again."""
-    snap = await get_snapshot(session, snapshot_id=snapshot_id)
+    snap = await get_snapshot(session, snapshot_id=snapshot_id, lock=True)
     if snap.held_at is None:
         return
     audit.record(
@@ -915,8 +918,7 @@ async def _expire(connection: AsyncConnection, result: PruneResult) -> None:
             kept = retained(snaps, policy) | restoring | {x.id for x in snaps if x.held_at}
             expired = [x.id for x in snaps if x.id not in kept]
             if expired:
-                await repository.delete_snapshots(session, expired)
-                result.snapshots += len(expired)
+                result.snapshots += await repository.delete_snapshots(session, expired)
                 result.rows += await repository.delete_unreferenced_rows(session, mailbox_id)
         result.blobs = await repository.delete_unreferenced_blobs(session)
 

@@ -3,15 +3,18 @@ needs an operator, releasing one an admin, and both are in the audit log."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 from sqlalchemy import select
 
-from services.backup import service
+from services.backup import repository, service
+from services.backup import schemas as s
 from services.backup.engine.backup import backup_mailbox
+from shared.auth import Principal
 from shared.db import unit_of_work
-from shared.models import AuditEvent
+from shared.models import AuditEvent, Role
 from tests.backup import helpers
 from tests.backup.helpers import auth, problem_field
 
@@ -97,3 +100,26 @@ async def test_a_hold_needs_an_operator_a_known_snapshot_and_a_reason(
     assert (unknown.status_code, problem_field(unknown)) == (404, "snapshot_id")
     never_held = await api.delete(url, headers=auth(await api_key_for("admin")))
     assert never_held.status_code == 204
+
+
+async def test_a_hold_committed_while_prune_deletes_the_snapshot_keeps_it(seed, storage) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    operator = Principal(id=uuid.uuid4(), name="legal", role=Role.OPERATOR)
+
+    async with unit_of_work() as holding:  # the hold locks the row before prune's delete
+        await service.hold_snapshot(
+            holding, actor=operator, snapshot_id=snapshot.id, data=s.HoldIn(reason="case 9")
+        )
+
+        async def prune_deletes_it() -> int:
+            async with unit_of_work() as session:
+                return await repository.delete_snapshots(session, [snapshot.id])
+
+        deleting = asyncio.create_task(prune_deletes_it())
+        await asyncio.sleep(0.3)
+        assert not deleting.done(), "the delete waits for the hold's transaction"
+    assert await deleting == 0
+    async with unit_of_work() as session:
+        kept = await repository.snapshot(session, snapshot.id)
+    assert kept is not None and kept.hold_reason == "case 9"
