@@ -44,6 +44,8 @@ from shared.models.backup import (
     BackupRun,
     BackupScope,
     JobStatus,
+    PruneRun,
+    PruneStatus,
     RestoreJob,
     RestoreMode,
     Snapshot,
@@ -866,19 +868,44 @@ async def prune(
     """Remove snapshots the policies no longer keep, then catalog rows and blobs that nothing
     references any more; rewrite packs mostly unused, so that the space of pruned mail comes
     back, and packs holding blobs under an older key, so that the key can be retired; delete
-    packs no blob is in, and pack files no catalog row names.
+    packs no blob is in, and pack files no catalog row names. Each prune is recorded, as
+    succeeded, skipped or failed (`PruneRun`).
 
     The deletions wait for the mailbox backups in progress, and hold new ones back while
     they run (`repository.STORE_LOCK`); rewriting packs runs beside backups."""
-    storage = storage or default_storage()
-    now = now or datetime.now(UTC)
+    started = datetime.now(UTC)
     result = PruneResult()
+    try:
+        await _prune(result, storage or default_storage(), now or started, progress, lock_wait)
+    except Exception as exc:
+        await _record_prune(started, result, PruneStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        raise
+    status = PruneStatus.SKIPPED if result.skipped else PruneStatus.SUCCEEDED
+    await _record_prune(started, result, status, result.skipped)
+    return result
+
+
+async def _record_prune(
+    started: datetime, result: PruneResult, status: PruneStatus, reason: str | None
+) -> None:
+    counts = {k: v for k, v in result.__dict__.items() if isinstance(v, int)}
+    async with unit_of_work() as session:
+        session.add(PruneRun(status=status.value, reason=reason, started_at=started, counts=counts))
+
+
+async def _prune(
+    result: PruneResult,
+    storage: PackStorage,
+    now: datetime,
+    progress: PackProgress | None,
+    lock_wait: timedelta,
+) -> None:
     async with get_engine().connect() as connection:
         if not await repository.lock_store(connection, lock_wait):
             waited = lock_wait.total_seconds()
             result.skipped = f"mailbox backups in progress held the store for over {waited:g} s"
             log.warning("prune skipped", extra={"reason": result.skipped})
-            return result
+            return
         try:
             # On the connection holding the lock: backups waiting behind it hold pool
             # connections, and a checkout could wait for them.
@@ -900,7 +927,6 @@ async def prune(
     for pack_id in orphans:
         await asyncio.to_thread(storage.delete, pack_id)
     result.orphans = len(orphans)
-    return result
 
 
 async def _expire(connection: AsyncConnection, result: PruneResult) -> None:

@@ -38,6 +38,7 @@ HELP = {
     "mailops_backup_store_unused_bytes": "Backup store bytes no blob needs (prune frees them)",
     "mailops_backup_older_key_blobs": "Backup blobs still sealed under an older key",
     "mailops_backup_held_snapshots": "Backup snapshots a hold keeps whatever retention says",
+    "mailops_backup_last_prune_timestamp_seconds": "When a backup prune last succeeded (0: never)",
     "mailops_jobs_queued": "Jobs waiting in each service's queue",
     "mailops_jobs_failed_recent": "Jobs that failed in the last hour, per queue",
     "mailops_worker_up": "1 if the service's worker stamped a heartbeat recently",

@@ -159,6 +159,7 @@ class BackupStore:
     unused: int  # what no blob needs: what prune's repack and deletions give back
     older_key_blobs: int  # blobs under a key other than the current one: it is still needed
     held_snapshots: int  # kept by a hold whatever retention says
+    last_prune: float  # when a prune last succeeded, in Unix seconds; 0: never
 
 
 async def backup_store(session: AsyncSession, key_id: str) -> BackupStore:
@@ -169,14 +170,17 @@ async def backup_store(session: AsyncSession, key_id: str) -> BackupStore:
                 "SELECT (SELECT coalesce(sum(size), 0) FROM backup_packs) AS stored, "
                 "coalesce(sum(length), 0) AS live, "
                 "count(*) FILTER (WHERE key_id <> :key_id) AS older, "
-                "(SELECT count(*) FROM snapshots WHERE held_at IS NOT NULL) AS held "
+                "(SELECT count(*) FROM snapshots WHERE held_at IS NOT NULL) AS held, "
+                "(SELECT extract(epoch FROM max(finished_at)) FROM backup_prune_runs "
+                "WHERE status = 'succeeded') AS last_prune "
                 "FROM backup_blobs"
             ),
             {"key_id": key_id},
         )
     ).one()
     unused = max(0, int(row.stored) - int(row.live))
-    return BackupStore(int(row.stored), unused, int(row.older), int(row.held))
+    last_prune = float(row.last_prune or 0)
+    return BackupStore(int(row.stored), unused, int(row.older), int(row.held), last_prune)
 
 
 async def failed_backup_runs(session: AsyncSession, window_seconds: int) -> list[dict[str, Any]]:

@@ -300,3 +300,27 @@ class VerifyRun(Base):
     blobs_checked: Mapped[int] = _counter()
     blobs_damaged: Mapped[int] = _counter()
     damage: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, server_default=text("'[]'"))
+
+
+class PruneStatus(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    SKIPPED = "skipped"  # it waited too long for the backups in progress
+    FAILED = "failed"
+
+
+class PruneRun(Base):
+    """One prune (the nightly one, or `mailops backup prune`): what it did, or why not."""
+
+    __tablename__ = "backup_prune_runs"
+    __table_args__ = (
+        CheckConstraint(one_of("status", PruneStatus), name="status_known"),
+        Index("ix_backup_prune_runs_status_finished_at", "status", "finished_at"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_primary_key()
+    status: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = timestamp_now()
+    # PruneResult's counts: snapshots, rows, blobs, repacked, freed_bytes, resealed, ...
+    counts: Mapped[dict[str, int]] = mapped_column(JSONB, server_default=text("'{}'"))

@@ -2,7 +2,7 @@
 and backups that start meanwhile wait for it, so that no backup references a blob it
 deletes and no stream of backups keeps it from running; verify does not take a blob that
 prune deleted or moved while it ran for damage; a snapshot a restore will read outlives
-its retention until the restore has ended."""
+its retention until the restore has ended; each prune is recorded."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from sqlalchemy.pool import NullPool
 
 from services.backup import repository, service
 from services.backup.engine.backup import backup_mailbox, mailbox_lock
-from services.backup.engine.storage import BlobDamaged, StoredBlob, check_blob
+from services.backup.engine.storage import BlobDamaged, LocalPackStorage, StoredBlob, check_blob
 from shared.db import MAX_OVERFLOW, POOL_SIZE, unit_of_work
-from shared.models.backup import BackupMessage, JobStatus, Snapshot, VerifyRun
+from shared.models.backup import BackupMessage, JobStatus, PruneRun, Snapshot, VerifyRun
 from shared.settings import get_settings
 from tests.backup import helpers
 
@@ -49,6 +49,15 @@ async def _until_store_lock_waits(mode: str) -> None:
     raise AssertionError(f"no {mode} request for the store lock is waiting")
 
 
+async def _last_prune() -> PruneRun:
+    async with unit_of_work() as session:
+        last = await session.scalar(
+            select(PruneRun).order_by(PruneRun.finished_at.desc(), PruneRun.started_at.desc())
+        )
+    assert last is not None
+    return last
+
+
 async def test_prune_waits_for_the_backups_in_progress_and_backups_started_meanwhile_wait_for_it(
     seed, storage, corpus
 ) -> None:
@@ -60,6 +69,8 @@ async def test_prune_waits_for_the_backups_in_progress_and_backups_started_meanw
         short = await service.prune(storage, lock_wait=timedelta(milliseconds=200))
         assert short.skipped == "mailbox backups in progress held the store for over 0.2 s"
         assert (short.snapshots, short.blobs, short.repacked) == (0, 0, 0)
+        recorded = await _last_prune()
+        assert (recorded.status, recorded.reason) == ("skipped", short.skipped)
 
         pruning = asyncio.create_task(service.prune(storage, lock_wait=timedelta(seconds=60)))
         await _until_store_lock_waits("ExclusiveLock")
@@ -70,7 +81,11 @@ async def test_prune_waits_for_the_backups_in_progress_and_backups_started_meanw
         await _until_store_lock_waits("ShareLock")
         assert not pruning.done() and not backing_up.done()
 
-    assert (await pruning).skipped is None
+    pruned = await pruning
+    assert pruned.skipped is None
+    recorded = await _last_prune()
+    assert (recorded.status, recorded.reason) == ("succeeded", None)
+    assert recorded.counts["snapshots"] == pruned.snapshots and "skipped" not in recorded.counts
     snapshot, counters = await backing_up
     assert (snapshot.status, snapshot.message_count, counters.messages_fetched) == (
         "committed",
@@ -178,3 +193,15 @@ async def test_a_snapshot_a_queued_restore_will_read_outlives_its_retention_unti
 
     assert (await service.prune(storage)).snapshots >= 1
     assert [x.id for x in await _snapshots(mailbox.id)] == [second.id]
+
+
+async def test_a_prune_that_fails_is_recorded_with_the_reason(storage) -> None:
+    class Unlistable(LocalPackStorage):
+        def written_before(self, when):  # type: ignore[no-untyped-def]
+            raise OSError("the backup volume is gone")
+
+    assert isinstance(storage, LocalPackStorage)
+    with pytest.raises(OSError):
+        await service.prune(Unlistable(storage.root))
+    recorded = await _last_prune()
+    assert (recorded.status, recorded.reason) == ("failed", "OSError: the backup volume is gone")

@@ -12,7 +12,7 @@ from sqlalchemy import delete
 from services.monitor.checks import CHECKS, CheckContext
 from shared.db import unit_of_work
 from shared.imap import check, imap_session
-from shared.models.backup import BackupBlob, BackupPack, Snapshot
+from shared.models.backup import BackupBlob, BackupPack, PruneRun, Snapshot
 from shared.settings import Settings
 from tests.mail import message
 from tests.monitor.conftest import Api
@@ -77,7 +77,7 @@ async def test_mailbox_whose_last_snapshot_is_older_than_its_policy_shows_as_sta
     assert [r["id"] for r in listed] == [report["id"]]
 
 
-async def test_backup_freshness_reports_the_store_size_what_prune_would_free_old_keys_and_holds(
+async def test_backup_freshness_reports_the_store_its_older_keys_holds_and_last_prune(
     settings: Settings, seed
 ) -> None:
     async def store() -> dict[str, float]:
@@ -112,9 +112,12 @@ async def test_backup_freshness_reports_the_store_size_what_prune_would_free_old
                 hold_reason="audit",
             )
         )
+        session.add(PruneRun(status="succeeded", started_at=datetime.now(UTC)))
     after = await store()
 
     assert after["mailops_backup_held_snapshots"] - before["mailops_backup_held_snapshots"] == 1
+    last_prune = after["mailops_backup_last_prune_timestamp_seconds"]
+    assert abs(last_prune - datetime.now(UTC).timestamp()) < 60
     assert after["mailops_backup_store_bytes"] - before["mailops_backup_store_bytes"] == 1000
     unused = "mailops_backup_store_unused_bytes"
     assert after[unused] - before[unused] == 200

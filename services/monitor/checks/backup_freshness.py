@@ -74,6 +74,7 @@ class BackupFreshnessCheck(Check):
                 "store_unused_bytes": store.unused,
                 "store_older_key_blobs": store.older_key_blobs,
                 "held_snapshots": store.held_snapshots,
+                "last_prune_timestamp": store.last_prune,
             },
             gauges=[
                 Gauge("mailops_backup_oldest_age_seconds", oldest),
@@ -83,5 +84,6 @@ class BackupFreshnessCheck(Check):
                 Gauge("mailops_backup_store_unused_bytes", store.unused),
                 Gauge("mailops_backup_older_key_blobs", store.older_key_blobs),
                 Gauge("mailops_backup_held_snapshots", store.held_snapshots),
+                Gauge("mailops_backup_last_prune_timestamp_seconds", store.last_prune),
             ],
         )
