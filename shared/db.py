@@ -71,12 +71,8 @@ async def transaction() -> AsyncIterator[AsyncSession]:
     and then runs what was deferred to after the commit (e.g. enqueueing jobs).
     """
     async with get_sessionmaker()() as session:
-        try:
+        async with _committed(session):
             yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
         for action in session.info.pop("after_commit", []):
             await action()
 
@@ -90,10 +86,17 @@ unit_of_work = asynccontextmanager(transaction)
 async def transaction_on(connection: AsyncConnection) -> AsyncIterator[AsyncSession]:
     """A unit of work on a connection the caller holds (one holding a session advisory
     lock, say): commits, or rolls back on error. Nothing is deferred to after the commit."""
-    async with AsyncSession(bind=connection, expire_on_commit=False) as session:
-        try:
-            yield session
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            raise
+    session = AsyncSession(bind=connection, expire_on_commit=False)
+    async with session, _committed(session):
+        yield session
+
+
+@asynccontextmanager
+async def _committed(session: AsyncSession) -> AsyncIterator[AsyncSession]:
+    """Commit the session when the block succeeds, roll it back when it raises."""
+    try:
+        yield session
+        await session.commit()
+    except BaseException:
+        await session.rollback()
+        raise

@@ -941,7 +941,7 @@ async def _expire(connection: AsyncConnection, result: PruneResult) -> None:
         for mailbox_id in await repository.mailboxes_with_snapshots(session):
             snaps = await repository.committed_snapshots(session, mailbox_id)
             policy = policies.get(departments.get(mailbox_id), default_policy())  # type: ignore[arg-type]
-            kept = retained(snaps, policy) | restoring | {x.id for x in snaps if x.held_at}
+            kept = retained(snaps, policy) | restoring  # and holds: see delete_snapshots
             expired = [x.id for x in snaps if x.id not in kept]
             if expired:
                 result.snapshots += await repository.delete_snapshots(session, expired)
