@@ -9,6 +9,7 @@ from functools import lru_cache
 # The driver, imported with the rest rather than by the engine's first use: a service's
 # first request, or a worker's first job, would otherwise pay its 36 ms of import.
 import asyncpg  # noqa: F401
+from anyio import CancelScope
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -89,6 +90,32 @@ async def transaction_on(connection: AsyncConnection) -> AsyncIterator[AsyncSess
     session = AsyncSession(bind=connection, expire_on_commit=False)
     async with session, _committed(session):
         yield session
+
+
+# Takes or releases session-level locks on a connection, committing nothing.
+ConnectionStep = Callable[[AsyncConnection], Awaitable[None]]
+
+
+@asynccontextmanager
+async def connection_holding(
+    take: ConnectionStep, release: ConnectionStep
+) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection holding the session locks `take` takes (advisory locks, which
+    outlive transactions) for the block: the caller runs its own transactions on it.
+    `release` runs however the block ends, shielded from cancellation (a streamed response
+    whose client went away is cancelled again at every wait), so that the connection never
+    goes back to the pool holding them."""
+    async with get_engine().connect() as connection:
+        await take(connection)
+        await connection.commit()
+        try:
+            yield connection
+        finally:
+            with CancelScope(shield=True):
+                if connection.in_transaction():
+                    await connection.rollback()
+                await release(connection)
+                await connection.commit()
 
 
 @asynccontextmanager

@@ -144,14 +144,14 @@ class MboxResponse(StreamingResponse):
 )
 async def export_snapshot(
     snapshot_id: uuid.UUID,
-    session: SessionDep,
     _: Operator,
     format: Annotated[s.ExportFormat, Query()] = "mbox",
     folder: Annotated[list[str] | None, Query(max_length=1000)] = None,
 ) -> MboxResponse:
-    await service.get_snapshot(session, snapshot_id=snapshot_id)
+    stream = service.export_mbox(snapshot_id, folder)
+    await anext(stream)  # the snapshot pinned and found, or a 404 before anything is sent
     return MboxResponse(
-        service.export_mbox(snapshot_id, folder),
+        stream,
         headers={"Content-Disposition": f'attachment; filename="snapshot-{snapshot_id}.mbox"'},
     )
 

@@ -1027,6 +1027,33 @@ async def unlock_after_backup(connection: AsyncConnection, key: str) -> None:
     )
 
 
+# A snapshot an export is streaming is pinned: the export holds a share of the snapshot's
+# lock, and prune deletes only the expired snapshots whose lock it can take alone. A pin
+# asked for while prune deletes the snapshot waits for prune's commit, then finds it gone.
+def _snapshot_key(snapshot_id: uuid.UUID) -> str:
+    return f"snapshot:{snapshot_id}"
+
+
+async def pin_snapshot(connection: AsyncConnection, snapshot_id: uuid.UUID) -> None:
+    """Block until this connection holds a share of the snapshot's lock (a session lock)."""
+    await connection.execute(
+        select(func.pg_advisory_lock_shared(_lock_id(_snapshot_key(snapshot_id))))
+    )
+
+
+async def unpin_snapshot(connection: AsyncConnection, snapshot_id: uuid.UUID) -> None:
+    await connection.execute(
+        select(func.pg_advisory_unlock_shared(_lock_id(_snapshot_key(snapshot_id))))
+    )
+
+
+async def unpinned(session: AsyncSession, snapshot_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """Those of the snapshots no export has pinned, each locked against new pins until the
+    end of this transaction."""
+    keys = {_snapshot_key(x): x for x in snapshot_ids}
+    return [keys[k] for k in await try_lock_all(session, list(keys))]
+
+
 async def lock_store(connection: AsyncConnection, wait: timedelta) -> bool:
     """Take the store lock alone, as a session lock, waiting at most `wait` for the backups
     in progress to release their shares; False, holding nothing, if they did not. Commits."""

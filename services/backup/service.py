@@ -36,7 +36,7 @@ from services.backup.engine.storage import (
 )
 from shared import audit
 from shared.auth import Principal
-from shared.db import get_engine, transaction_on, unit_of_work
+from shared.db import connection_holding, get_engine, transaction_on, unit_of_work
 from shared.errors import Forbidden, NotFound, Unprocessable
 from shared.models import Mailbox, Role
 from shared.models.backup import (
@@ -668,22 +668,33 @@ EXPORT_PAGE = 200
 async def export_mbox(
     snapshot_id: uuid.UUID, folders: list[str] | None, storage: PackStorage | None = None
 ) -> AsyncIterator[bytes]:
-    """The snapshot as an mboxrd stream, a page of messages at a time."""
+    """The snapshot as an mboxrd stream, a page of messages at a time, the snapshot pinned
+    against prune until the stream ends. The first chunk, empty, comes once it is pinned
+    and found (NotFound if it is not): a caller awaiting it before it answers can still
+    answer 404."""
     storage = storage or default_storage()
-    after: tuple[str, int] | None = None
-    while True:
-        async with unit_of_work() as session:
-            snap = await get_snapshot(session, snapshot_id=snapshot_id)
-            page = await repository.snapshot_messages(
-                session, snap, folders=folders, after=after, limit=EXPORT_PAGE
-            )
-            blobs = await repository.blobs(session, [m.blob_hash for m, _ in page])
-        if not page:
-            return
-        after = (page[-1][1], page[-1][0].uid)
-        for message, folder in page:
-            data = await asyncio.to_thread(read_blob, storage, blobs[bytes(message.blob_hash)])
-            yield _mbox_entry(data, message.internal_date, folder, message.flags)
+    async with connection_holding(
+        functools.partial(repository.pin_snapshot, snapshot_id=snapshot_id),
+        functools.partial(repository.unpin_snapshot, snapshot_id=snapshot_id),
+    ) as connection:
+        async with transaction_on(connection) as session:
+            await get_snapshot(session, snapshot_id=snapshot_id)
+        yield b""
+        after: tuple[str, int] | None = None
+        while True:
+            async with transaction_on(connection) as session:
+                snap = await get_snapshot(session, snapshot_id=snapshot_id)
+                page = await repository.snapshot_messages(
+                    session, snap, folders=folders, after=after, limit=EXPORT_PAGE
+                )
+                blobs = await repository.blobs(session, [m.blob_hash for m, _ in page])
+            if not page:
+                return
+            after = (page[-1][1], page[-1][0].uid)
+            for message, folder in page:
+                blob = blobs[bytes(message.blob_hash)]
+                data = await asyncio.to_thread(read_blob, storage, blob)
+                yield _mbox_entry(data, message.internal_date, folder, message.flags)
 
 
 def _mbox_entry(data: bytes, when: datetime, folder: str, flags: list[str]) -> bytes:
@@ -931,9 +942,9 @@ async def _prune(
 
 async def _expire(connection: AsyncConnection, result: PruneResult) -> None:
     """Delete the snapshots each mailbox's policy no longer keeps, then the catalog rows and
-    blobs no snapshot needs any more. A held snapshot stays; so does one a restore is
-    reading, or is queued to read, until a prune after it (one deleted under it would fail
-    it half done)."""
+    blobs no snapshot needs any more. A held snapshot stays; so do one a restore is reading,
+    or is queued to read, and one an export is streaming, until a prune after it (one
+    deleted under it would fail it half done)."""
     async with transaction_on(connection) as session:
         policies = {p.department_id: _policy(p) for p in await repository.policies(session)}
         departments = {m: d for m, d, _ in await repository.mailbox_schedule(session)}
@@ -942,7 +953,7 @@ async def _expire(connection: AsyncConnection, result: PruneResult) -> None:
             snaps = await repository.committed_snapshots(session, mailbox_id)
             policy = policies.get(departments.get(mailbox_id), default_policy())  # type: ignore[arg-type]
             kept = retained(snaps, policy) | restoring  # and holds: see delete_snapshots
-            expired = [x.id for x in snaps if x.id not in kept]
+            expired = await repository.unpinned(session, [x.id for x in snaps if x.id not in kept])
             if expired:
                 result.snapshots += await repository.delete_snapshots(session, expired)
                 result.rows += await repository.delete_unreferenced_rows(session, mailbox_id)

@@ -128,6 +128,9 @@ async def test_bad_backup_and_restore_input_is_a_4xx_naming_the_field(
     )
     assert nowhere.status_code == 404
     assert (await api.get(f"/v1/restores/{uuid.uuid4()}", headers=auth(key))).status_code == 404
+    no_export = await api.get(f"/v1/snapshots/{uuid.uuid4()}/export", headers=auth(key))
+    assert no_export.status_code == 404 and problem_field(no_export) == "snapshot_id"
+    assert no_export.headers["content-type"] == "application/problem+json"
 
 
 async def test_support_restores_into_a_folder_and_other_departments_need_admin(

@@ -2,14 +2,17 @@
 and backups that start meanwhile wait for it, so that no backup references a blob it
 deletes and no stream of backups keeps it from running; verify does not take a blob that
 prune deleted or moved while it ran for damage; a snapshot a restore will read outlives
-its retention until the restore has ended; each prune is recorded."""
+its retention until the restore has ended, and one an export streams until the stream has;
+each prune is recorded."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import timedelta
 
+import anyio
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -18,35 +21,36 @@ from sqlalchemy.pool import NullPool
 from services.backup import repository, service
 from services.backup.engine.backup import backup_mailbox, mailbox_lock
 from services.backup.engine.storage import BlobDamaged, LocalPackStorage, StoredBlob, check_blob
-from shared.db import MAX_OVERFLOW, POOL_SIZE, unit_of_work
+from shared.db import MAX_OVERFLOW, POOL_SIZE, get_engine, unit_of_work
+from shared.errors import NotFound
 from shared.models.backup import BackupMessage, JobStatus, PruneRun, Snapshot, VerifyRun
 from shared.settings import get_settings
 from tests.backup import helpers
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
 
-# The store lock's requests, as PostgreSQL's lock table has them: (mode, granted).
-STORE_LOCK_REQUESTS = text(
+# An advisory lock's requests, as PostgreSQL's lock table has them: (mode, granted).
+LOCK_REQUESTS = text(
     "SELECT mode, granted FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1"
     " AND ((classid::bigint << 32) | objid::bigint) = hashtext(:key)::bigint"
 )
 
 
-async def _until_store_lock_waits(mode: str) -> None:
-    """Return once a request for the store lock in `mode` is waiting. Looks on a connection
-    of its own: the pool may have none left."""
+async def _until_lock_waits(mode: str, key: str = repository.STORE_LOCK) -> None:
+    """Return once a request for the advisory lock `key` (the store lock unless named) in
+    `mode` is waiting. Looks on a connection of its own: the pool may have none left."""
     observer = create_async_engine(get_settings().database_url, poolclass=NullPool)
     try:
         async with observer.connect() as connection:
             for _ in range(500):
-                rows = await connection.execute(STORE_LOCK_REQUESTS, {"key": repository.STORE_LOCK})
+                rows = await connection.execute(LOCK_REQUESTS, {"key": key})
                 await connection.rollback()
                 if (mode, False) in {tuple(row) for row in rows}:
                     return
                 await asyncio.sleep(0.01)
     finally:
         await observer.dispose()
-    raise AssertionError(f"no {mode} request for the store lock is waiting")
+    raise AssertionError(f"no {mode} request for the lock {key!r} is waiting")
 
 
 async def _last_prune() -> PruneRun:
@@ -73,12 +77,12 @@ async def test_prune_waits_for_the_backups_in_progress_and_backups_started_meanw
         assert (recorded.status, recorded.reason) == ("skipped", short.skipped)
 
         pruning = asyncio.create_task(service.prune(storage, lock_wait=timedelta(seconds=60)))
-        await _until_store_lock_waits("ExclusiveLock")
+        await _until_lock_waits("ExclusiveLock")
         backing_up = asyncio.create_task(
             backup_mailbox(mailbox_id=other.id, run_id=None, storage=storage)
         )
         # Only shares are held, yet the new backup queues behind the waiting prune.
-        await _until_store_lock_waits("ShareLock")
+        await _until_lock_waits("ShareLock")
         assert not pruning.done() and not backing_up.done()
 
     pruned = await pruning
@@ -99,13 +103,13 @@ async def test_prune_ends_while_the_backups_waiting_behind_it_hold_every_pooled_
 ) -> None:
     async with mailbox_lock(uuid.uuid4()):  # a backup in progress
         pruning = asyncio.create_task(service.prune(storage, lock_wait=timedelta(seconds=60)))
-        await _until_store_lock_waits("ExclusiveLock")
+        await _until_lock_waits("ExclusiveLock")
         # As many backups as the pool has connections start behind it: the pool is empty.
         waiting = [
             asyncio.create_task(_backup_in_progress(uuid.uuid4()))
             for _ in range(POOL_SIZE + MAX_OVERFLOW)
         ]
-        await _until_store_lock_waits("ShareLock")
+        await _until_lock_waits("ShareLock")
     try:
         assert (await asyncio.wait_for(pruning, 20)).skipped is None
         await asyncio.wait_for(asyncio.gather(*waiting), 20)
@@ -193,6 +197,81 @@ async def test_a_snapshot_a_queued_restore_will_read_outlives_its_retention_unti
 
     assert (await service.prune(storage)).snapshots >= 1
     assert [x.id for x in await _snapshots(mailbox.id)] == [second.id]
+
+
+async def test_a_snapshot_an_export_streams_outlives_its_retention_until_the_stream_ends(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    monkeypatch.setattr(service, "EXPORT_PAGE", 1)  # each message a page: a query each
+    messages = corpus(6, seed=65)
+    _, mailbox, second = await helpers.mostly_expired(seed, storage, messages, deleted_uids="1:4")
+    first = (await _snapshots(mailbox.id))[0]
+    stream = service.export_mbox(first.id, None, storage)
+    assert await anext(stream) == b""  # pinned and found
+    head = await anext(stream)  # one message sent; the client reads the rest slowly
+
+    await service.prune(storage)
+    assert [x.id for x in await _snapshots(mailbox.id)] == [first.id, second.id]
+    mbox = head + b"".join([chunk async for chunk in stream])
+    assert sum(line.startswith(b"From MAILER-DAEMON ") for line in mbox.split(b"\n")) == 6
+
+    assert (await service.prune(storage)).snapshots == 1
+    assert [x.id for x in await _snapshots(mailbox.id)] == [second.id]
+
+
+async def test_an_export_asked_for_while_prune_deletes_its_snapshot_waits_then_finds_it_gone(
+    seed, storage, corpus
+) -> None:
+    _, mailbox, _ = await helpers.mostly_expired(
+        seed, storage, corpus(3, seed=66), deleted_uids="1"
+    )
+    first = (await _snapshots(mailbox.id))[0]
+    async with unit_of_work() as session:  # what prune's deletion does, up to its commit
+        assert await repository.unpinned(session, [first.id]) == [first.id]
+        assert await repository.delete_snapshots(session, [first.id]) == 1
+        export = asyncio.create_task(anext(service.export_mbox(first.id, None, storage)))
+        await _until_lock_waits("ShareLock", f"snapshot:{first.id}")
+    with pytest.raises(NotFound):
+        await export
+
+
+async def test_an_export_cancelled_mid_stream_unpins_its_snapshot(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    monkeypatch.setattr(service, "EXPORT_PAGE", 1)
+    _, mailbox, _ = await helpers.mostly_expired(
+        seed, storage, corpus(4, seed=67), deleted_uids="1"
+    )
+    first = (await _snapshots(mailbox.id))[0]
+    reading, loop = asyncio.Event(), asyncio.get_running_loop()
+
+    def slow_read(storage, blob):  # type: ignore[no-untyped-def]  # in a worker thread
+        loop.call_soon_threadsafe(reading.set)
+        time.sleep(0.2)
+        return b"x"
+
+    monkeypatch.setattr(service, "read_blob", slow_read)
+
+    async def consume() -> None:
+        async for _ in service.export_mbox(first.id, None, storage):
+            pass
+
+    await get_engine().dispose()  # no idle connection but the one the export will take
+    backend = await _backend_pid()
+    async with anyio.create_task_group() as group:  # as Starlette streams a response
+        group.start_soon(consume)
+        await reading.wait()
+        group.cancel_scope.cancel()  # the client went away
+    async with unit_of_work() as session:
+        pins = await session.execute(LOCK_REQUESTS, {"key": f"snapshot:{first.id}"})
+        assert pins.all() == []
+    # It was unlocked, not dropped by the pool for a release cut short: it serves on.
+    assert await _backend_pid() == backend
+
+
+async def _backend_pid() -> int:
+    async with unit_of_work() as session:
+        return int(await session.scalar(text("SELECT pg_backend_pid()")))
 
 
 async def test_a_prune_that_fails_is_recorded_with_the_reason(storage) -> None:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import re
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
@@ -59,7 +60,7 @@ from services.backup.engine.storage import (
     body_start,
     seal_frames,
 )
-from shared.db import get_engine, transaction_on
+from shared.db import connection_holding, get_engine, transaction_on
 from shared.models.backup import Snapshot, SnapshotStatus
 from shared.settings import Settings, get_settings
 
@@ -296,24 +297,16 @@ def _lock_key(mailbox_id: uuid.UUID) -> str:
     return f"backup:{mailbox_id}"
 
 
-@asynccontextmanager
-async def mailbox_lock(mailbox_id: uuid.UUID) -> AsyncIterator[AsyncConnection]:
+def mailbox_lock(mailbox_id: uuid.UUID) -> AbstractAsyncContextManager[AsyncConnection]:
     """One backup of a mailbox at a time, across workers, and none while prune deletes
     blobs (PostgreSQL advisory locks, which the server drops if the holder dies). Yields
     the connection holding the locks, on which the run does its catalog work: one
     connection per run, no pool checkout per step."""
     key = _lock_key(mailbox_id)
-    async with get_engine().connect() as connection:
-        await repository.lock_for_backup(connection, key)
-        await connection.commit()  # a session-level lock: it outlives this transaction
-        try:
-            yield connection
-        finally:
-            if connection.in_transaction():
-                await connection.rollback()
-            # Pooled connections outlive this block: release the lock before returning it.
-            await repository.unlock_after_backup(connection, key)
-            await connection.commit()
+    return connection_holding(
+        functools.partial(repository.lock_for_backup, key=key),
+        functools.partial(repository.unlock_after_backup, key=key),
+    )
 
 
 class MailboxBackup:
