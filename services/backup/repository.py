@@ -167,11 +167,14 @@ async def open_jobs(session: AsyncSession) -> list[BackupRun | RestoreJob | Veri
     return rows
 
 
-async def snapshots_being_restored(session: AsyncSession) -> set[uuid.UUID]:
-    """The snapshots that queued and running restores read."""
+async def snapshots_being_restored(
+    session: AsyncSession, snapshot_ids: Sequence[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Those of the snapshots that queued and running restores read."""
     rows = await session.scalars(
         select(RestoreJob.snapshot_id).where(
-            RestoreJob.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value))
+            RestoreJob.status.in_((JobStatus.QUEUED.value, JobStatus.RUNNING.value)),
+            RestoreJob.snapshot_id.in_(list(snapshot_ids)),
         )
     )
     return set(rows.all())
@@ -1027,9 +1030,10 @@ async def unlock_after_backup(connection: AsyncConnection, key: str) -> None:
     )
 
 
-# A snapshot an export is streaming is pinned: the export holds a share of the snapshot's
-# lock, and prune deletes only the expired snapshots whose lock it can take alone. A pin
-# asked for while prune deletes the snapshot waits for prune's commit, then finds it gone.
+# A snapshot an export is streaming, or a restore is being requested for, is pinned: the
+# reader holds a share of the snapshot's lock, and prune deletes only the expired snapshots
+# whose lock it can take alone. A pin asked for while prune deletes the snapshot waits for
+# prune's commit, then finds it gone.
 def _snapshot_key(snapshot_id: uuid.UUID) -> str:
     return f"snapshot:{snapshot_id}"
 
@@ -1038,6 +1042,13 @@ async def pin_snapshot(connection: AsyncConnection, snapshot_id: uuid.UUID) -> N
     """Block until this connection holds a share of the snapshot's lock (a session lock)."""
     await connection.execute(
         select(func.pg_advisory_lock_shared(_lock_id(_snapshot_key(snapshot_id))))
+    )
+
+
+async def pin_snapshot_for_transaction(session: AsyncSession, snapshot_id: uuid.UUID) -> None:
+    """Block until this transaction holds a share of the snapshot's lock, until it ends."""
+    await session.execute(
+        select(func.pg_advisory_xact_lock_shared(_lock_id(_snapshot_key(snapshot_id))))
     )
 
 

@@ -309,7 +309,10 @@ async def request_restore(
     session: AsyncSession, *, actor: Principal, data: s.RestoreRequest
 ) -> RestoreJob:
     source = await _mailbox(session, data.mailbox_id, "mailbox_id")
+    # The snapshot is pinned until the job is committed, from then on kept for it: prune
+    # does not delete it under a queued job, and a prune deleting it now is waited for.
     if data.snapshot_id is not None:
+        await repository.pin_snapshot_for_transaction(session, data.snapshot_id)
         snap = await get_snapshot(session, snapshot_id=data.snapshot_id)
         if snap.mailbox_id != source.id:
             raise Unprocessable(
@@ -318,7 +321,7 @@ async def request_restore(
             )
     else:
         assert data.at is not None
-        found = await repository.snapshot_at(session, source.id, data.at)
+        found = await _pinned_snapshot_at(session, source.id, data.at)
         if found is None:
             raise Unprocessable(
                 f"mailbox {source.id} has no snapshot at or before {data.at.isoformat()}",
@@ -380,6 +383,20 @@ async def request_restore(
         session, "backup", "run_restore", job_id=queue_job_id(job), restore_id=str(job.id)
     )
     return job
+
+
+async def _pinned_snapshot_at(
+    session: AsyncSession, mailbox_id: uuid.UUID, at: datetime
+) -> Snapshot | None:
+    """The mailbox's snapshot at `at`, pinned for this transaction. If prune deleted the one
+    found while the pin waited for it, the one at `at` after the deletion is taken."""
+    pinned = None
+    while (found := await repository.snapshot_at(session, mailbox_id, at)) is not None:
+        if found.id == pinned:
+            return found
+        await repository.pin_snapshot_for_transaction(session, found.id)
+        pinned = found.id
+    return None
 
 
 def _authorise_restore(
@@ -942,22 +959,43 @@ async def _prune(
 
 async def _expire(connection: AsyncConnection, result: PruneResult) -> None:
     """Delete the snapshots each mailbox's policy no longer keeps, then the catalog rows and
-    blobs no snapshot needs any more. A held snapshot stays; so do one a restore is reading,
-    or is queued to read, and one an export is streaming, until a prune after it (one
-    deleted under it would fail it half done)."""
+    blobs no snapshot needs any more, a transaction per mailbox and EXPIRE_CHUNK snapshots
+    (their locks fill a bounded table)."""
     async with transaction_on(connection) as session:
         policies = {p.department_id: _policy(p) for p in await repository.policies(session)}
         departments = {m: d for m, d, _ in await repository.mailbox_schedule(session)}
-        restoring = await repository.snapshots_being_restored(session)
-        for mailbox_id in await repository.mailboxes_with_snapshots(session):
+        mailboxes = await repository.mailboxes_with_snapshots(session)
+    for mailbox_id in mailboxes:
+        async with transaction_on(connection) as session:
             snaps = await repository.committed_snapshots(session, mailbox_id)
-            policy = policies.get(departments.get(mailbox_id), default_policy())  # type: ignore[arg-type]
-            kept = retained(snaps, policy) | restoring  # and holds: see delete_snapshots
-            expired = await repository.unpinned(session, [x.id for x in snaps if x.id not in kept])
-            if expired:
-                result.snapshots += await repository.delete_snapshots(session, expired)
+        policy = policies.get(departments.get(mailbox_id), default_policy())  # type: ignore[arg-type]
+        kept = retained(snaps, policy)
+        expired = [x.id for x in snaps if x.id not in kept]
+        for start in range(0, len(expired), EXPIRE_CHUNK):
+            async with transaction_on(connection) as session:
+                chunk = expired[start : start + EXPIRE_CHUNK]
+                result.snapshots += await _delete_unread(session, chunk)
+        if expired:
+            async with transaction_on(connection) as session:
                 result.rows += await repository.delete_unreferenced_rows(session, mailbox_id)
+    async with transaction_on(connection) as session:
         result.blobs = await repository.delete_unreferenced_blobs(session)
+
+
+# Expired snapshots locked and deleted in one transaction: each advisory lock takes a
+# slot of PostgreSQL's shared lock table until commit.
+EXPIRE_CHUNK = 200
+
+
+async def _delete_unread(session: AsyncSession, snapshot_ids: list[uuid.UUID]) -> int:
+    """Delete those of the expired snapshots no one will read; how many. Kept until a prune
+    after the reading: one an export streams or a restore is being requested for (pinned),
+    one a queued or running restore reads (looked for once the pins are taken, so a job
+    committed before is seen, and one requested after waits for this commit), and a held one
+    (see delete_snapshots)."""
+    free = await repository.unpinned(session, snapshot_ids)
+    restoring = await repository.snapshots_being_restored(session, free)
+    return await repository.delete_snapshots(session, [x for x in free if x not in restoring])
 
 
 async def _repack(

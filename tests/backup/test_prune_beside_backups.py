@@ -2,8 +2,8 @@
 and backups that start meanwhile wait for it, so that no backup references a blob it
 deletes and no stream of backups keeps it from running; verify does not take a blob that
 prune deleted or moved while it ran for damage; a snapshot a restore will read outlives
-its retention until the restore has ended, and one an export streams until the stream has;
-each prune is recorded."""
+its retention until the restore has ended (from the moment it is requested), and one an
+export streams until the stream has; each prune is recorded."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from services.backup import repository, service
+from services.backup import schemas as s
 from services.backup.engine.backup import backup_mailbox, mailbox_lock
 from services.backup.engine.storage import BlobDamaged, LocalPackStorage, StoredBlob, check_blob
 from shared.db import MAX_OVERFLOW, POOL_SIZE, get_engine, unit_of_work
-from shared.errors import NotFound
+from shared.errors import NotFound, Unprocessable
 from shared.models.backup import BackupMessage, JobStatus, PruneRun, Snapshot, VerifyRun
 from shared.settings import get_settings
 from tests.backup import helpers
@@ -197,6 +198,57 @@ async def test_a_snapshot_a_queued_restore_will_read_outlives_its_retention_unti
 
     assert (await service.prune(storage)).snapshots >= 1
     assert [x.id for x in await _snapshots(mailbox.id)] == [second.id]
+
+
+async def test_a_snapshot_a_restore_is_being_requested_for_outlives_a_prune_before_it_commits(
+    seed, storage, corpus
+) -> None:
+    department, mailbox, second = await helpers.mostly_expired(
+        seed, storage, corpus(4, seed=68), deleted_uids="1:2"
+    )
+    first = (await _snapshots(mailbox.id))[0]
+    fresh = await seed.mailbox("pw-1234567890", department=department)
+    async with unit_of_work() as session:
+        job = await service.request_restore(
+            session, actor=helpers.OPERATOR, data=_restore_at(mailbox.id, first, fresh.id)
+        )
+        await service.prune(storage)  # the request not committed yet: no queued job to see
+    assert job.snapshot_id == first.id
+    assert [x.id for x in await _snapshots(mailbox.id)] == [first.id, second.id]
+    assert await service.execute_restore(job.id, storage) == "succeeded"
+
+
+async def test_a_restore_requested_while_prune_deletes_its_snapshot_waits_then_finds_none(
+    seed, storage, corpus
+) -> None:
+    department, mailbox, _ = await helpers.mostly_expired(
+        seed, storage, corpus(3, seed=69), deleted_uids="1"
+    )
+    first = (await _snapshots(mailbox.id))[0]
+    fresh = await seed.mailbox("pw-1234567890", department=department)
+
+    async def request() -> None:
+        async with unit_of_work() as session:
+            data = _restore_at(mailbox.id, first, fresh.id)
+            await service.request_restore(session, actor=helpers.OPERATOR, data=data)
+
+    async with unit_of_work() as session:  # what prune's deletion does, up to its commit
+        assert await repository.unpinned(session, [first.id]) == [first.id]
+        assert await repository.delete_snapshots(session, [first.id]) == 1
+        requested = asyncio.create_task(request())
+        await _until_lock_waits("ShareLock", f"snapshot:{first.id}")
+    with pytest.raises(Unprocessable) as refused:  # none left at or before that time
+        await requested
+    assert refused.value.field == "at"
+
+
+def _restore_at(mailbox_id: uuid.UUID, snap: Snapshot, target: uuid.UUID) -> s.RestoreRequest:
+    """A restore of the mailbox as it was at the snapshot, into the mailbox `target`."""
+    return s.RestoreRequest(
+        mailbox_id=mailbox_id,
+        at=snap.completed_at,
+        target=s.RestoreTarget(mode="mailbox", mailbox_id=target),
+    )
 
 
 async def test_a_snapshot_an_export_streams_outlives_its_retention_until_the_stream_ends(

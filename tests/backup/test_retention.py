@@ -65,6 +65,23 @@ async def test_prune_removes_expired_snapshots_and_then_unreferenced_blobs(
 
 
 @pytest.mark.usefixtures("mail_stack")
+async def test_prune_expires_snapshots_beyond_one_transactions_chunk(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    monkeypatch.setattr(service, "EXPIRE_CHUNK", 2)
+    department = await seed.department()
+    mailbox = await seed.mailbox("pw-1234567890", department=department)
+    await seed.backup_policy(department)
+    await helpers.append(mailbox.address, "INBOX", corpus(2, seed=33))
+    for _ in range(5):
+        last, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+
+    assert (await service.prune(storage)).snapshots >= 4
+    async with unit_of_work() as session:
+        left = await session.scalars(select(Snapshot.id).where(Snapshot.mailbox_id == mailbox.id))
+        assert list(left) == [last.id]
+
+
 async def test_the_schedule_backs_up_each_departments_due_mailboxes_in_one_run(
     seed, storage
 ) -> None:
