@@ -73,6 +73,10 @@ class Unprocessable(DomainError):
 class Unavailable(DomainError):
     status, code, title = 503, "unavailable", "Service unavailable"
 
+    def __init__(self, detail: str, *, retry_after: int | None = None, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.retry_after = retry_after  # seconds, sent as Retry-After
+
 
 _PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -100,7 +104,8 @@ _PROBLEMS = {
     409: "Conflicts with the current state",
     410: "Gone: used, expired or superseded",
     422: "Invalid input (the problem names the field)",
-    503: "The mail server or another service it needs did not answer; retry later",
+    503: "The mail server or another service it needs did not answer, or the service is "
+    "busy; retry later (after Retry-After, where it is sent)",
 }
 
 
@@ -131,6 +136,8 @@ def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
 async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if isinstance(exc, Unavailable) and exc.retry_after is not None:
+        headers = {"Retry-After": str(exc.retry_after)}
     return problem_response(exc.status, exc.problem(), headers)
 
 

@@ -140,7 +140,10 @@ class MboxResponse(StreamingResponse):
     "/snapshots/{snapshot_id}/export",
     tags=["snapshots"],
     response_class=MboxResponse,
-    responses={200: {"description": "The snapshot's messages as one mbox file, streamed"}},
+    responses={
+        200: {"description": "The snapshot's messages as one mbox file, streamed"},
+        **problem_responses(503),
+    },
 )
 async def export_snapshot(
     snapshot_id: uuid.UUID,
@@ -149,7 +152,7 @@ async def export_snapshot(
     folder: Annotated[list[str] | None, Query(max_length=1000)] = None,
 ) -> MboxResponse:
     stream = service.export_mbox(snapshot_id, folder)
-    await anext(stream)  # the snapshot pinned and found, or a 404 before anything is sent
+    await anext(stream)  # the snapshot pinned and found, or a 404 or 503 before anything is sent
     return MboxResponse(
         stream,
         headers={"Content-Disposition": f'attachment; filename="snapshot-{snapshot_id}.mbox"'},

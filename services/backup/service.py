@@ -37,7 +37,7 @@ from services.backup.engine.storage import (
 from shared import audit
 from shared.auth import Principal
 from shared.db import connection_holding, get_engine, transaction_on, unit_of_work
-from shared.errors import Forbidden, NotFound, Unprocessable
+from shared.errors import Forbidden, NotFound, Unavailable, Unprocessable
 from shared.models import Mailbox, Role
 from shared.models.backup import (
     BackupPolicy,
@@ -680,6 +680,10 @@ def _group_reason(group: BaseExceptionGroup[BaseException]) -> str:
 
 
 EXPORT_PAGE = 200
+# Exports a process streams at once: each holds a pooled connection (the one pinning its
+# snapshot) until its client has read the last byte, and the pool serves the API too.
+EXPORTS_AT_ONCE = 4
+_exports = asyncio.Semaphore(EXPORTS_AT_ONCE)
 
 
 async def export_mbox(
@@ -687,13 +691,23 @@ async def export_mbox(
 ) -> AsyncIterator[bytes]:
     """The snapshot as an mboxrd stream, a page of messages at a time, the snapshot pinned
     against prune until the stream ends. The first chunk, empty, comes once it is pinned
-    and found (NotFound if it is not): a caller awaiting it before it answers can still
-    answer 404."""
+    and found (NotFound if it is not; Unavailable if EXPORTS_AT_ONCE are streaming): a
+    caller awaiting it before it answers can still answer with the error."""
     storage = storage or default_storage()
-    async with connection_holding(
-        functools.partial(repository.pin_snapshot, snapshot_id=snapshot_id),
-        functools.partial(repository.unpin_snapshot, snapshot_id=snapshot_id),
-    ) as connection:
+    if _exports.locked():
+        raise Unavailable(
+            f"{EXPORTS_AT_ONCE} exports are streaming from this service already; "
+            "ask again once one has ended",
+            code="exports_busy",
+            retry_after=60,
+        )
+    async with (
+        _exports,
+        connection_holding(
+            functools.partial(repository.pin_snapshot, snapshot_id=snapshot_id),
+            functools.partial(repository.unpin_snapshot, snapshot_id=snapshot_id),
+        ) as connection,
+    ):
         async with transaction_on(connection) as session:
             await get_snapshot(session, snapshot_id=snapshot_id)
         yield b""

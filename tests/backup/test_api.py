@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 
+from services.backup import service
 from services.backup.engine.backup import backup_mailbox
 from shared import queue
 from shared.models import MailboxStatus
@@ -45,6 +47,26 @@ async def test_backup_request_runs_and_reports_counts(api, api_key_for, seed, co
     assert found.json()[0]["from"].startswith("Jörg Müller")
     export = await api.get(f"/v1/snapshots/{listed[0]['id']}/export", headers=auth(key))
     assert export.status_code == 200 and export.content.count(b"\nFrom MAILER-DAEMON ") == 6
+
+
+async def test_exports_beyond_those_a_process_streams_at_once_are_told_to_retry(
+    api, api_key_for, seed, storage, corpus, monkeypatch
+) -> None:
+    monkeypatch.setattr(service, "EXPORTS_AT_ONCE", 1)
+    monkeypatch.setattr(service, "_exports", asyncio.Semaphore(1))
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(2))
+    snap, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    key = await api_key_for("operator")
+    streaming = service.export_mbox(snap.id, None, storage)
+    assert await anext(streaming) == b""
+
+    busy = await api.get(f"/v1/snapshots/{snap.id}/export", headers=auth(key))
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "60"
+    assert busy.json()["code"] == "exports_busy"
+    await streaming.aclose()
+    again = await api.get(f"/v1/snapshots/{snap.id}/export", headers=auth(key))
+    assert again.status_code == 200 and again.content.startswith(b"From MAILER-DAEMON ")
 
 
 async def test_viewer_reads_but_cannot_start_backups_or_restores(api, api_key_for, seed) -> None:
