@@ -1,19 +1,23 @@
 """`mailops backup`: back up, restore, verify and prune mailboxes from a shell on the server.
 
-Each command but prune files its work as the API does (a run and a job for the backup
-worker), then follows it to its end, printing progress. A backup worker must be running:
-`mailops up` starts one, or `mailops worker backup`. Prune, the worker's nightly job, runs
-in the command itself, for space needed now.
+`now`, `restore` and `verify` file their work as the API does (a run and a job for the
+backup worker), then follow it to its end, printing progress. A backup worker must be
+running: `mailops up` starts one, or `mailops worker backup`. Prune, the worker's nightly
+job, runs in the command itself, for space needed now; so does export, which writes a file
+here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Protocol, TypeVar
 
 import typer
@@ -265,6 +269,90 @@ def backup_release(snapshot: SnapshotArgument) -> None:
         async with unit_of_work() as session:
             await service.release_snapshot(session, actor=_actor(), snapshot_id=snapshot)
         return f"snapshot {snapshot} is not held: retention applies to it again"
+
+    _run(work)
+
+
+@contextmanager
+def _whole_file(path: Path) -> Iterator[Callable[[bytes], None]]:
+    """Write `path` whole or not at all: as PATH.part, renamed once complete and on disk,
+    removed if anything stops it."""
+    partial = path.with_name(path.name + ".part")
+    with _disk_errors(partial):
+        out = partial.open("xb")
+
+    def write(data: bytes) -> None:
+        with _disk_errors(partial):
+            out.write(data)
+
+    try:
+        with out:
+            yield write
+            with _disk_errors(partial):
+                out.flush()
+                os.fsync(out.fileno())
+        with _disk_errors(partial):
+            partial.rename(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _disk_errors(path: Path) -> Iterator[None]:
+    """A write the disk refuses ends the command naming the file, not as the database's
+    OSError (which _run reports as unreachable)."""
+    try:
+        yield
+    except OSError as exc:
+        raise _JobFailed(f"cannot write {path}: {exc.strerror or exc}; nothing was kept") from exc
+
+
+@backup_app.command("export")
+def backup_export(
+    snapshot: SnapshotArgument,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The mbox file to write, which must not exist yet (default: "
+            "snapshot-SNAPSHOT.mbox here)",
+        ),
+    ] = None,
+    folder: Annotated[
+        list[str] | None, typer.Option(help="Only this folder of the snapshot (repeatable)")
+    ] = None,
+) -> None:
+    """Write a snapshot's mail to an mbox file, for a legal or audit request: each message
+    as it was backed up, its folder and flags in X-Mailops-Folder and X-Mailops-Flags
+    headers. Prune keeps the snapshot until the export ends. Runs here, not in the worker.
+
+    The file appears whole or not at all: it is written beside itself as FILE.part first."""
+    path = output or Path(f"snapshot-{snapshot}.mbox")
+    if path.exists():
+        fail(f"{path} exists already; remove it, or write elsewhere with --output")
+
+    async def work() -> str:
+        from services.backup import repository, service
+        from shared.db import unit_of_work
+
+        async with unit_of_work() as session:
+            snap = await service.get_snapshot(session, snapshot_id=snapshot)
+            await service.check_folders(session, snap, folder)
+            counts = await repository.snapshot_message_counts(
+                session, snap, folders=folder or None, message_ids=None
+            )
+        total, written, size, shown = sum(counts.values()), 0, 0, time.monotonic()
+        with _whole_file(path) as write:
+            async for entry in service.export_mbox(snapshot, folder or None):
+                if entry:  # one message each, after an empty first chunk
+                    write(entry)
+                    written, size = written + 1, size + len(entry)
+                if time.monotonic() - shown >= 2:
+                    typer.echo(f"{written:,} of {total:,} messages written", err=True)
+                    shown = time.monotonic()
+        return f"{written:,} messages ({_megabytes(size)}) of snapshot {snapshot} written to {path}"
 
     _run(work)
 

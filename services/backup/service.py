@@ -338,11 +338,7 @@ async def request_restore(
                 field="target.mailbox_id",
             )
     _authorise_restore(actor, data, source, target)
-    if data.folders:
-        known = {f["name"] for f in await repository.snapshot_folders(session, snap)}
-        for name in data.folders:
-            if name not in known:
-                raise Unprocessable(f"the snapshot has no folder {name!r}", field="folders")
+    await check_folders(session, snap, data.folders)
     if data.message_ids:
         found_ids = {
             m.id
@@ -383,6 +379,15 @@ async def request_restore(
         session, "backup", "run_restore", job_id=queue_job_id(job), restore_id=str(job.id)
     )
     return job
+
+
+async def check_folders(session: AsyncSession, snap: Snapshot, folders: list[str] | None) -> None:
+    """Unprocessable, naming the field `folders`, if the snapshot lacks one of them."""
+    if folders:
+        known = {f["name"] for f in await repository.snapshot_folders(session, snap)}
+        for name in folders:
+            if name not in known:
+                raise Unprocessable(f"the snapshot has no folder {name!r}", field="folders")
 
 
 async def _pinned_snapshot_at(

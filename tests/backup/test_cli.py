@@ -39,6 +39,17 @@ async def mailops_with_worker(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(command.args, command.returncode, stdout, stderr)
 
 
+def backup_command(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run `mailops backup ARGUMENTS`, a command that needs no worker."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", "backup", *arguments],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=60,
+    )
+
+
 async def test_backup_now_and_restore_follow_the_worker_and_bring_mail_back(seed, corpus) -> None:
     mailbox = await seed.mailbox("pw-1234567890")
     await helpers.append(mailbox.address, "INBOX", corpus(6, seed=41))
@@ -149,23 +160,44 @@ async def test_hold_and_release_say_what_prune_does_with_the_snapshot(seed, stor
     mailbox = await seed.mailbox("pw-1234567890")
     snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
 
-    def mailops(*arguments: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "cli", "backup", *arguments],
-            capture_output=True,
-            text=True,
-            env=os.environ.copy(),
-            timeout=60,
-        )
-
-    held = await asyncio.to_thread(mailops, "hold", str(snapshot.id), "--reason", "audit 7")
+    held = await asyncio.to_thread(backup_command, "hold", str(snapshot.id), "--reason", "audit 7")
     assert held.returncode == 0, held.stderr
     assert "prune keeps it until it is released" in held.stdout
-    listed = await asyncio.to_thread(mailops, "snapshots", mailbox.address)
+    listed = await asyncio.to_thread(backup_command, "snapshots", mailbox.address)
     assert listed.stdout.strip().splitlines()[1].endswith("held: audit 7")
-    released = await asyncio.to_thread(mailops, "release", str(snapshot.id))
+    released = await asyncio.to_thread(backup_command, "release", str(snapshot.id))
     assert released.returncode == 0 and "retention applies to it again" in released.stdout
-    blank = await asyncio.to_thread(mailops, "hold", str(snapshot.id), "--reason", " ")
+    blank = await asyncio.to_thread(backup_command, "hold", str(snapshot.id), "--reason", " ")
     assert (
         blank.returncode == 1 and "reason: String should have at least 1 character" in blank.stderr
     )
+
+
+async def test_export_writes_a_snapshots_folder_to_an_mbox_file_whole_or_not_at_all(
+    seed, storage, corpus, tmp_path
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(3, seed=70))
+    await helpers.append(mailbox.address, "Sent", corpus(2, seed=71))
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    out = tmp_path / "case-12.mbox"
+
+    def export(*arguments: str) -> subprocess.CompletedProcess[str]:
+        return backup_command("export", str(snapshot.id), *arguments)
+
+    exported = await asyncio.to_thread(export, "--output", str(out), "--folder", "INBOX")
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout.startswith("3 messages (") and str(out) in exported.stdout
+    lines = out.read_bytes().split(b"\n")
+    assert sum(line.startswith(b"From MAILER-DAEMON ") for line in lines) == 3
+    assert lines.count(b"X-Mailops-Folder: INBOX") == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case-12.mbox"]
+
+    again = await asyncio.to_thread(export, "--output", str(out))
+    assert again.returncode == 1 and "exists already" in again.stderr
+    unknown = await asyncio.to_thread(export, "-o", str(tmp_path / "x"), "--folder", "Nowhere")
+    assert unknown.returncode == 1 and "the snapshot has no folder 'Nowhere'" in unknown.stderr
+    nowhere = await asyncio.to_thread(export, "-o", str(tmp_path / "gone" / "x.mbox"))
+    assert nowhere.returncode == 1
+    assert "cannot write" in nowhere.stderr and "No such file or directory" in nowhere.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case-12.mbox"]
