@@ -339,7 +339,6 @@ def backup_export(
 
         async with unit_of_work() as session:
             snap = await service.get_snapshot(session, snapshot_id=snapshot)
-            await service.check_folders(session, snap, folder)
             counts = await repository.snapshot_message_counts(
                 session, snap, folders=folder or None, message_ids=None
             )

@@ -152,7 +152,7 @@ async def export_snapshot(
     folder: Annotated[list[str] | None, Query(max_length=1000)] = None,
 ) -> MboxResponse:
     stream = service.export_mbox(snapshot_id, folder)
-    await anext(stream)  # the snapshot pinned and found, or a 404 or 503 before anything is sent
+    await anext(stream)  # the snapshot pinned and found, or a 4xx or 503 before anything is sent
     return MboxResponse(
         stream,
         headers={"Content-Disposition": f'attachment; filename="snapshot-{snapshot_id}.mbox"'},

@@ -338,7 +338,7 @@ async def request_restore(
                 field="target.mailbox_id",
             )
     _authorise_restore(actor, data, source, target)
-    await check_folders(session, snap, data.folders)
+    await _check_folders(session, snap, data.folders, "folders")
     if data.message_ids:
         found_ids = {
             m.id
@@ -381,13 +381,15 @@ async def request_restore(
     return job
 
 
-async def check_folders(session: AsyncSession, snap: Snapshot, folders: list[str] | None) -> None:
-    """Unprocessable, naming the field `folders`, if the snapshot lacks one of them."""
+async def _check_folders(
+    session: AsyncSession, snap: Snapshot, folders: list[str] | None, field: str
+) -> None:
+    """Unprocessable, naming `field`, if the snapshot lacks one of the folders."""
     if folders:
         known = {f["name"] for f in await repository.snapshot_folders(session, snap)}
         for name in folders:
             if name not in known:
-                raise Unprocessable(f"the snapshot has no folder {name!r}", field="folders")
+                raise Unprocessable(f"the snapshot has no folder {name!r}", field=field)
 
 
 async def _pinned_snapshot_at(
@@ -696,8 +698,9 @@ async def export_mbox(
 ) -> AsyncIterator[bytes]:
     """The snapshot as an mboxrd stream, a page of messages at a time, the snapshot pinned
     against prune until the stream ends. The first chunk, empty, comes once it is pinned
-    and found (NotFound if it is not; Unavailable if EXPORTS_AT_ONCE are streaming): a
-    caller awaiting it before it answers can still answer with the error."""
+    and found (NotFound if it is not, Unprocessable if it lacks one of the folders,
+    Unavailable if EXPORTS_AT_ONCE are streaming): a caller awaiting it before it answers
+    can still answer with the error."""
     storage = storage or default_storage()
     if _exports.locked():
         raise Unavailable(
@@ -714,7 +717,8 @@ async def export_mbox(
         ) as connection,
     ):
         async with transaction_on(connection) as session:
-            await get_snapshot(session, snapshot_id=snapshot_id)
+            snap = await get_snapshot(session, snapshot_id=snapshot_id)
+            await _check_folders(session, snap, folders, "folder")
         yield b""
         after: tuple[str, int] | None = None
         while True:

@@ -153,6 +153,12 @@ async def test_bad_backup_and_restore_input_is_a_4xx_naming_the_field(
     no_export = await api.get(f"/v1/snapshots/{uuid.uuid4()}/export", headers=auth(key))
     assert no_export.status_code == 404 and problem_field(no_export) == "snapshot_id"
     assert no_export.headers["content-type"] == "application/problem+json"
+    no_folder = await api.get(
+        f"/v1/snapshots/{others_snapshot.id}/export",
+        params={"folder": "Nowhere"},
+        headers=auth(key),
+    )
+    assert no_folder.status_code == 422 and problem_field(no_folder) == "folder"
 
 
 async def test_support_restores_into_a_folder_and_other_departments_need_admin(
