@@ -45,9 +45,16 @@ class DomainError(Exception):
         body.update(self.extra)
         return body
 
+    def headers(self) -> dict[str, str] | None:
+        """HTTP headers the answer carries besides the problem body."""
+        return None
+
 
 class Unauthorized(DomainError):
     status, code, title = 401, "unauthorized", "Authentication required"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class Forbidden(DomainError):
@@ -75,7 +82,10 @@ class Unavailable(DomainError):
 
     def __init__(self, detail: str, *, retry_after: int | None = None, **kwargs: Any) -> None:
         super().__init__(detail, **kwargs)
-        self.retry_after = retry_after  # seconds, sent as Retry-After
+        self.retry_after = retry_after  # seconds
+
+    def headers(self) -> dict[str, str] | None:
+        return None if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 _PROBLEM_SCHEMA: dict[str, Any] = {
@@ -135,10 +145,7 @@ def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
 
 async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    if isinstance(exc, Unavailable) and exc.retry_after is not None:
-        headers = {"Retry-After": str(exc.retry_after)}
-    return problem_response(exc.status, exc.problem(), headers)
+    return problem_response(exc.status, exc.problem(), exc.headers())
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

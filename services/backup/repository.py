@@ -1038,24 +1038,22 @@ def _snapshot_key(snapshot_id: uuid.UUID) -> str:
     return f"snapshot:{snapshot_id}"
 
 
+def _on_snapshot_lock(function: Any, snapshot_id: uuid.UUID) -> Select[Any]:
+    return select(function(_lock_id(_snapshot_key(snapshot_id))))
+
+
 async def pin_snapshot(connection: AsyncConnection, snapshot_id: uuid.UUID) -> None:
     """Block until this connection holds a share of the snapshot's lock (a session lock)."""
-    await connection.execute(
-        select(func.pg_advisory_lock_shared(_lock_id(_snapshot_key(snapshot_id))))
-    )
+    await connection.execute(_on_snapshot_lock(func.pg_advisory_lock_shared, snapshot_id))
 
 
 async def pin_snapshot_for_transaction(session: AsyncSession, snapshot_id: uuid.UUID) -> None:
     """Block until this transaction holds a share of the snapshot's lock, until it ends."""
-    await session.execute(
-        select(func.pg_advisory_xact_lock_shared(_lock_id(_snapshot_key(snapshot_id))))
-    )
+    await session.execute(_on_snapshot_lock(func.pg_advisory_xact_lock_shared, snapshot_id))
 
 
 async def unpin_snapshot(connection: AsyncConnection, snapshot_id: uuid.UUID) -> None:
-    await connection.execute(
-        select(func.pg_advisory_unlock_shared(_lock_id(_snapshot_key(snapshot_id))))
-    )
+    await connection.execute(_on_snapshot_lock(func.pg_advisory_unlock_shared, snapshot_id))
 
 
 async def unpinned(session: AsyncSession, snapshot_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:

@@ -721,9 +721,8 @@ async def export_mbox(
             await _check_folders(session, snap, folders, "folder")
         yield b""
         after: tuple[str, int] | None = None
-        while True:
+        while True:  # the snapshot pinned: each page reads it as found
             async with transaction_on(connection) as session:
-                snap = await get_snapshot(session, snapshot_id=snapshot_id)
                 page = await repository.snapshot_messages(
                     session, snap, folders=folders, after=after, limit=EXPORT_PAGE
                 )

@@ -268,20 +268,20 @@ async def mostly_expired(
     messages: Sequence[tuple[bytes, Sequence[str], datetime]],
     *,
     deleted_uids: str,
-) -> tuple[Department, Mailbox, Snapshot]:
+) -> tuple[Department, Mailbox, Snapshot, Snapshot]:
     """A mailbox whose department keeps only its last snapshot, backed up with `messages`
     and again once the `deleted_uids` of its INBOX were deleted: its department, and the
-    second snapshot. The first snapshot and the mail only it holds are prune's to expire.
+    first and second snapshots. The first and the mail only it holds are prune's to expire.
     The messages must be ones no other test stores (a corpus seed of its own): a blob
     stored before lies in another test's pack."""
     department = await seed.department()
     mailbox = await seed.mailbox("pw-1234567890", department=department)
     await seed.backup_policy(department)
     await append(mailbox.address, "INBOX", messages)
-    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    first, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     await delete_messages(mailbox.address, "INBOX", uids=deleted_uids)
     second, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
-    return department, mailbox, second
+    return department, mailbox, first, second
 
 
 def past_pack_grace(after: datetime | None = None) -> datetime:

@@ -121,7 +121,7 @@ async def test_verify_that_finds_damage_fails_and_names_the_mailbox(seed, corpus
 async def test_prune_applies_retention_now_shows_progress_and_says_what_it_gave_back(
     seed, storage, corpus
 ) -> None:
-    _, mailbox, _ = await helpers.mostly_expired(
+    _, mailbox, _, _ = await helpers.mostly_expired(
         seed, storage, corpus(3, seed=44), deleted_uids="1:2"
     )
     pack_id = (await helpers.message_blob(mailbox.id)).pack_id

@@ -28,7 +28,7 @@ async def test_a_held_snapshot_outlives_its_retention_until_an_admin_releases_it
     storage,
     corpus,
 ) -> None:
-    _, mailbox, second = await helpers.mostly_expired(
+    _, mailbox, _, second = await helpers.mostly_expired(
         seed, storage, corpus(4, seed=64), deleted_uids="1:2"
     )
     operator, admin = await api_key_for("operator"), await api_key_for("admin")

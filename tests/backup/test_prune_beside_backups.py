@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import anyio
@@ -127,7 +129,7 @@ async def _backup_in_progress(mailbox_id: uuid.UUID) -> None:
 async def test_verify_does_not_report_blobs_prune_deleted_or_moved_since_it_read_them(
     seed, storage, corpus, monkeypatch
 ) -> None:
-    department, mailbox, second = await helpers.mostly_expired(
+    department, mailbox, _, second = await helpers.mostly_expired(
         seed, storage, corpus(10, seed=62), deleted_uids="1:8"
     )
     kept = await helpers.state(mailbox.address)
@@ -182,10 +184,9 @@ async def test_a_snapshot_a_queued_restore_will_read_outlives_its_retention_unti
     seed, storage, corpus
 ) -> None:
     messages = corpus(6, seed=63)
-    department, mailbox, second = await helpers.mostly_expired(
+    department, mailbox, first, second = await helpers.mostly_expired(
         seed, storage, messages, deleted_uids="1:4"
     )
-    first = (await _snapshots(mailbox.id))[0]
     fresh = await seed.mailbox("pw-1234567890", department=department)
     job_id = await helpers.request_restore(
         mailbox.id, first.id, {"mode": "mailbox", "mailbox_id": fresh.id}
@@ -203,10 +204,9 @@ async def test_a_snapshot_a_queued_restore_will_read_outlives_its_retention_unti
 async def test_a_snapshot_a_restore_is_being_requested_for_outlives_a_prune_before_it_commits(
     seed, storage, corpus
 ) -> None:
-    department, mailbox, second = await helpers.mostly_expired(
+    department, mailbox, first, second = await helpers.mostly_expired(
         seed, storage, corpus(4, seed=68), deleted_uids="1:2"
     )
-    first = (await _snapshots(mailbox.id))[0]
     fresh = await seed.mailbox("pw-1234567890", department=department)
     async with unit_of_work() as session:
         job = await service.request_restore(
@@ -221,10 +221,9 @@ async def test_a_snapshot_a_restore_is_being_requested_for_outlives_a_prune_befo
 async def test_a_restore_requested_while_prune_deletes_its_snapshot_waits_then_finds_none(
     seed, storage, corpus
 ) -> None:
-    department, mailbox, _ = await helpers.mostly_expired(
+    department, mailbox, first, _ = await helpers.mostly_expired(
         seed, storage, corpus(3, seed=69), deleted_uids="1"
     )
-    first = (await _snapshots(mailbox.id))[0]
     fresh = await seed.mailbox("pw-1234567890", department=department)
 
     async def request() -> None:
@@ -232,14 +231,21 @@ async def test_a_restore_requested_while_prune_deletes_its_snapshot_waits_then_f
             data = _restore_at(mailbox.id, first, fresh.id)
             await service.request_restore(session, actor=helpers.OPERATOR, data=data)
 
-    async with unit_of_work() as session:  # what prune's deletion does, up to its commit
-        assert await repository.unpinned(session, [first.id]) == [first.id]
-        assert await repository.delete_snapshots(session, [first.id]) == 1
+    async with _prune_deleting(first.id):
         requested = asyncio.create_task(request())
         await _until_lock_waits("ShareLock", f"snapshot:{first.id}")
     with pytest.raises(Unprocessable) as refused:  # none left at or before that time
         await requested
     assert refused.value.field == "at"
+
+
+@asynccontextmanager
+async def _prune_deleting(snapshot_id: uuid.UUID) -> AsyncIterator[None]:
+    """What prune's deletion of the snapshot does, its commit held back until the block ends."""
+    async with unit_of_work() as session:
+        assert await repository.unpinned(session, [snapshot_id]) == [snapshot_id]
+        assert await repository.delete_snapshots(session, [snapshot_id]) == 1
+        yield
 
 
 def _restore_at(mailbox_id: uuid.UUID, snap: Snapshot, target: uuid.UUID) -> s.RestoreRequest:
@@ -256,8 +262,9 @@ async def test_a_snapshot_an_export_streams_outlives_its_retention_until_the_str
 ) -> None:
     monkeypatch.setattr(service, "EXPORT_PAGE", 1)  # each message a page: a query each
     messages = corpus(6, seed=65)
-    _, mailbox, second = await helpers.mostly_expired(seed, storage, messages, deleted_uids="1:4")
-    first = (await _snapshots(mailbox.id))[0]
+    _, mailbox, first, second = await helpers.mostly_expired(
+        seed, storage, messages, deleted_uids="1:4"
+    )
     stream = service.export_mbox(first.id, None, storage)
     assert await anext(stream) == b""  # pinned and found
     head = await anext(stream)  # one message sent; the client reads the rest slowly
@@ -274,13 +281,10 @@ async def test_a_snapshot_an_export_streams_outlives_its_retention_until_the_str
 async def test_an_export_asked_for_while_prune_deletes_its_snapshot_waits_then_finds_it_gone(
     seed, storage, corpus
 ) -> None:
-    _, mailbox, _ = await helpers.mostly_expired(
+    _, _, first, _ = await helpers.mostly_expired(
         seed, storage, corpus(3, seed=66), deleted_uids="1"
     )
-    first = (await _snapshots(mailbox.id))[0]
-    async with unit_of_work() as session:  # what prune's deletion does, up to its commit
-        assert await repository.unpinned(session, [first.id]) == [first.id]
-        assert await repository.delete_snapshots(session, [first.id]) == 1
+    async with _prune_deleting(first.id):
         export = asyncio.create_task(anext(service.export_mbox(first.id, None, storage)))
         await _until_lock_waits("ShareLock", f"snapshot:{first.id}")
     with pytest.raises(NotFound):
@@ -291,10 +295,9 @@ async def test_an_export_cancelled_mid_stream_unpins_its_snapshot(
     seed, storage, corpus, monkeypatch
 ) -> None:
     monkeypatch.setattr(service, "EXPORT_PAGE", 1)
-    _, mailbox, _ = await helpers.mostly_expired(
+    _, _, first, _ = await helpers.mostly_expired(
         seed, storage, corpus(4, seed=67), deleted_uids="1"
     )
-    first = (await _snapshots(mailbox.id))[0]
     reading, loop = asyncio.Event(), asyncio.get_running_loop()
 
     def slow_read(storage, blob):  # type: ignore[no-untyped-def]  # in a worker thread

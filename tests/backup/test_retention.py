@@ -130,7 +130,7 @@ async def test_prune_rewrites_a_pack_mostly_of_expired_mail_and_what_it_keeps_st
     seed, storage, corpus
 ) -> None:
     assert isinstance(storage, LocalPackStorage)
-    department, mailbox, second = await helpers.mostly_expired(
+    department, mailbox, _, second = await helpers.mostly_expired(
         seed, storage, corpus(10, seed=45), deleted_uids="1:8"
     )
     kept = await helpers.state(mailbox.address)
@@ -161,7 +161,7 @@ async def test_prune_rewrites_a_pack_mostly_of_expired_mail_and_what_it_keeps_st
 async def test_prune_leaves_in_place_a_pack_that_does_not_read_back_whole(
     seed, storage, corpus
 ) -> None:
-    _, mailbox, _ = await helpers.mostly_expired(
+    _, mailbox, _, _ = await helpers.mostly_expired(
         seed, storage, corpus(10, seed=46), deleted_uids="2:10"
     )
     async with unit_of_work() as session:  # the one message still in the mailbox
