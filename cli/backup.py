@@ -241,8 +241,9 @@ def backup_hold(
     snapshot: SnapshotArgument,
     reason: Annotated[str, typer.Option(help="Why it must be kept: the case, request or ticket")],
 ) -> None:
-    """Keep a snapshot from prune whatever retention says, for a legal or audit request,
-    until `mailops backup release` ends the hold."""
+    """Keep a snapshot from prune whatever retention says, for a legal or audit request.
+
+    The hold lasts until `mailops backup release` ends it."""
 
     async def work() -> str:
         from services.backup import schemas as s
@@ -324,9 +325,11 @@ def backup_export(
         list[str] | None, typer.Option(help="Only this folder of the snapshot (repeatable)")
     ] = None,
 ) -> None:
-    """Write a snapshot's mail to an mbox file, for a legal or audit request: each message
-    as it was backed up, its folder and flags in X-Mailops-Folder and X-Mailops-Flags
-    headers. Prune keeps the snapshot until the export ends. Runs here, not in the worker.
+    """Write a snapshot's mail to an mbox file, for a legal or audit request.
+
+    Each message comes as it was backed up, with X-Mailops-Folder and X-Mailops-Flags headers.
+
+    Prune keeps the snapshot until the export ends. This runs here, not in the worker.
 
     The file appears whole or not at all: it is written beside itself as FILE.part first."""
     path = output or Path(f"snapshot-{snapshot}.mbox")
@@ -480,8 +483,9 @@ def backup_prune(
         ),
     ] = 300.0,
 ) -> None:
-    """Apply every department's retention now and give back the space no snapshot needs
-    (the backup worker also does this each night at 03:30). Runs here, not in the worker.
+    """Apply every department's retention now and give back the space no snapshot needs.
+
+    The backup worker also does this each night at 03:30; this runs here, not in the worker.
 
     It re-seals blobs under an older key too, and says how many are left: at 0, it can go."""
 

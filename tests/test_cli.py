@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -28,6 +30,27 @@ def test_help_lists_every_command_group() -> None:
     assert result.returncode == 0
     for command in ("db", "apikey", "stack", "backup", "serve", "worker", "up", "down"):
         assert command in result.stdout
+
+
+def test_every_paragraph_of_command_help_is_one_line() -> None:
+    """`--help` keeps a hard line break inside a paragraph of a command's help, and a
+    command list shows the first paragraph: a docstring paragraph that wraps shows as a
+    ragged line. Each paragraph is one line; the terminal wraps it."""
+    import inspect
+
+    import typer
+
+    from cli.main import app
+
+    def ragged(command: Any, path: str) -> Iterator[str]:
+        paragraphs = [command.short_help or ""] if command.short_help else []
+        paragraphs += inspect.cleandoc(command.help or "").split("\n\n")
+        if any("\n" in paragraph.strip() for paragraph in paragraphs):
+            yield path
+        for name, sub in getattr(command, "commands", {}).items():  # a group's commands
+            yield from ragged(sub, f"{path} {name}")
+
+    assert not list(ragged(typer.main.get_command(app), "mailops"))
 
 
 async def test_apikey_create_prints_the_key_once_as_the_last_line(db_session) -> None:
