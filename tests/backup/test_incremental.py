@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.backup.engine import utf7
-from services.backup.engine.backup import backup_mailbox
+from services.backup.engine.backup import MailboxBackup, backup_mailbox
 from services.backup.engine.imap import master_connection, quote
 from shared.models import MailboxStatus
 from tests.backup import helpers
@@ -45,6 +45,50 @@ async def test_flag_changes_and_expunges_are_recorded_without_fetching_bodies(
     assert second.message_count == 8
     # The earlier snapshot still reads as it was.
     assert first.message_count == 10 and len((await helpers.snapshot_state(first))["INBOX"]) == 10
+
+
+def deliver_after_the_listing(monkeypatch, address: str, messages) -> None:
+    """Mail arrives between the run's folder listing and its sync of the folder."""
+    listed = MailboxBackup._list
+
+    async def listing_then_delivery(self, imap):
+        folders = await listed(self, imap)
+        monkeypatch.undo()  # once
+        await helpers.append(address, "INBOX", messages)
+        return folders
+
+    monkeypatch.setattr(MailboxBackup, "_list", listing_then_delivery)
+
+
+async def test_mail_delivered_during_a_run_is_taken_by_the_next_run_once(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(3, seed=80))
+    deliver_after_the_listing(monkeypatch, mailbox.address, corpus(2, seed=81))
+    first, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    assert first.message_count == 3  # the folder as it was listed
+    second, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    assert counters.messages_fetched == 2
+    assert second.message_count == 5
+    assert await helpers.snapshot_state(second) == helpers.content(
+        await helpers.state(mailbox.address)
+    )
+
+
+async def test_mail_delivered_during_a_run_and_deleted_before_the_next_is_gone_from_it(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(3, seed=82))
+    deliver_after_the_listing(monkeypatch, mailbox.address, corpus(1, seed=83))
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    await helpers.delete_messages(mailbox.address, "INBOX", uids="4")
+    second, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    assert second.message_count == 3
+    assert await helpers.snapshot_state(second) == helpers.content(
+        await helpers.state(mailbox.address)
+    )
 
 
 async def test_uidvalidity_change_rescans_without_fetching_stored_bodies(

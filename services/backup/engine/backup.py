@@ -413,7 +413,7 @@ class MailboxBackup:
                 )
             first_new = 1
         if status.uidnext > first_new:
-            await self._fetch_new(imap, folder_id, first_new)
+            await self._fetch_new(imap, folder_id, first_new, status.uidnext)
         self.folder_states[folder_id] = (status.uidnext, status.highestmodseq)
 
     async def _sync_changes(
@@ -461,8 +461,15 @@ class MailboxBackup:
                 )
             await self._keep_statistics()
 
-    async def _fetch_new(self, imap: ImapConnection, folder_id: int, first_uid: int) -> None:
-        answer = await imap.command(b"UID SEARCH RETURN (ALL) UID %d:*" % first_uid)
+    async def _fetch_new(
+        self, imap: ImapConnection, folder_id: int, first_uid: int, uidnext: int
+    ) -> None:
+        """Store the messages from `first_uid` up to the listed `uidnext`. Mail delivered
+        since the listing is left to the next run: the folder's state recorded for this
+        snapshot is the listed one, and a message above it would be taken for new again
+        (a second row of one UID), its expunge never seen."""
+        last = uidnext - 1
+        answer = await imap.command(b"UID SEARCH RETURN (ALL) UID %d:%d" % (first_uid, last))
         uids: list[int] = []
         for response in answer.of("ESEARCH"):
             tokens = [as_str(t).upper() if not isinstance(t, list) else "" for t in response.data]
@@ -470,7 +477,7 @@ class MailboxBackup:
                 uids = [
                     u
                     for u in parse_uid_set(as_str(response.data[tokens.index("ALL") + 1]))
-                    if u >= first_uid
+                    if first_uid <= u <= last
                 ]
         for start in range(0, len(uids), METADATA_BATCH):
             window = uids[start : start + METADATA_BATCH]
