@@ -80,6 +80,24 @@ async def test_generated_corpus_with_attachments_non_ascii_folders_and_keywords_
     assert await helpers.state(mailbox.address) == before
 
 
+async def test_folder_names_with_brackets_are_backed_up_and_restored(seed, storage, corpus) -> None:
+    # Dovecot sends these names unquoted: a bracket is an atom's character.
+    mailbox = await seed.mailbox("pw-1234567890")
+    for number, folder in enumerate(("Notes[1", "a]b", "Re[2] (x)")):
+        await helpers.append(mailbox.address, folder, corpus(2, seed=84 + number))
+    before = await helpers.state(mailbox.address)
+    assert set(before) == {"Notes[1", "a]b", "Re[2] (x)"}
+
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    assert snapshot.message_count == 6
+    _, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    assert counters.messages_fetched == 0
+    await helpers.empty(mailbox.address)
+    job = await helpers.restore(mailbox.id, snapshot.id)
+    assert job.status == "succeeded", job.reason
+    assert await helpers.state(mailbox.address) == before
+
+
 async def test_a_message_in_many_mailboxes_is_stored_once(seed, storage, corpus) -> None:
     department = await seed.department()
     shared = corpus(5, seed=11)

@@ -77,6 +77,11 @@ def quote(value: str | bytes) -> bytes:
     return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
 
 
+# FETCH items followed by a bracketed section. A bracket elsewhere is an atom's character:
+# Dovecot sends a folder named `Notes[1` unquoted.
+_SECTIONED = {b"BODY", b"BINARY", b"BINARY.SIZE"}
+
+
 def _tokenize(segments: Sequence[bytes | Literal]) -> list[Token]:
     """Parse response text (with its literals) into nested lists of tokens."""
     stack: list[list[Token]] = [[]]
@@ -110,11 +115,11 @@ def _tokenize(segments: Sequence[bytes | Literal]) -> list[Token]:
                 j, depth = i, 0
                 while j < n:
                     b = text[j]
-                    if b == 0x5B:  # [ ... ] may hold spaces and parentheses
-                        depth += 1
-                    elif b == 0x5D:
+                    if b == 0x5B and (depth or text[i:j].upper() in _SECTIONED):
+                        depth += 1  # BODY[HEADER.FIELDS (A B)]: spaces and parentheses
+                    elif b == 0x5D and depth:
                         depth -= 1
-                    elif depth <= 0 and b in (0x20, 0x28, 0x29, 0x0D, 0x0A):
+                    elif not depth and b in (0x20, 0x28, 0x29, 0x0D, 0x0A):
                         break
                     j += 1
                 stack[-1].append(text[i:j])
