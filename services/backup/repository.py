@@ -13,6 +13,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    any_,
     bindparam,
     delete,
     exists,
@@ -26,7 +27,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, TEXT
+from sqlalchemy.dialects.postgresql import ARRAY, TEXT, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -357,8 +358,26 @@ def _of_snapshot(
     if folders:
         query = query.where(BackupFolder.name.in_(list(folders)))
     if message_ids:
-        query = query.where(BackupMessage.id.in_(list(message_ids)))
+        query = query.where(BackupMessage.id == _any(message_ids, BigInteger))
     return query
+
+
+def _any(values: Sequence[Any], item: Any) -> ColumnElement[Any]:
+    """`= ANY(:values)` with the values as one array parameter, for a list of any length:
+    `IN` takes a parameter each, and PostgreSQL's protocol allows 32,767 at most."""
+    return any_(literal(list(values), ARRAY(item)))
+
+
+async def snapshot_message_ids(
+    session: AsyncSession,
+    snap: Snapshot,
+    *,
+    folders: Sequence[str] | None = None,
+    message_ids: Sequence[int] | None = None,
+) -> set[int]:
+    """The catalog ids of the snapshot's messages (of these folders, with these ids)."""
+    query = _of_snapshot(select(BackupMessage.id), snap, folders, message_ids)
+    return set((await session.scalars(query)).all())
 
 
 def _escape_like(value: str) -> str:
@@ -872,7 +891,7 @@ async def fast_path_candidates(
     )
     rows = await session.execute(
         select(Mailbox.id, Mailbox.address).where(
-            Mailbox.id.in_(list(mailbox_ids)),
+            Mailbox.id == _any(mailbox_ids, UUID),
             Mailbox.status.in_(BACKED_UP_STATUSES),
             committed,
             ~pending,
@@ -915,7 +934,7 @@ async def catalog_states(
             BackupFolder,
             and_(BackupFolder.mailbox_id == Mailbox.id, BackupFolder.until_seq.is_(None)),
         )
-        .where(Mailbox.id.in_(list(mailbox_ids)))
+        .where(Mailbox.id == _any(mailbox_ids, UUID))
     )
     states: dict[uuid.UUID, CatalogState] = {}
     for mailbox_id, address, status, seq, pending, name, uidvalidity, uidnext, modseq in rows:

@@ -340,16 +340,15 @@ async def request_restore(
     _authorise_restore(actor, data, source, target)
     await _check_folders(session, snap, data.folders, "folders")
     if data.message_ids:
-        found_ids = {
-            m.id
-            for m, _ in await repository.snapshot_messages(
-                session, snap, message_ids=data.message_ids
-            )
-        }
+        found_ids = await repository.snapshot_message_ids(
+            session, snap, folders=data.folders, message_ids=data.message_ids
+        )
         missing = sorted(set(data.message_ids) - found_ids)
         if missing:
+            where = f"the folders {data.folders} of " if data.folders else ""
             raise Unprocessable(
-                f"messages not in snapshot {snap.id}: {missing[:10]}", field="message_ids"
+                f"messages not in {where}snapshot {snap.id}: {missing[:10]}",
+                field="message_ids",
             )
     # A selection larger than the whole quota can never fit: say so now, not after a
     # failed job. One that fits the quota but not the room left fails saying so (TargetFull).

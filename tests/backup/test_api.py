@@ -161,6 +161,37 @@ async def test_bad_backup_and_restore_input_is_a_4xx_naming_the_field(
     assert no_folder.status_code == 422 and problem_field(no_folder) == "folder"
 
 
+async def test_restore_message_ids_outside_the_snapshot_or_its_chosen_folders_are_a_422(
+    api, api_key_for, seed, storage, corpus
+) -> None:
+    key = await api_key_for("operator")
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(2, seed=87))
+    await helpers.append(mailbox.address, "Archive", corpus(1, seed=88))
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    listed = await api.get(
+        f"/v1/snapshots/{snapshot.id}/messages", params={"folder": "Archive"}, headers=auth(key)
+    )
+    archived = listed.json()[0]["id"]
+
+    def restore(**fields):
+        body = {
+            "mailbox_id": str(mailbox.id),
+            "snapshot_id": str(snapshot.id),
+            "target": {"mode": "original"},
+            **fields,
+        }
+        return api.post("/v1/restores", json=body, headers=auth(key))
+
+    # More ids than PostgreSQL takes parameters in one statement.
+    many = await restore(message_ids=[archived, *range(10**9, 10**9 + 40_000)])
+    assert many.status_code == 422 and problem_field(many) == "message_ids"
+    elsewhere = await restore(folders=["INBOX"], message_ids=[archived])
+    assert elsewhere.status_code == 422 and problem_field(elsewhere) == "message_ids"
+    assert "INBOX" in elsewhere.json()["detail"]
+    assert (await restore(folders=["Archive"], message_ids=[archived])).status_code == 202
+
+
 async def test_support_restores_into_a_folder_and_other_departments_need_admin(
     api, api_key_for, seed, storage, corpus
 ) -> None:
