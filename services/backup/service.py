@@ -630,7 +630,7 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
             on_progress=report,
         )
     except Exception as exc:
-        reason = str(exc) if not isinstance(exc, ExceptionGroup) else _group_reason(exc)
+        reason = _reason(exc)
         async with unit_of_work() as session:
             row = await repository.restore_job(session, restore_id, lock=True)
             assert row is not None
@@ -678,8 +678,11 @@ def _record_progress(job: RestoreJob, progress: RestoreProgress) -> None:
     job.done, job.restored, job.skipped = progress.done, progress.restored, progress.skipped
 
 
-def _group_reason(group: BaseExceptionGroup[BaseException]) -> str:
-    return "; ".join(str(e) for e in group.exceptions)
+def _reason(exc: BaseException) -> str:
+    """What a failed job says: each error's message, or its type where it has none."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_reason(e) for e in exc.exceptions)
+    return str(exc).strip() or type(exc).__name__
 
 
 # ---------------------------------------------------------------- export

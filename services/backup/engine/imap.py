@@ -224,6 +224,20 @@ class AppendItem:
     chunks: AsyncIterator[bytes]
 
 
+@asynccontextmanager
+async def _answered_in_time(command: bytes) -> AsyncIterator[None]:
+    """The server answers within COMMAND_TIMEOUT_SECONDS, or ImapProtocolError says which
+    command it left unanswered (a bare TimeoutError says nothing in a job's reason)."""
+    try:
+        async with asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
+            yield
+    except TimeoutError as exc:
+        verb = command.split(b" ", 1)[0].decode("ascii", "replace")
+        raise ImapProtocolError(
+            f"IMAP {verb} got no answer in {COMMAND_TIMEOUT_SECONDS:g} s"
+        ) from exc
+
+
 class ImapConnection:
     """One IMAP connection; `command` sends one command and reads until its tagged answer."""
 
@@ -309,7 +323,7 @@ class ImapConnection:
         With `each`, every untagged response goes to it as it is read instead of into the
         answer: an answer of one line per message in a 100,000-message folder is never
         held whole."""
-        async with self._lock, asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
+        async with self._lock, _answered_in_time(command):
             tag = self._tag()
             self._writer.write(tag + b" " + command + b"\r\n")
             try:
@@ -329,7 +343,7 @@ class ImapConnection:
     async def pipeline(self, commands: Sequence[bytes]) -> list[Tagged]:
         """Send `commands` (no literals) at once and read their answers in order: one round
         trip for all of them. Answers are not checked: a NO/BAD is the caller's to judge."""
-        async with self._lock, asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
+        async with self._lock, _answered_in_time(commands[0] if commands else b""):
             tags = [self._tag() for _ in commands]
             self._writer.write(
                 b"".join(
@@ -362,7 +376,7 @@ class ImapConnection:
         if "LITERAL+" not in self.capabilities:
             raise ImapProtocolError("the server lacks LITERAL+ for pipelined APPEND")
         multi = "MULTIAPPEND" in self.capabilities
-        async with self._lock, asyncio.timeout(COMMAND_TIMEOUT_SECONDS):
+        async with self._lock, _answered_in_time(b"APPEND"):
             tags: list[bytes] = []
             try:
                 for index, item in enumerate(items):
