@@ -1049,6 +1049,21 @@ async def unlock_after_backup(connection: AsyncConnection, key: str) -> None:
     )
 
 
+# Restores into one mailbox run one at a time: each lists what its target folders hold
+# before it appends, and two at once would both find a message missing and both append it.
+def _restore_target_lock(function: Any, mailbox_id: uuid.UUID) -> Select[Any]:
+    return select(function(_lock_id(f"restore:{mailbox_id}")))
+
+
+async def lock_restore_target(connection: AsyncConnection, mailbox_id: uuid.UUID) -> None:
+    """Block until this connection holds the target mailbox's restore lock (a session lock)."""
+    await connection.execute(_restore_target_lock(func.pg_advisory_lock, mailbox_id))
+
+
+async def unlock_restore_target(connection: AsyncConnection, mailbox_id: uuid.UUID) -> None:
+    await connection.execute(_restore_target_lock(func.pg_advisory_unlock, mailbox_id))
+
+
 # A snapshot an export is streaming, or a restore is being requested for, is pinned: the
 # reader holds a share of the snapshot's lock, and prune deletes only the expired snapshots
 # whose lock it can take alone. A pin asked for while prune deletes the snapshot waits for

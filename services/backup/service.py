@@ -621,14 +621,18 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
         started = await _start_restore(restore_id)
         if started is None:
             return "nothing to do"
-        address, folders = started
-        await restore_messages(
-            address=address,
-            folders=folders,
-            storage=storage,
-            progress=progress,
-            on_progress=report,
-        )
+        target_id, address, folders = started
+        async with connection_holding(
+            functools.partial(repository.lock_restore_target, mailbox_id=target_id),
+            functools.partial(repository.unlock_restore_target, mailbox_id=target_id),
+        ):
+            await restore_messages(
+                address=address,
+                folders=folders,
+                storage=storage,
+                progress=progress,
+                on_progress=report,
+            )
     except Exception as exc:
         reason = _reason(exc)
         async with unit_of_work() as session:
@@ -648,9 +652,11 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
     return "succeeded"
 
 
-async def _start_restore(restore_id: uuid.UUID) -> tuple[str, dict[str, ItemPages]] | None:
-    """Mark the job running with its total; the target's address and, by target folder,
-    the pages of messages to restore there. None if the job has ended already."""
+async def _start_restore(
+    restore_id: uuid.UUID,
+) -> tuple[uuid.UUID, str, dict[str, ItemPages]] | None:
+    """Mark the job running with its total; the target mailbox's id and address and, by
+    target folder, the pages of messages to restore there. None if the job has ended."""
     async with unit_of_work() as session:
         job = await repository.restore_job(session, restore_id, lock=True)
         if not _begin(job):
@@ -668,10 +674,16 @@ async def _start_restore(restore_id: uuid.UUID) -> tuple[str, dict[str, ItemPage
         )
         job.total, job.done, job.restored, job.skipped = sum(counts.values()), 0, 0, 0
         prefix = f"{job.target_folder}/" if job.target_folder else ""
-        return target.address, {
-            prefix + name: functools.partial(_restore_pages, job.snapshot_id, job.message_ids, name)
-            for name in counts
-        }
+        return (
+            target.id,
+            target.address,
+            {
+                prefix + name: functools.partial(
+                    _restore_pages, job.snapshot_id, job.message_ids, name
+                )
+                for name in counts
+            },
+        )
 
 
 def _record_progress(job: RestoreJob, progress: RestoreProgress) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 from datetime import UTC, datetime, timedelta
@@ -9,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from services.backup import service
 from services.backup.engine.backup import backup_mailbox
 from shared.db import unit_of_work
 from shared.models.backup import BackupBlob
@@ -95,6 +97,26 @@ async def test_folder_names_with_brackets_are_backed_up_and_restored(seed, stora
     await helpers.empty(mailbox.address)
     job = await helpers.restore(mailbox.id, snapshot.id)
     assert job.status == "succeeded", job.reason
+    assert await helpers.state(mailbox.address) == before
+
+
+async def test_two_restores_into_one_mailbox_at_once_add_each_message_once(
+    seed, storage, corpus
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(40, seed=90))
+    await helpers.append(mailbox.address, "Archive", corpus(20, seed=91))
+    before = await helpers.state(mailbox.address)
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    await helpers.empty(mailbox.address)
+
+    # A double-click: the same restore requested twice, both taken by workers at once.
+    jobs = [await helpers.request_restore(mailbox.id, snapshot.id) for _ in range(2)]
+    await asyncio.gather(*(service.execute_restore(job, storage) for job in jobs))
+    async with unit_of_work() as session:
+        ended = [await service.get_restore(session, restore_id=job) for job in jobs]
+    assert [job.status for job in ended] == ["succeeded", "succeeded"]
+    assert sorted((job.restored, job.skipped) for job in ended) == [(0, 60), (60, 0)]
     assert await helpers.state(mailbox.address) == before
 
 
