@@ -669,9 +669,16 @@ async def _start_restore(
             )
         target = await repository.mailbox(session, job.target_mailbox_id)
         assert target is not None  # a foreign key: the mailbox row outlives its jobs
-        counts = await repository.snapshot_message_counts(
-            session, snap, folders=job.folders, message_ids=job.message_ids
-        )
+        if job.message_ids is None:  # whole folders: each comes back, an empty one too
+            counts = {
+                str(f["name"]): int(f["messages"])
+                for f in await repository.snapshot_folders(session, snap)
+                if not job.folders or f["name"] in job.folders
+            }
+        else:
+            counts = await repository.snapshot_message_counts(
+                session, snap, folders=job.folders, message_ids=job.message_ids
+            )
         job.total, job.done, job.restored, job.skipped = sum(counts.values()), 0, 0, 0
         prefix = f"{job.target_folder}/" if job.target_folder else ""
         return (

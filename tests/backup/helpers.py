@@ -168,11 +168,12 @@ async def restore(
     target: dict[str, Any] | None = None,
     *,
     at: datetime | None = None,
+    folders: list[str] | None = None,
     storage: PackStorage | None = None,
 ) -> RestoreJob:
-    """Request a restore of the snapshot (or the one `at` a time) as an operator, carry it
-    out, and return the job as it ended."""
-    job_id = await request_restore(mailbox_id, snapshot_id, target, at=at)
+    """Request a restore of the snapshot (or the one `at` a time; of these folders) as an
+    operator, carry it out, and return the job as it ended."""
+    job_id = await request_restore(mailbox_id, snapshot_id, target, at=at, folders=folders)
     await service.execute_restore(job_id, storage)
     async with unit_of_work() as session:
         return await service.get_restore(session, restore_id=job_id)
@@ -184,6 +185,7 @@ async def request_restore(
     target: dict[str, Any] | None = None,
     *,
     at: datetime | None = None,
+    folders: list[str] | None = None,
 ) -> uuid.UUID:
     """Request a restore as an operator (it waits, queued, to be carried out); its id."""
     async with unit_of_work() as session:
@@ -194,6 +196,7 @@ async def request_restore(
                 mailbox_id=mailbox_id,
                 snapshot_id=snapshot_id,
                 at=at,
+                folders=folders,
                 target=s.RestoreTarget(**(target or {"mode": "original"})),
             ),
         )

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from services.backup import service
 from services.backup.engine.backup import backup_mailbox
+from services.backup.engine.imap import master_connection, quote
 from shared.db import unit_of_work
 from shared.models.backup import BackupBlob
 from tests.backup import helpers
@@ -98,6 +99,26 @@ async def test_folder_names_with_brackets_are_backed_up_and_restored(seed, stora
     job = await helpers.restore(mailbox.id, snapshot.id)
     assert job.status == "succeeded", job.reason
     assert await helpers.state(mailbox.address) == before
+
+
+async def test_a_restore_creates_the_snapshots_empty_folders_too(seed, storage, corpus) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(2, seed=92))
+    async with master_connection(mailbox.address) as imap:
+        for folder in ("Projects", "Projects/2019"):
+            await imap.command(b"CREATE " + quote(folder))
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    await helpers.empty(mailbox.address)
+
+    only = await helpers.restore(
+        mailbox.id, snapshot.id, {"mode": "folder", "folder": "Back"}, folders=["Projects"]
+    )
+    assert (only.status, only.total) == ("succeeded", 0)
+    whole = await helpers.restore(mailbox.id, snapshot.id)
+    assert whole.status == "succeeded"
+    folders = set(await helpers.state(mailbox.address, skip_empty=False))
+    assert {"Back/Projects", "Projects", "Projects/2019", "INBOX"} <= folders
+    assert "Back/Projects/2019" not in folders
 
 
 async def test_two_restores_into_one_mailbox_at_once_add_each_message_once(
