@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from services.backup import repository, service
 from services.backup.engine.backup import backup_mailbox
+from services.backup.engine.imap import ImapConnection, ImapProtocolError
 from services.backup.engine.storage import LocalPackStorage, PackStorage, PackWriter
 from shared.db import unit_of_work
 from shared.models.backup import (
@@ -180,3 +181,29 @@ async def test_the_catalog_names_a_blob_only_once_its_pack_bytes_are_durable(
     snapshot, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=watched)
     assert snapshot.message_count == 181 and counters.messages_fetched == 181
     assert len(recorded) >= 181  # every message (bodies of 32 KiB and more apart)
+
+
+async def test_a_message_the_server_cuts_short_fails_the_run_and_is_stored_whole_after(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    message, flags, when = corpus(1, seed=93)[0]
+    large = message + b"\r\n" + (b"y" * 76 + b"\r\n") * 70_000  # over one 4 MiB chunk
+    await helpers.append(mailbox.address, "INBOX", [(large, flags, when)])
+    whole_message = ImapConnection.body_chunks
+
+    async def first_chunk_only(self, uid, chunk_bytes):
+        async for chunk in whole_message(self, uid, chunk_bytes):
+            yield chunk
+            return  # the connection's answers stop here, as if the message were cut off
+
+    monkeypatch.setattr(ImapConnection, "body_chunks", first_chunk_only)
+    with pytest.raises(ImapProtocolError, match=r"not its RFC822\.SIZE"):
+        await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    monkeypatch.undo()
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    before = await helpers.state(mailbox.address)
+    await helpers.empty(mailbox.address)
+    job = await helpers.restore(mailbox.id, snapshot.id, storage=storage)
+    assert (job.status, job.restored) == ("succeeded", 1)
+    assert await helpers.state(mailbox.address) == before

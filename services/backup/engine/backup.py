@@ -41,6 +41,7 @@ from services.backup.engine.imap import (
     ImapConnection,
     ImapProtocolError,
     Literal,
+    Quoted,
     Tagged,
     Untagged,
     as_str,
@@ -233,6 +234,16 @@ class _Fresh(NamedTuple):
 def _seal_all(blobs: Sequence[_Fresh], key_id: str, level: int) -> list[bytes]:
     compressor = zstandard.ZstdCompressor(level=level)
     return [seal_frames(b.plain, key_id=key_id, level=level, compressor=compressor) for b in blobs]
+
+
+def _check_whole(meta: _Meta, read: int) -> None:
+    """A message is stored whole or not at all: bytes read short of (or beyond) its
+    RFC822.SIZE fail the mailbox's run, which the next run repeats, rather than store a
+    truncated message whose hash and size would then describe the damage as the mail."""
+    if read != meta.size:
+        raise ImapProtocolError(
+            f"message UID {meta.uid} gave {read} bytes, not its RFC822.SIZE of {meta.size}"
+        )
 
 
 def _flags(token: Any) -> list[str]:
@@ -547,7 +558,8 @@ class MailboxBackup:
         bodies: dict[int, bytes] = {}
         for response in answer.of("FETCH"):
             items = fetch_items(response)
-            if "UID" in items and isinstance(items.get("BODY[]"), Literal | bytes):
+            # A string: a bare NIL (the protocol allows it for a body) is no message.
+            if "UID" in items and isinstance(items.get("BODY[]"), Literal | Quoted):
                 bodies[int(items["UID"])] = bytes(items["BODY[]"])
         return bodies
 
@@ -555,6 +567,8 @@ class MailboxBackup:
         self, folder_id: int, batch: list[_Meta], bodies: dict[int, bytes]
     ) -> None:
         present = [m for m in batch if m.uid in bodies]  # expunged meanwhile: not in snapshot
+        for meta in present:
+            _check_whole(meta, len(bodies[meta.uid]))
         data = [bodies[m.uid] for m in present]
         # Threads get only the work that releases the GIL (hashing, compression, cipher,
         # writes); the pure-Python header parse runs here: in a thread it holds the GIL in
@@ -688,9 +702,11 @@ class MailboxBackup:
             await asyncio.to_thread(pack.append, frame)
             offset += len(chunk)
             index += 1
-        if offset == 0:
+        if offset != meta.size:
             await asyncio.to_thread(pack.truncate, start)
+        if offset == 0:
             return  # expunged meanwhile
+        _check_whole(meta, offset)
         blob_hash, body_hash = whole.digest(), body.digest()
         self.counters.messages_fetched += 1
         self.counters.bytes_read += offset
