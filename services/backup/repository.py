@@ -706,8 +706,16 @@ async def damage_owners(session: AsyncSession, blob_hash: bytes) -> list[dict[st
 # ---------------------------------------------------------------- prune
 
 
-async def mailboxes_with_snapshots(session: AsyncSession) -> list[uuid.UUID]:
-    return list((await session.scalars(select(Snapshot.mailbox_id).distinct())).all())
+async def mailboxes_with_snapshots(session: AsyncSession) -> dict[uuid.UUID, uuid.UUID]:
+    """Each mailbox with snapshots, whatever its status (a purged one's are kept by its
+    department's policy too), with its department."""
+    with_snapshots = select(Snapshot.mailbox_id).distinct().subquery()
+    rows = await session.execute(
+        select(Mailbox.id, Mailbox.department_id).join(
+            with_snapshots, with_snapshots.c.mailbox_id == Mailbox.id
+        )
+    )
+    return {r[0]: r[1] for r in rows}
 
 
 async def delete_snapshots(session: AsyncSession, snapshot_ids: Sequence[uuid.UUID]) -> int:

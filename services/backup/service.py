@@ -981,15 +981,17 @@ async def _prune(
             # On the connection holding the lock: backups waiting behind it hold pool
             # connections, and a checkout could wait for them.
             await _expire(connection, result)
+            # Under the lock too: a pack no blob is in yet may be one a backup is writing
+            # (its first blobs were all stored meanwhile by another mailbox's backup).
+            async with transaction_on(connection) as session:
+                empty = await repository.empty_packs(session, retired_before=now - PACK_GRACE)
+                await repository.delete_packs(session, empty)
         finally:
             await repository.unlock_store(connection)
-    await _repack(storage, now, result, progress)
-    async with unit_of_work() as session:
-        empty = await repository.empty_packs(session, retired_before=now - PACK_GRACE)
-        await repository.delete_packs(session, empty)
     for pack_id in empty:
         await asyncio.to_thread(storage.delete, pack_id)
     result.packs = len(empty)
+    await _repack(storage, now, result, progress)
     # A crash between a pack's creation and its first row (a backup, or a repack) leaves a
     # file nothing names.
     stale = await asyncio.to_thread(lambda: list(storage.written_before(now - PACK_GRACE)))
@@ -1006,12 +1008,11 @@ async def _expire(connection: AsyncConnection, result: PruneResult) -> None:
     (their locks fill a bounded table)."""
     async with transaction_on(connection) as session:
         policies = {p.department_id: _policy(p) for p in await repository.policies(session)}
-        departments = {m: d for m, d, _ in await repository.mailbox_schedule(session)}
         mailboxes = await repository.mailboxes_with_snapshots(session)
-    for mailbox_id in mailboxes:
+    for mailbox_id, department_id in mailboxes.items():
         async with transaction_on(connection) as session:
             snaps = await repository.committed_snapshots(session, mailbox_id)
-        policy = policies.get(departments.get(mailbox_id), default_policy())  # type: ignore[arg-type]
+        policy = policies.get(department_id, default_policy())
         kept = retained(snaps, policy)
         expired = [x.id for x in snaps if x.id not in kept]
         for start in range(0, len(expired), EXPIRE_CHUNK):

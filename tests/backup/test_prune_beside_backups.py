@@ -8,6 +8,7 @@ export streams until the stream has; each prune is recorded."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,7 +27,14 @@ from services.backup.engine.backup import backup_mailbox, mailbox_lock
 from services.backup.engine.storage import BlobDamaged, LocalPackStorage, StoredBlob, check_blob
 from shared.db import MAX_OVERFLOW, POOL_SIZE, get_engine, unit_of_work
 from shared.errors import NotFound, Unprocessable
-from shared.models.backup import BackupMessage, JobStatus, PruneRun, Snapshot, VerifyRun
+from shared.models.backup import (
+    BackupMessage,
+    BackupPack,
+    JobStatus,
+    PruneRun,
+    Snapshot,
+    VerifyRun,
+)
 from shared.settings import get_settings
 from tests.backup import helpers
 
@@ -124,6 +132,31 @@ async def test_prune_ends_while_the_backups_waiting_behind_it_hold_every_pooled_
 async def _backup_in_progress(mailbox_id: uuid.UUID) -> None:
     async with mailbox_lock(mailbox_id):
         pass
+
+
+async def test_a_pack_a_backup_writes_while_prune_runs_is_kept_while_no_blob_is_in_it_yet(
+    storage, monkeypatch
+) -> None:
+    # The backup starts once prune's deletions are over; all of its first batch turned out
+    # stored meanwhile by another mailbox's backup, so its pack has a row and no blob yet.
+    repack, pack = service._repack, storage.create()
+    async with contextlib.AsyncExitStack() as backup:
+
+        async def a_backup_starts_meanwhile(*args: object) -> None:
+            await backup.enter_async_context(mailbox_lock(uuid.uuid4()))
+            await asyncio.to_thread(pack.append, b"sealed blob that lost the race")
+            await asyncio.to_thread(pack.sync)
+            async with unit_of_work() as session:
+                await repository.record_pack(session, pack.pack_id, pack.size)
+            await repack(*args)
+
+        monkeypatch.setattr(service, "_repack", a_backup_starts_meanwhile)
+        assert (await asyncio.wait_for(service.prune(storage), 30)).skipped is None
+        monkeypatch.undo()
+        assert storage.path(pack.pack_id).exists()
+        async with unit_of_work() as session:
+            assert await session.get(BackupPack, pack.pack_id) is not None
+    pack.close()
 
 
 async def test_verify_does_not_report_blobs_prune_deleted_or_moved_since_it_read_them(

@@ -13,6 +13,7 @@ from services.backup import service
 from services.backup.engine.backup import backup_mailbox
 from services.backup.engine.storage import LocalPackStorage
 from shared.db import unit_of_work
+from shared.models import Mailbox, MailboxStatus
 from shared.models.backup import BackupBlob, BackupMessage, BackupPack, BackupRun, Snapshot
 from tests.backup import helpers
 
@@ -62,6 +63,29 @@ async def test_prune_removes_expired_snapshots_and_then_unreferenced_blobs(
         )
     assert list(left) == [second.id] and old_blobs == 0
     assert first.id not in left
+
+
+@pytest.mark.usefixtures("mail_stack")
+async def test_a_purged_mailboxs_snapshots_are_kept_by_its_departments_policy(
+    seed, storage, corpus
+) -> None:
+    department = await seed.department()
+    mailbox = await seed.mailbox("pw-1234567890", department=department)
+    await seed.backup_policy(department, keep_last=3)
+    await helpers.append(mailbox.address, "INBOX", corpus(1, seed=94))
+    for _ in range(4):
+        await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    async with unit_of_work() as session:
+        purged = await session.get(Mailbox, mailbox.id)
+        assert purged is not None
+        purged.status = MailboxStatus.PURGED.value
+
+    await service.prune(storage)
+    async with unit_of_work() as session:
+        left = await session.scalar(
+            select(func.count()).select_from(Snapshot).where(Snapshot.mailbox_id == mailbox.id)
+        )
+    assert left == 3  # not what the default policy keeps (all four)
 
 
 @pytest.mark.usefixtures("mail_stack")
