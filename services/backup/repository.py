@@ -660,15 +660,16 @@ def _stored(blob: BackupBlob, rows: Mapping[bytes, BackupBlob]) -> StoredBlob:
 
 
 async def blob_page(
-    session: AsyncSession, after: bytes, limit: int, fraction: float
+    session: AsyncSession, after: bytes, limit: int, fraction: float, start: int = 0
 ) -> list[StoredBlob]:
+    """The next `limit` blobs after the hash `after`; with a `fraction` under 1, only those
+    whose 16-bit hash prefix lies in that share of the prefixes from `start` on (wrapping
+    round): a uniform sample, at least one prefix wide, which another `start` moves."""
     query = select(BackupBlob).where(BackupBlob.hash > after)
     if fraction < 1.0:
-        # A sample by hash prefix: uniform, and the same blobs on every run of one fraction.
-        query = query.where(
-            func.get_byte(BackupBlob.hash, 0) * 256 + func.get_byte(BackupBlob.hash, 1)
-            < int(fraction * 65536)
-        )
+        prefix = func.get_byte(BackupBlob.hash, 0) * 256 + func.get_byte(BackupBlob.hash, 1)
+        width = max(1, round(fraction * 65536))
+        query = query.where((prefix - start + 65536) % 65536 < width)
     page = await session.scalars(query.order_by(BackupBlob.hash).limit(limit))
     return await _with_bodies(session, list(page))
 

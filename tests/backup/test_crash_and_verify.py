@@ -207,3 +207,24 @@ async def test_a_message_the_server_cuts_short_fails_the_run_and_is_stored_whole
     job = await helpers.restore(mailbox.id, snapshot.id, storage=storage)
     assert (job.status, job.restored) == ("succeeded", 1)
     assert await helpers.state(mailbox.address) == before
+
+
+async def test_a_fractional_verify_samples_a_window_of_hash_prefixes_where_it_starts(
+    seed, storage, corpus
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(1, seed=95))
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    blob = await helpers.message_blob(mailbox.id)
+    prefix = int.from_bytes(bytes(blob.hash)[:2], "big")
+    after = bytes(blob.hash)[:-1]  # just before it
+
+    async def sampled(fraction: float, start: int) -> bool:
+        async with unit_of_work() as session:
+            page = await repository.blob_page(session, after, 1, fraction, start % 65536)
+        return [b.hash for b in page] == [bytes(blob.hash)]
+
+    assert await sampled(1e-9, prefix)  # however small the fraction, one prefix is read
+    assert not await sampled(1e-9, prefix + 1)
+    assert await sampled(0.5, prefix - 32767)  # wrapping round the prefixes
+    assert not await sampled(0.5, prefix + 1)
