@@ -889,24 +889,24 @@ class CatalogState:
 
 async def fast_path_candidates(
     session: AsyncSession, mailbox_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, str]:
+) -> list[uuid.UUID]:
     """Those of the mailboxes that are backed up, have a committed snapshot and no pending
-    one (an interrupted run's), by id with their addresses."""
+    one (an interrupted run's)."""
     committed = exists().where(
         Snapshot.mailbox_id == Mailbox.id, Snapshot.status == SnapshotStatus.COMMITTED.value
     )
     pending = exists().where(
         Snapshot.mailbox_id == Mailbox.id, Snapshot.status == SnapshotStatus.PENDING.value
     )
-    rows = await session.execute(
-        select(Mailbox.id, Mailbox.address).where(
+    rows = await session.scalars(
+        select(Mailbox.id).where(
             Mailbox.id == _any(mailbox_ids, UUID),
             Mailbox.status.in_(BACKED_UP_STATUSES),
             committed,
             ~pending,
         )
     )
-    return {r[0]: r[1] for r in rows}
+    return list(rows.all())
 
 
 async def catalog_states(

@@ -622,13 +622,13 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
         started = await _start_restore(restore_id)
         if started is None:
             return "nothing to do"
-        target_id, address, folders = started
+        target_id, folders = started
         async with connection_holding(
             functools.partial(repository.lock_restore_target, mailbox_id=target_id),
             functools.partial(repository.unlock_restore_target, mailbox_id=target_id),
         ):
             await restore_messages(
-                address=address,
+                mailbox_id=target_id,
                 folders=folders,
                 storage=storage,
                 progress=progress,
@@ -653,11 +653,9 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
     return "succeeded"
 
 
-async def _start_restore(
-    restore_id: uuid.UUID,
-) -> tuple[uuid.UUID, str, dict[str, ItemPages]] | None:
-    """Mark the job running with its total; the target mailbox's id and address and, by
-    target folder, the pages of messages to restore there. None if the job has ended."""
+async def _start_restore(restore_id: uuid.UUID) -> tuple[uuid.UUID, dict[str, ItemPages]] | None:
+    """Mark the job running with its total; the target mailbox and, by target folder, the
+    pages of messages to restore there. None if the job has ended."""
     async with unit_of_work() as session:
         job = await repository.restore_job(session, restore_id, lock=True)
         if not _begin(job):
@@ -670,6 +668,11 @@ async def _start_restore(
             )
         target = await repository.mailbox(session, job.target_mailbox_id)
         assert target is not None  # a foreign key: the mailbox row outlives its jobs
+        if target.status not in repository.BACKED_UP_STATUSES:
+            raise LookupError(
+                f"mailbox {target.id} is {target.status} since the restore was requested; "
+                "it cannot receive mail"
+            )
         if job.message_ids is None:  # whole folders: each comes back, an empty one too
             counts = {
                 str(f["name"]): int(f["messages"])
@@ -682,16 +685,10 @@ async def _start_restore(
             )
         job.total, job.done, job.restored, job.skipped = sum(counts.values()), 0, 0, 0
         prefix = f"{job.target_folder}/" if job.target_folder else ""
-        return (
-            target.id,
-            target.address,
-            {
-                prefix + name: functools.partial(
-                    _restore_pages, job.snapshot_id, job.message_ids, name
-                )
-                for name in counts
-            },
-        )
+        return target.id, {
+            prefix + name: functools.partial(_restore_pages, job.snapshot_id, job.message_ids, name)
+            for name in counts
+        }
 
 
 def _record_progress(job: RestoreJob, progress: RestoreProgress) -> None:

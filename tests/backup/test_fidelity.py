@@ -11,9 +11,10 @@ import pytest
 from sqlalchemy import func, select
 
 from services.backup import service
-from services.backup.engine.backup import backup_mailbox
+from services.backup.engine.backup import backup_mailbox, backup_mailboxes
 from services.backup.engine.imap import master_connection, quote
 from shared.db import unit_of_work
+from shared.models import Mailbox
 from shared.models.backup import BackupBlob
 from tests.backup import helpers
 from tests.backup.conftest import ENMIME
@@ -139,6 +140,29 @@ async def test_two_restores_into_one_mailbox_at_once_add_each_message_once(
     assert [job.status for job in ended] == ["succeeded", "succeeded"]
     assert sorted((job.restored, job.skipped) for job in ended) == [(0, 60), (60, 0)]
     assert await helpers.state(mailbox.address) == before
+
+
+async def test_a_mailbox_with_an_internationalised_address_is_backed_up_and_restored(
+    seed, storage, corpus
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    local, domain = mailbox.address.split("@")
+    async with unit_of_work() as session:
+        row = await session.get(Mailbox, mailbox.id)
+        assert row is not None
+        row.address = f"jürgen.{local}@{domain}"  # IMAP LOGIN cannot carry this name
+    by_id = str(mailbox.id)  # how the tests reach it over IMAP, as the engine does
+    await helpers.append(by_id, "INBOX", corpus(3, seed=96))
+    before = await helpers.state(by_id)
+
+    [first] = await backup_mailboxes(mailbox_ids=[mailbox.id], run_id=None, storage=storage)
+    [again] = await backup_mailboxes(mailbox_ids=[mailbox.id], run_id=None, storage=storage)
+    assert first.error is None and again.error is None, (first.error, again.error)
+    assert again.snapshot is not None and again.counters.messages_fetched == 0
+    await helpers.empty(by_id)
+    job = await helpers.restore(mailbox.id, again.snapshot.id, storage=storage)
+    assert (job.status, job.restored) == ("succeeded", 3), job.reason
+    assert await helpers.state(by_id) == before
 
 
 async def test_a_message_in_many_mailboxes_is_stored_once(seed, storage, corpus) -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.backup.engine import imap
-from services.backup.engine.backup import backup_mailbox
 from services.backup.engine.imap import ImapProtocolError, master_connection
-from tests.backup import helpers
 
 
 def test_a_bracket_outside_a_fetch_section_is_part_of_the_atom() -> None:
@@ -31,17 +29,3 @@ async def test_a_command_left_unanswered_fails_naming_it(seed, monkeypatch) -> N
         monkeypatch.setattr(imap, "COMMAND_TIMEOUT_SECONDS", 0.5)
         with pytest.raises(ImapProtocolError, match=r"IDLE got no answer in 0\.5 s"):
             await connection.command(b"IDLE")  # answered only after the client's DONE
-
-
-@pytest.mark.usefixtures("mail_stack")
-async def test_a_restore_whose_server_stops_answering_fails_saying_so(
-    seed, storage, corpus, monkeypatch
-) -> None:
-    mailbox = await seed.mailbox("pw-1234567890")
-    await helpers.append(mailbox.address, "INBOX", corpus(2, seed=89))
-    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
-    await helpers.empty(mailbox.address)
-    monkeypatch.setattr(imap, "COMMAND_TIMEOUT_SECONDS", 0)
-    job = await helpers.restore(mailbox.id, snapshot.id, storage=storage)
-    assert job.status == "failed"
-    assert job.reason is not None and "got no answer in 0 s" in job.reason

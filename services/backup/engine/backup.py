@@ -759,7 +759,6 @@ async def backup_mailbox(
                 raise MailboxUnavailable(
                     f"mailbox {mailbox_id} is {mailbox.status if mailbox else 'unknown'}"
                 )
-            address = mailbox.address
             discarded = await repository.discard_pending_snapshots(session, mailbox_id)
             if discarded:
                 log.info("discarded an interrupted snapshot", extra={"mailbox_id": str(mailbox_id)})
@@ -786,7 +785,7 @@ async def backup_mailbox(
             seen_before=seen_before,
             catalog_size=catalog_size,
         )
-        async with master_connection(address, settings) as imap:
+        async with master_connection(str(mailbox_id), settings) as imap:
             await job.run(imap, current)
         async with transaction_on(connection) as session:
             for folder_id, (uidnext, modseq) in job.folder_states.items():
@@ -814,12 +813,12 @@ class MailboxOutcome:
 
 
 async def _server_folders(
-    address: str, settings: Settings
+    mailbox_id: uuid.UUID, settings: Settings
 ) -> dict[str, tuple[int, int, int]] | None:
     """The mailbox's folders with (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ), from one pipelined
     LOGIN + LIST-STATUS + LOGOUT; None if that did not give every folder's status."""
     try:
-        login, listing = await master_commands(address, [LIST_STATUS], settings)
+        login, listing = await master_commands(str(mailbox_id), [LIST_STATUS], settings)
     except ImapProtocolError:
         return None  # the full path retries and reports it
     if login.status != "OK" or listing.status != "OK":
@@ -850,20 +849,20 @@ async def backup_unchanged(
     settings = settings or get_settings()
     async with get_engine().connect() as connection:
         async with transaction_on(connection) as session:
-            addresses = await repository.fast_path_candidates(session, mailbox_ids)
-        if not addresses:
+            backed_up = await repository.fast_path_candidates(session, mailbox_ids)
+        if not backed_up:
             return {}
         probes = asyncio.Semaphore(STATUS_PROBES)
 
-        async def probe(address: str) -> dict[str, tuple[int, int, int]] | None:
+        async def probe(mailbox_id: uuid.UUID) -> dict[str, tuple[int, int, int]] | None:
             async with probes:
-                return await _server_folders(address, settings)
+                return await _server_folders(mailbox_id, settings)
 
         # The server is asked while the catalog is read.
-        server = {m: asyncio.create_task(probe(a)) for m, a in addresses.items()}
+        server = {m: asyncio.create_task(probe(m)) for m in backed_up}
         try:
             async with transaction_on(connection) as session:
-                states = await repository.catalog_states(session, list(addresses))
+                states = await repository.catalog_states(session, backed_up)
             found = dict(zip(server, await asyncio.gather(*server.values()), strict=True))
         finally:
             for task in server.values():

@@ -442,16 +442,17 @@ class ImapConnection:
 
 
 async def master_commands(
-    address: str, commands: Sequence[bytes], settings: Settings | None = None
+    user: str, commands: Sequence[bytes], settings: Settings | None = None
 ) -> list[Tagged]:
-    """Log in to `address` as the master user, run `commands` and log out, all pipelined
+    """Log in to the mailbox `user` names (see `master_connection`) as the master user, run
+    `commands` and log out, all pipelined
     behind the LOGIN: one round trip after the greeting. The first answer is LOGIN's; on a
     failed LOGIN the others are errors too."""
     settings = settings or get_settings()
     connection = await ImapConnection.connect(settings.mail_host, settings.imap_port)
     try:
         login = b"LOGIN %s %s" % (
-            quote(master_login(address, settings)),
+            quote(master_login(user, settings)),
             quote(settings.master_password.get_secret_value()),
         )
         answers = await connection.pipeline([login, *commands, b"LOGOUT"])
@@ -462,14 +463,16 @@ async def master_commands(
 
 @asynccontextmanager
 async def master_connection(
-    address: str, settings: Settings | None = None
+    user: str, settings: Settings | None = None
 ) -> AsyncIterator[ImapConnection]:
-    """A connection logged in to `address` as the master user, with QRESYNC enabled."""
+    """A connection logged in as the master user to the mailbox `user` names, with QRESYNC
+    enabled. `user` is its address, or its id: LOGIN cannot carry the UTF-8 local part of
+    an internationalised address, and Dovecot's userdb finds a mailbox by id as well."""
     settings = settings or get_settings()
     connection = await ImapConnection.connect(settings.mail_host, settings.imap_port)
     try:
         await connection.login(
-            master_login(address, settings), settings.master_password.get_secret_value()
+            master_login(user, settings), settings.master_password.get_secret_value()
         )
         if "QRESYNC" in connection.capabilities:
             await connection.command(b"ENABLE QRESYNC")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -207,7 +208,7 @@ async def restore_folder(
 
 async def restore_messages(
     *,
-    address: str,
+    mailbox_id: uuid.UUID,
     folders: Mapping[str, ItemPages],
     storage: PackStorage,
     progress: RestoreProgress,
@@ -215,7 +216,7 @@ async def restore_messages(
     connections: int | None = None,
     settings: Settings | None = None,
 ) -> None:
-    """Restore into the mailbox at `address`, several folders at once on own connections."""
+    """Restore into the mailbox, several folders at once on connections of their own."""
     settings = settings or get_settings()
     queue = list(folders.items())
     # Parents first: restoring `a/b` before `a` exists would create `a` as \NoSelect.
@@ -223,7 +224,7 @@ async def restore_messages(
     lanes = max(1, min(connections or settings.backup_imap_connections, len(queue)))
 
     async def lane() -> None:
-        async with master_connection(address, settings) as imap:
+        async with master_connection(str(mailbox_id), settings) as imap:
             while queue:
                 folder, pages = queue.pop(0)
                 await restore_folder(

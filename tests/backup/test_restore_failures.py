@@ -1,0 +1,45 @@
+"""A restore that cannot be carried out fails saying why."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.backup import service
+from services.backup.engine import imap
+from services.backup.engine.backup import backup_mailbox
+from shared.db import unit_of_work
+from shared.models import Mailbox, MailboxStatus
+from tests.backup import helpers
+
+pytestmark = pytest.mark.usefixtures("mail_stack")
+
+
+async def test_a_restore_whose_server_stops_answering_fails_saying_so(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(2, seed=89))
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    await helpers.empty(mailbox.address)
+    monkeypatch.setattr(imap, "COMMAND_TIMEOUT_SECONDS", 0)
+    job = await helpers.restore(mailbox.id, snapshot.id, storage=storage)
+    assert job.status == "failed"
+    assert job.reason is not None and "got no answer in 0 s" in job.reason
+
+
+async def test_a_restore_whose_target_was_deleted_since_the_request_fails_saying_so(
+    seed, storage, corpus
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(1, seed=97))
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    job_id = await helpers.request_restore(mailbox.id, snapshot.id)
+    async with unit_of_work() as session:
+        row = await session.get(Mailbox, mailbox.id)
+        assert row is not None
+        row.status = MailboxStatus.PURGED.value
+    await service.execute_restore(job_id, storage)
+    async with unit_of_work() as session:
+        job = await service.get_restore(session, restore_id=job_id)
+    assert job.status == "failed"
+    assert job.reason is not None and "is purged since the restore was requested" in job.reason
