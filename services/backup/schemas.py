@@ -141,6 +141,11 @@ class RestoreTarget(Strict):
             raise ValueError("mode 'folder' needs a folder")
         if self.mode is RestoreMode.MAILBOX and self.mailbox_id is None:
             raise ValueError("mode 'mailbox' needs a mailbox_id")
+        # A field another mode takes is a mistake to say, not to guess at.
+        if self.mode is RestoreMode.ORIGINAL and self.folder is not None:
+            raise ValueError("mode 'original' takes no folder (mode 'folder' restores under one)")
+        if self.mode is not RestoreMode.MAILBOX and self.mailbox_id is not None:
+            raise ValueError(f"mode {self.mode.value!r} takes no mailbox_id (mode 'mailbox' does)")
         return self
 
 

@@ -114,6 +114,13 @@ async def test_bad_backup_and_restore_input_is_a_4xx_naming_the_field(
     assert none_yet.status_code == 422 and problem_field(none_yet) == "at"
     neither = await restore()
     assert neither.status_code == 422
+    for target in (
+        {"mode": "original", "folder": "Restored"},
+        {"mode": "folder", "folder": "Restored", "mailbox_id": str(other.id)},
+    ):
+        mixed = await restore(snapshot_id=str(others_snapshot.id), target=target)
+        assert mixed.status_code == 422 and problem_field(mixed) == "target", target
+        assert "takes no" in mixed.json()["detail"]
     for bad in ("a.b", "/x", "a//b", "~x", "x\x01y", "", "z" * 300):
         rejected = await api.post(
             "/v1/restores",
