@@ -13,8 +13,14 @@ from services.backup.engine import utf7
 from shared.models.backup import RestoreMode
 from shared.schemas import FromRow, RowId, Strict
 
+# Dovecot's Maildir++ keeps a folder as one directory named by a dot and the whole name,
+# modified UTF-7: 254 bytes at most (measured on Dovecot 2.3: 255 is refused). A folder to
+# restore under is held to less, to leave room for the folders restored under it.
+MAX_FOLDER_BYTES = 254
+MAX_TARGET_FOLDER_BYTES = 200
 
-def check_folder_name(value: str) -> str:
+
+def check_folder_name(value: str, max_bytes: int = MAX_FOLDER_BYTES) -> str:
     """Refuse what Dovecot refuses when creating a folder (measured on Dovecot 2.3)."""
     if not value:
         raise ValueError("a folder name may not be empty")
@@ -26,21 +32,25 @@ def check_folder_name(value: str) -> str:
         raise ValueError("a folder name may not begin with '/' or '~'")
     if "//" in value or value.endswith("/"):
         raise ValueError("a folder name may not have empty levels")
-    if len(utf7.encode(value).encode()) > 200:
-        raise ValueError("the folder name is too long")
+    if len(utf7.encode(value).encode()) > max_bytes:
+        raise ValueError(f"the folder name is over {max_bytes} bytes (encoded)")
     return value
 
 
-# The pattern documents `check_folder_name` for clients (pydantic's regex engine has no
+def check_target_folder(value: str) -> str:
+    return check_folder_name(value, MAX_TARGET_FOLDER_BYTES)
+
+
+# The pattern documents `check_target_folder` for clients (pydantic's regex engine has no
 # look-ahead, so the validator, not the pattern, is what enforces it).
-FolderName = Annotated[
+TargetFolder = Annotated[
     str,
     Field(
         min_length=1,
         max_length=1000,
         json_schema_extra={"pattern": r"^(?![/~])(?!.*//)(?!.*/$)[^.\x00-\x1f\x7f-\x9f]+$"},
     ),
-    AfterValidator(check_folder_name),
+    AfterValidator(check_target_folder),
 ]
 
 
@@ -132,7 +142,7 @@ class MessageOut(BaseModel):
 
 class RestoreTarget(Strict):
     mode: RestoreMode
-    folder: FolderName | None = None
+    folder: TargetFolder | None = None
     mailbox_id: uuid.UUID | None = None
 
     @model_validator(mode="after")

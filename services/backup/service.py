@@ -340,6 +340,8 @@ async def request_restore(
             )
     _authorise_restore(actor, data, source, target)
     await _check_folders(session, snap, data.folders, "folders")
+    if data.target.folder is not None:
+        await _check_target_folders(session, snap, data.folders, data.target.folder)
     if data.message_ids:
         found_ids = await repository.snapshot_message_ids(
             session, snap, folders=data.folders, message_ids=data.message_ids
@@ -390,6 +392,25 @@ async def _check_folders(
         for name in folders:
             if name not in known:
                 raise Unprocessable(f"the snapshot has no folder {name!r}", field=field)
+
+
+async def _check_target_folders(
+    session: AsyncSession, snap: Snapshot, folders: list[str] | None, under: str
+) -> None:
+    """Unprocessable, naming `target.folder`, if a folder restored under `under` would get
+    a name the server refuses (too long, most likely), before any message is restored."""
+    for folder in await repository.snapshot_folders(session, snap):
+        if folders and folder["name"] not in folders:
+            continue
+        name = f"{under}/{folder['name']}"
+        try:
+            s.check_folder_name(name)
+        except ValueError as exc:
+            raise Unprocessable(
+                f"restored under {under!r}, the folder {folder['name']!r} would be {name!r}: "
+                f"{exc}; choose a shorter target folder",
+                field="target.folder",
+            ) from exc
 
 
 async def _pinned_snapshot_at(

@@ -133,6 +133,19 @@ async def test_bad_backup_and_restore_input_is_a_4xx_naming_the_field(
         )
         assert rejected.status_code == 422, bad
         assert problem_field(rejected) == "target.folder"
+    await helpers.append(other.address, "Z" * 200, corpus(1, seed=98))
+    long_snapshot, _ = await backup_mailbox(mailbox_id=other.id, run_id=None, storage=storage)
+    too_long = await api.post(
+        "/v1/restores",
+        json={
+            "mailbox_id": str(other.id),
+            "snapshot_id": str(long_snapshot.id),
+            "target": {"mode": "folder", "folder": "R" * 100},
+        },
+        headers=auth(key),
+    )
+    assert too_long.status_code == 422 and problem_field(too_long) == "target.folder"
+    assert "Z" * 200 in too_long.json()["detail"]
     wrong_folder = await api.post(
         "/v1/restores",
         json={
