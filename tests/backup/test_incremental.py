@@ -91,6 +91,31 @@ async def test_mail_delivered_during_a_run_and_deleted_before_the_next_is_gone_f
     )
 
 
+async def test_a_folder_deleted_during_a_run_is_gone_from_its_snapshot(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(2, seed=100))
+    await helpers.append(mailbox.address, "Old", corpus(2, seed=101))
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    await helpers.append(mailbox.address, "Old", corpus(1, seed=102))  # changed: to sync
+    listed = MailboxBackup._list
+
+    async def listing_then_deletion(self, imap):
+        folders = await listed(self, imap)
+        async with master_connection(mailbox.address) as other:
+            await other.command(b'DELETE "Old"')
+        return folders
+
+    monkeypatch.setattr(MailboxBackup, "_list", listing_then_deletion)
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    monkeypatch.undo()
+    assert snapshot.message_count == 2
+    assert await helpers.snapshot_state(snapshot) == helpers.content(
+        await helpers.state(mailbox.address)
+    )
+
+
 async def test_uidvalidity_change_rescans_without_fetching_stored_bodies(
     seed, storage, corpus
 ) -> None:

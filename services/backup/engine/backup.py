@@ -236,6 +236,12 @@ def _seal_all(blobs: Sequence[_Fresh], key_id: str, level: int) -> list[bytes]:
     return [seal_frames(b.plain, key_id=key_id, level=level, compressor=compressor) for b in blobs]
 
 
+async def _listed(imap: ImapConnection, raw: str) -> bool:
+    """Whether the server still lists the folder (modified UTF-7 name `raw`)."""
+    answer = await imap.command(b'LIST "" ' + quote(raw))
+    return any(as_str(r.data[-1]) == raw for r in answer.of("LIST") if r.data)
+
+
 def _check_whole(meta: _Meta, read: int) -> None:
     """A message is stored whole or not at all: bytes read short of (or beyond) its
     RFC822.SIZE fail the mailbox's run, which the next run repeats, rather than store a
@@ -406,7 +412,19 @@ class MailboxBackup:
     async def _sync_folder(
         self, imap: ImapConnection, status: _FolderStatus, previous: Any | None
     ) -> None:
-        await imap.command(b"EXAMINE " + quote(status.raw))
+        examined = await imap.command(b"EXAMINE " + quote(status.raw), check=False)
+        if examined.status == "NO" and not await _listed(imap, status.raw):
+            # Deleted since the listing: gone from this snapshot, as if it had been first.
+            if previous is not None:
+                async with transaction_on(self.connection) as session:
+                    await repository.close_folder(session, previous.id, self.seq)
+            return
+        if examined.status != "OK":
+            raise ImapProtocolError(
+                f"EXAMINE {status.name!r} failed: {examined.status} {examined.text}",
+                status=examined.status,
+                text=examined.text,
+            )
         if previous is not None and previous.uidvalidity == status.uidvalidity:
             folder_id = int(previous.id)
             await self._sync_changes(imap, folder_id, previous.uidnext, previous.highestmodseq)
