@@ -102,10 +102,13 @@ async def policies(session: AsyncSession) -> list[BackupPolicy]:
 async def mailbox_schedule(
     session: AsyncSession, *, department_id: uuid.UUID | None = None
 ) -> list[tuple[uuid.UUID, uuid.UUID, datetime | None]]:
-    """Each backed-up mailbox (of one department if given) with its department and its
-    latest committed snapshot's time."""
+    """Each backed-up mailbox (of one department if given) with its department and when
+    its latest committed snapshot was begun: the start of the run that made it (one time
+    for all the mailboxes of a department's run), else the snapshot's own start."""
+    begun = func.coalesce(BackupRun.started_at, Snapshot.created_at)
     latest = (
-        select(Snapshot.mailbox_id, func.max(Snapshot.completed_at).label("last"))
+        select(Snapshot.mailbox_id, func.max(begun).label("last"))
+        .outerjoin(BackupRun, BackupRun.id == Snapshot.run_id)
         .where(Snapshot.status == SnapshotStatus.COMMITTED.value)
         .group_by(Snapshot.mailbox_id)
         .subquery()

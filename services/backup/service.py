@@ -564,7 +564,8 @@ async def _due_mailboxes(
     session: AsyncSession, now: datetime, department_id: uuid.UUID | None = None
 ) -> dict[uuid.UUID, list[uuid.UUID]]:
     """By department, the mailboxes whose department's policy interval has passed since
-    their latest committed snapshot (or that have none)."""
+    their latest committed snapshot was begun (or that have none), give or take one tick of
+    the schedule: an hourly backup then runs every hour, not every hour and five minutes."""
     policies = {p.department_id: _policy(p) for p in await repository.policies(session)}
     fallback = default_policy()
     due: dict[uuid.UUID, list[uuid.UUID]] = {}
@@ -572,9 +573,13 @@ async def _due_mailboxes(
         session, department_id=department_id
     ):
         interval = timedelta(seconds=policies.get(department, fallback).interval_seconds)
-        if last is None or now - last >= interval:
+        if last is None or now - last >= interval - SCHEDULE_TICK:
             due.setdefault(department, []).append(mailbox_id)
     return due
+
+
+# How often the backup worker's cron looks for due backups.
+SCHEDULE_TICK = timedelta(minutes=5)
 
 
 async def schedule_due_backups(now: datetime | None = None) -> int:

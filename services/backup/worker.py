@@ -2,6 +2,7 @@
 
 from arq import cron
 
+from services.backup.service import SCHEDULE_TICK
 from services.backup.tasks import (
     final_backup,
     prune_snapshots,
@@ -16,7 +17,11 @@ WorkerSettings = worker_settings(
     "backup",
     [run_backup, final_backup, run_restore, run_verify],
     cron_jobs=[
-        cron(schedule_backups, minute=set(range(0, 60, 5)), run_at_startup=True),
+        cron(
+            schedule_backups,
+            minute=set(range(0, 60, SCHEDULE_TICK.seconds // 60)),
+            run_at_startup=True,
+        ),
         cron(prune_snapshots, hour={3}, minute={30}),
     ],
     # A large mailbox's first backup or a full restore may take a while.

@@ -14,7 +14,14 @@ from services.backup.engine.backup import backup_mailbox
 from services.backup.engine.storage import LocalPackStorage
 from shared.db import unit_of_work
 from shared.models import Mailbox, MailboxStatus
-from shared.models.backup import BackupBlob, BackupMessage, BackupPack, BackupRun, Snapshot
+from shared.models.backup import (
+    BackupBlob,
+    BackupMessage,
+    BackupPack,
+    BackupRun,
+    BackupScope,
+    Snapshot,
+)
 from tests.backup import helpers
 
 
@@ -106,6 +113,7 @@ async def test_prune_expires_snapshots_beyond_one_transactions_chunk(
         assert list(left) == [last.id]
 
 
+@pytest.mark.usefixtures("mail_stack")
 async def test_the_schedule_backs_up_each_departments_due_mailboxes_in_one_run(
     seed, storage
 ) -> None:
@@ -131,6 +139,32 @@ async def test_the_schedule_backs_up_each_departments_due_mailboxes_in_one_run(
     await service.schedule_due_backups()
     await helpers.set_aside_other_scheduled_runs(ours)
     assert len(await helpers.scheduled_runs(ours)) == 2, "nothing of theirs is due right after"
+
+
+@pytest.mark.usefixtures("mail_stack")
+async def test_an_hourly_departments_backups_come_due_an_hour_after_their_run_began(
+    seed, storage
+) -> None:
+    hourly = await seed.department()
+    await seed.backup_policy(hourly, keep_last=5)
+    mailboxes = {(await seed.mailbox("pw-1234567890", department=hourly)).id for _ in "ab"}
+    async with unit_of_work() as session:
+        run = await service.create_run(
+            session, scope=BackupScope.DEPARTMENT, department_id=hourly.id
+        )
+    outcome = await service.execute_backup_run(run.id, storage)
+    async with unit_of_work() as session:
+        assert outcome == "succeeded", (await session.get(BackupRun, run.id)).reason
+        began = (await session.get(BackupRun, run.id)).started_at
+
+        async def due(after: timedelta) -> set[uuid.UUID]:
+            found = await service._due_mailboxes(session, began + after, hourly.id)
+            return set(found.get(hourly.id, []))
+
+        # The next tick of the schedule within one tick of the hour takes both, together,
+        # however long the run took; the one before it neither.
+        assert await due(timedelta(minutes=60) - service.SCHEDULE_TICK) == mailboxes
+        assert await due(timedelta(minutes=60) - 2 * service.SCHEDULE_TICK) == set()
 
 
 async def _backed_up_by(run_id: uuid.UUID) -> set[uuid.UUID]:
