@@ -445,9 +445,8 @@ async def master_commands(
     user: str, commands: Sequence[bytes], settings: Settings | None = None
 ) -> list[Tagged]:
     """Log in to the mailbox `user` names (see `master_connection`) as the master user, run
-    `commands` and log out, all pipelined
-    behind the LOGIN: one round trip after the greeting. The first answer is LOGIN's; on a
-    failed LOGIN the others are errors too."""
+    `commands` and log out, all pipelined behind the LOGIN: one round trip after the
+    greeting. The first answer is LOGIN's; on a failed LOGIN the others are errors too."""
     settings = settings or get_settings()
     connection = await ImapConnection.connect(settings.mail_host, settings.imap_port)
     try:
