@@ -866,16 +866,17 @@ async def blobs_under_other_keys(session: AsyncSession, key_id: str) -> int:
 
 
 async def unknown_packs(session: AsyncSession, pack_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
-    """Those of `pack_ids` that no catalog row names."""
+    """Those of `pack_ids` that no catalog row names (every pack file of a large store: one
+    array parameter, however many)."""
     known = set(
-        await session.scalars(select(BackupPack.id).where(BackupPack.id.in_(list(pack_ids))))
+        await session.scalars(select(BackupPack.id).where(BackupPack.id == _any(pack_ids, UUID)))
     )
     return [p for p in pack_ids if p not in known]
 
 
 async def delete_packs(session: AsyncSession, pack_ids: Sequence[uuid.UUID]) -> None:
     if pack_ids:
-        await session.execute(delete(BackupPack).where(BackupPack.id.in_(list(pack_ids))))
+        await session.execute(delete(BackupPack).where(BackupPack.id == _any(pack_ids, UUID)))
 
 
 @dataclass(frozen=True)

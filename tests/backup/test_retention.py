@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from services.backup import service
+from services.backup import repository, service
 from services.backup.engine.backup import backup_mailbox
 from services.backup.engine.storage import LocalPackStorage
 from shared.db import unit_of_work
@@ -252,3 +252,21 @@ async def test_prune_deletes_a_pack_file_no_catalog_row_names_once_it_is_old(sto
     later = helpers.past_pack_grace()
     assert (await service.prune(storage, now=later)).orphans >= 1
     assert not left.exists()
+
+
+async def test_prune_looks_up_more_pack_files_than_one_statement_takes_parameters(
+    storage,
+) -> None:
+    # A 2 TB store has over 32,767 packs of 64 MB: more than PostgreSQL takes parameters.
+    writer = storage.create()
+    writer.append(b"sealed bytes")
+    writer.sync()
+    writer.close()
+    async with unit_of_work() as session:
+        await repository.record_pack(session, writer.pack_id, writer.size)
+    files = [writer.pack_id, *(uuid.uuid4() for _ in range(40_000))]
+    async with unit_of_work() as session:
+        unknown = await repository.unknown_packs(session, files)
+        assert unknown == files[1:]
+        await repository.delete_packs(session, files)
+        assert await session.get(BackupPack, writer.pack_id) is None
