@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 # PostgreSQL's bigint: a larger id or offset is a 422 naming the field, not an overflow in the
 # driver (a 500).
 BIGINT_MAX = 2**63 - 1
 RowId = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+
+# PostgreSQL's text cannot hold a NUL character: a string with one is a 422 naming the field.
+NO_NUL = r"^[^\x00]*$"
+
+
+def representable(value: datetime) -> datetime:
+    """A time the database driver can send: one that converts to UTC (Python cannot carry
+    9999-12-31T23:00-01:00 there, and the driver's conversion would fail with a 500)."""
+    if value.tzinfo is not None:
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("the time is out of range") from None
+    return value
+
+
+def _as_utc(value: datetime) -> datetime:
+    return representable(value if value.tzinfo else value.replace(tzinfo=UTC))
+
+
+# A time a client gives; without a timezone it is UTC.
+UtcTime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 class Strict(BaseModel):

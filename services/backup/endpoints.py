@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
@@ -14,7 +13,7 @@ from services.backup import schemas as s
 from shared.auth import Principal, SessionDep, require
 from shared.errors import problem_responses
 from shared.models import Role
-from shared.schemas import BIGINT_MAX
+from shared.schemas import BIGINT_MAX, NO_NUL, UtcTime
 
 Admin = Annotated[Principal, Depends(require())]
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
@@ -91,11 +90,11 @@ async def search_messages(
     snapshot_id: uuid.UUID,
     session: SessionDep,
     _: Restorer,
-    folder: Annotated[str | None, Query(max_length=1000)] = None,
-    q: Annotated[str | None, Query(max_length=500)] = None,
-    sender: Annotated[str | None, Query(alias="from", max_length=500)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    folder: Annotated[str | None, Query(max_length=1000, pattern=NO_NUL)] = None,
+    q: Annotated[str | None, Query(max_length=500, pattern=NO_NUL)] = None,
+    sender: Annotated[str | None, Query(alias="from", max_length=500, pattern=NO_NUL)] = None,
+    since: Annotated[UtcTime | None, Query(description="Received at or after (naive: UTC)")] = None,
+    until: Annotated[UtcTime | None, Query(description="Received before (naive: UTC)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
 ) -> list[s.MessageOut]:

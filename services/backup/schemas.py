@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_
 
 from services.backup.engine import utf7
 from shared.models.backup import RestoreMode
-from shared.schemas import FromRow, RowId, Strict
+from shared.schemas import NO_NUL, FromRow, RowId, Strict, representable
 
 # Dovecot's Maildir++ keeps a folder as one directory named by a dot and the whole name,
 # modified UTF-7: 254 bytes at most (measured on Dovecot 2.3: 255 is refused). A folder to
@@ -110,7 +110,8 @@ class SnapshotOut(FromRow):
 
 class HoldIn(Strict):
     reason: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=1000, pattern=NO_NUL),
     ] = Field(description="Why the snapshot must be kept: the case, request or ticket")
 
 
@@ -162,7 +163,7 @@ class RestoreTarget(Strict):
 class RestoreRequest(Strict):
     mailbox_id: uuid.UUID
     snapshot_id: uuid.UUID | None = None
-    at: datetime | None = None
+    at: Annotated[datetime, AfterValidator(representable)] | None = None
     folders: list[Annotated[str, Field(min_length=1, max_length=1000)]] | None = Field(
         default=None, min_length=1, max_length=1000
     )

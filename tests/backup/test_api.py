@@ -212,6 +212,41 @@ async def test_restore_message_ids_outside_the_snapshot_or_its_chosen_folders_ar
     assert (await restore(folders=["Archive"], message_ids=[archived])).status_code == 202
 
 
+async def test_nul_characters_and_unrepresentable_times_are_a_422_naming_the_field(
+    api, api_key_for, seed, storage, corpus
+) -> None:
+    key = await api_key_for("operator")
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(1, seed=105))
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    messages = f"/v1/snapshots/{snapshot.id}/messages"
+    for param, value in (
+        ("folder", "a\x00b"),
+        ("q", "\x00"),
+        ("from", "x\x00"),
+        ("since", "0001-01-01T00:00:00+01:00"),
+        ("until", "9999-12-31T23:59:59-01:00"),
+    ):
+        answer = await api.get(messages, params={param: value}, headers=auth(key))
+        assert answer.status_code == 422 and problem_field(answer) == param, (param, answer.text)
+    naive = await api.get(messages, params={"since": "2000-01-01T00:00:00"}, headers=auth(key))
+    assert naive.status_code == 200 and len(naive.json()) == 1
+    hold = await api.put(
+        f"/v1/snapshots/{snapshot.id}/hold", json={"reason": "case\x001"}, headers=auth(key)
+    )
+    assert hold.status_code == 422 and problem_field(hold) == "reason"
+    late = await api.post(
+        "/v1/restores",
+        json={
+            "mailbox_id": str(mailbox.id),
+            "at": "9999-12-31T23:59:59-01:00",
+            "target": {"mode": "original"},
+        },
+        headers=auth(key),
+    )
+    assert late.status_code == 422 and problem_field(late) == "at"
+
+
 async def test_support_restores_into_a_folder_and_other_departments_need_admin(
     api, api_key_for, seed, storage, corpus
 ) -> None:
