@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from services.backup import repository, service
@@ -26,9 +26,17 @@ router = APIRouter(prefix="/v1", responses=problem_responses(400, 401, 403, 404,
 @router.post(
     "/backups", status_code=status.HTTP_202_ACCEPTED, response_model=s.Accepted, tags=["backups"]
 )
-async def request_backup(body: s.BackupRequest, session: SessionDep, actor: Operator) -> s.Accepted:
+async def request_backup(
+    body: s.BackupRequest, session: SessionDep, actor: Operator, response: Response
+) -> s.Accepted:
     run = await service.request_backup(session, actor=actor, data=body)
-    return s.Accepted(id=run.id, status=run.status)
+    return _accepted(response, "backups", run.id, run.status)
+
+
+def _accepted(response: Response, jobs: str, job_id: uuid.UUID, job_status: str) -> s.Accepted:
+    """A 202's body, its Location the job's status to follow."""
+    response.headers["Location"] = f"/v1/{jobs}/{job_id}"
+    return s.Accepted(id=job_id, status=job_status)
 
 
 @router.get("/backups/{run_id}", response_model=s.BackupRunOut, tags=["backups"])
@@ -162,10 +170,10 @@ async def export_snapshot(
     "/restores", status_code=status.HTTP_202_ACCEPTED, response_model=s.Accepted, tags=["restores"]
 )
 async def request_restore(
-    body: s.RestoreRequest, session: SessionDep, actor: Restorer
+    body: s.RestoreRequest, session: SessionDep, actor: Restorer, response: Response
 ) -> s.Accepted:
     job = await service.request_restore(session, actor=actor, data=body)
-    return s.Accepted(id=job.id, status=job.status)
+    return _accepted(response, "restores", job.id, job.status)
 
 
 @router.get("/restores/{restore_id}", response_model=s.RestoreOut, tags=["restores"])
@@ -175,12 +183,20 @@ async def get_restore(restore_id: uuid.UUID, session: SessionDep, _: Reader) -> 
 
 
 @router.put(
-    "/departments/{department_id}/backup-policy", response_model=s.PolicyOut, tags=["policies"]
+    "/departments/{department_id}/backup-policy",
+    response_model=s.PolicyOut,
+    tags=["policies"],
+    responses={201: {"model": s.PolicyOut, "description": "The department had no policy"}},
 )
 async def put_policy(
-    department_id: uuid.UUID, body: s.PolicyIn, session: SessionDep, _: Operator
+    department_id: uuid.UUID,
+    body: s.PolicyIn,
+    session: SessionDep,
+    actor: Operator,
+    response: Response,
 ) -> s.PolicyOut:
-    await service.set_policy(session, department_id=department_id, data=body)
+    if await service.set_policy(session, actor=actor, department_id=department_id, data=body):
+        response.status_code = status.HTTP_201_CREATED
     return s.PolicyOut(department_id=department_id, is_default=False, **body.model_dump())
 
 
@@ -193,10 +209,10 @@ async def list_policies(session: SessionDep, _: Reader) -> list[s.PolicyOut]:
     "/verify", status_code=status.HTTP_202_ACCEPTED, response_model=s.Accepted, tags=["verify"]
 )
 async def request_verify(
-    session: SessionDep, actor: Operator, body: s.VerifyRequest | None = None
+    session: SessionDep, actor: Operator, response: Response, body: s.VerifyRequest | None = None
 ) -> s.Accepted:
     run = await service.request_verify(session, actor=actor, data=body or s.VerifyRequest())
-    return s.Accepted(id=run.id, status=run.status)
+    return _accepted(response, "verify", run.id, run.status)
 
 
 @router.get("/verify/{verify_id}", response_model=s.VerifyOut, tags=["verify"])

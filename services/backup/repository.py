@@ -95,6 +95,27 @@ async def policy(session: AsyncSession, department_id: uuid.UUID) -> BackupPolic
     )
 
 
+async def put_policy(
+    session: AsyncSession, department_id: uuid.UUID, values: Mapping[str, int]
+) -> dict[str, int] | None:
+    """Set the department's policy; the values it had before, None if it had none. The
+    department's row is locked first: two PUTs at once (a client's retry) take turns, and
+    the second sees what the first set."""
+    await session.execute(
+        select(Department.id).where(Department.id == department_id).with_for_update()
+    )
+    before = await session.scalar(
+        select(BackupPolicy).where(BackupPolicy.department_id == department_id)
+    )
+    old = {name: int(getattr(before, name)) for name in values} if before else None
+    await session.execute(
+        pg_insert(BackupPolicy)
+        .values(department_id=department_id, **values)
+        .on_conflict_do_update(index_elements=[BackupPolicy.department_id], set_=dict(values))
+    )
+    return old
+
+
 async def policies(session: AsyncSession) -> list[BackupPolicy]:
     return list((await session.scalars(select(BackupPolicy))).all())
 

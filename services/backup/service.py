@@ -97,19 +97,24 @@ def _policy(row: BackupPolicy | None) -> Policy:
 
 
 async def set_policy(
-    session: AsyncSession, *, department_id: uuid.UUID, data: s.PolicyIn
-) -> BackupPolicy:
+    session: AsyncSession, *, actor: Principal, department_id: uuid.UUID, data: s.PolicyIn
+) -> bool:
+    """Set the department's backup policy, in the audit trail (a shorter retention deletes
+    snapshots at the next prune); True if the department had none before."""
     if await repository.department(session, department_id) is None:
         raise NotFound(f"no department {department_id}", field="department_id")
-    row = await repository.policy(session, department_id)
-    if row is None:
-        row = BackupPolicy(department_id=department_id, **data.model_dump())
-        session.add(row)
-    else:
-        for name, value in data.model_dump().items():
-            setattr(row, name, value)
-    await session.flush()
-    return row
+    after = data.model_dump()
+    before = await repository.put_policy(session, department_id, after)
+    audit.record(
+        session,
+        actor=actor,
+        action="backup_policy.set",
+        target_type="department",
+        target_id=department_id,
+        before=before,
+        after=after,
+    )
+    return before is None
 
 
 def policy_out(department_id: uuid.UUID | None, policy: Policy) -> s.PolicyOut:

@@ -6,11 +6,12 @@ import asyncio
 import uuid
 
 import pytest
+from sqlalchemy import select
 
 from services.backup import service
 from services.backup.engine.backup import backup_mailbox
 from shared import queue
-from shared.models import MailboxStatus
+from shared.models import AuditEvent, MailboxStatus
 from tests.backup import helpers
 from tests.backup.helpers import auth, problem_field
 from tests.conftest import run_worker
@@ -26,9 +27,10 @@ async def test_backup_request_runs_and_reports_counts(api, api_key_for, seed, co
         "/v1/backups", json={"mailbox_id": str(mailbox.id)}, headers=auth(key)
     )
     assert accepted.status_code == 202 and accepted.json()["status"] == "queued"
+    assert accepted.headers["location"] == f"/v1/backups/{accepted.json()['id']}"
     await run_worker("backup")
     viewer = await api_key_for("viewer")
-    run = (await api.get(f"/v1/backups/{accepted.json()['id']}", headers=auth(viewer))).json()
+    run = (await api.get(accepted.headers["location"], headers=auth(viewer))).json()
     assert run["status"] == "succeeded"
     assert (run["messages_fetched"], run["mailboxes_done"]) == (7, 1)
     assert run["bytes_read"] > 0 and run["bytes_stored"] > 0 and run["duration_seconds"] >= 0
@@ -277,16 +279,30 @@ async def test_support_restores_into_a_folder_and_other_departments_need_admin(
     assert await helpers.state(stranger.address) == {"INBOX": state["INBOX"]}
 
 
-async def test_policies_are_set_per_department_and_listed_with_the_default(
-    api, api_key_for, seed
+async def test_policies_are_set_per_department_audited_and_listed_with_the_default(
+    api, api_key_for, seed, db_session
 ) -> None:
     department = await seed.department()
     key = await api_key_for("operator")
     body = {"interval_seconds": 3600, "keep_last": 24, "keep_daily": 7, "keep_weekly": 4}
-    put = await api.put(
-        f"/v1/departments/{department.id}/backup-policy", json=body, headers=auth(key)
-    )
-    assert put.status_code == 200 and put.json()["keep_monthly"] == 0
+    url = f"/v1/departments/{department.id}/backup-policy"
+    # Two first PUTs at once (a client's retry): one creates the policy, the other sets it.
+    puts = await asyncio.gather(*(api.put(url, json=body, headers=auth(key)) for _ in "ab"))
+    assert sorted(p.status_code for p in puts) == [200, 201]
+    assert all(p.json()["keep_monthly"] == 0 for p in puts)
+    shorter = await api.put(url, json={**body, "keep_last": 3}, headers=auth(key))
+    assert shorter.status_code == 200
+    events = (
+        await db_session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.action == "backup_policy.set")
+            .where(AuditEvent.target_id == str(department.id))
+            .order_by(AuditEvent.id)
+        )
+    ).all()
+    assert [e.before and e.before["keep_last"] for e in events] == [None, 24, 24]
+    assert events[-1].after["keep_last"] == 3
+    body = {**body, "keep_last": 3}
     listed = (await api.get("/v1/policies", headers=auth(key))).json()
     assert any(p["is_default"] for p in listed)
     assert {
