@@ -155,16 +155,25 @@ class Settings(BaseSettings):
     def _refuse_placeholder_secrets(self) -> Settings:
         if self.environment != "production":
             return self
-        for name in ("master_password", "credential_secret", "backup_key"):
-            secret: SecretStr = getattr(self, name)
+        # Salted SHA-512 (shared/passwords.py) and HKDF (the backup key) stretch nothing: the
+        # secrets must be long and random themselves. A backup key is all that keeps every
+        # stored message secret, so it gets the most.
+        secrets = [
+            ("MAILOPS_MASTER_PASSWORD", self.master_password, 24),
+            ("MAILOPS_CREDENTIAL_SECRET", self.credential_secret, 24),
+            ("MAILOPS_BACKUP_KEY", self.backup_key, 32),
+            *(
+                (f"MAILOPS_BACKUP_PREVIOUS_KEYS[{key_id!r}]", key, 32)
+                for key_id, key in self.backup_previous_keys.items()
+            ),
+        ]
+        for name, secret, length in secrets:
             if secret.get_secret_value() in PLACEHOLDER_SECRETS:
+                raise ValueError(f"{name} is a placeholder; set a real secret in production")
+            if len(secret.get_secret_value()) < length:
                 raise ValueError(
-                    f"MAILOPS_{name.upper()} is a placeholder; set a real secret in production"
-                )
-            # Hashed with salted SHA-512 (see shared/passwords.py): long random secrets only.
-            if name != "backup_key" and len(secret.get_secret_value()) < 24:
-                raise ValueError(
-                    f"MAILOPS_{name.upper()} must be a random secret of 24 or more characters"
+                    f"{name} must be a random secret of {length} or more characters "
+                    "(e.g. `openssl rand -base64 32`)"
                 )
         return self
 

@@ -130,9 +130,13 @@ def test_production_refuses_placeholder_and_short_secrets() -> None:
     for name, weak in (
         ("master_password", "mailops-dev-master-password"),
         ("credential_secret", "short"),
+        ("backup_key", "mailops-dev-backup-key"),
+        ("backup_key", "x" * 31),  # HKDF does not stretch it: the key is all the secret
+        ("backup_previous_keys", {"k0": "short"}),
     ):
         with pytest.raises(ValidationError, match=name.upper()):
             Settings(environment="production", **{**strong, name: weak})
+    Settings(environment="production", **strong, backup_previous_keys={"k0": "p" * 32})
 
 
 def test_a_previous_backup_key_may_not_share_the_current_keys_id() -> None:

@@ -850,8 +850,10 @@ async def pack_blobs(session: AsyncSession, pack_id: uuid.UUID) -> list[Sealed]:
 async def move_blobs(
     session: AsyncSession, old_pack: uuid.UUID, copies: Sequence[Sealed], retired_at: datetime
 ) -> None:
-    """Point the blobs at their `copies` and retire `old_pack`. A blob that was deleted
-    meanwhile matches no row: its copy is unused bytes."""
+    """Point the blobs at their `copies` and retire `old_pack`, as of now (or `retired_at`,
+    if later): a prune that ran for hours must not date it back to its own start, which
+    would shorten the old file's grace. A blob deleted meanwhile matches no row: its copy
+    is unused bytes."""
     if copies:
         await session.execute(
             update(_BLOBS)
@@ -874,7 +876,9 @@ async def move_blobs(
             ],
         )
     await session.execute(
-        update(BackupPack).where(BackupPack.id == old_pack).values(retired_at=retired_at)
+        update(BackupPack)
+        .where(BackupPack.id == old_pack)
+        .values(retired_at=func.greatest(literal(retired_at), func.clock_timestamp()))
     )
 
 

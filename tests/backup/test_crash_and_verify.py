@@ -228,3 +228,25 @@ async def test_a_fractional_verify_samples_a_window_of_hash_prefixes_where_it_st
     assert not await sampled(1e-9, prefix + 1)
     assert await sampled(0.5, prefix - 32767)  # wrapping round the prefixes
     assert not await sampled(0.5, prefix + 1)
+
+
+async def test_a_pack_that_does_not_read_is_reported_by_verify_as_damage(
+    seed, storage, corpus
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(1, seed=107))
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    blob = await helpers.message_blob(mailbox.id)
+    path = storage.path(blob.pack_id)
+    aside = path.with_suffix(".aside")
+    path.rename(aside)
+    path.mkdir()  # reading it fails as a bad disk's would: an OSError, not a missing file
+    try:
+        damaged = await verify(storage)
+    finally:
+        path.rmdir()
+        aside.rename(path)
+    assert damaged.status == "failed"
+    [report] = [d for d in damaged.damage if d["blob"] == bytes(blob.hash).hex()]
+    assert "does not read" in report["error"]
+    assert [m["mailbox_id"] for m in report["mailboxes"]] == [str(mailbox.id)]

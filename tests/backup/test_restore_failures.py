@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from services.backup import service
@@ -9,6 +11,7 @@ from services.backup.engine import imap
 from services.backup.engine.backup import backup_mailbox
 from shared.db import unit_of_work
 from shared.models import Mailbox, MailboxStatus
+from shared.models.backup import BackupBlob
 from tests.backup import helpers
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
@@ -43,3 +46,21 @@ async def test_a_restore_whose_target_was_deleted_since_the_request_fails_saying
         job = await service.get_restore(session, restore_id=job_id)
     assert job.status == "failed"
     assert job.reason is not None and "is purged since the restore was requested" in job.reason
+
+
+async def test_a_blob_damaged_mid_append_leaves_nothing_of_the_batch_in_the_folder(
+    seed, storage, corpus
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    [(good, flags, when)] = corpus(1, seed=106)
+    tiny = b"X: y\r\n\r\nz"  # as long as `M7 LOGOUT`: once the bytes a LOGOUT sent into it
+    await helpers.append(mailbox.address, "INBOX", [(good, flags, when), (tiny, [], when)])
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    await helpers.empty(mailbox.address)
+    async with unit_of_work() as session:
+        blob = await session.get(BackupBlob, hashlib.sha256(tiny).digest())
+    assert blob is not None
+    with helpers.corrupted(storage, blob):
+        job = await helpers.restore(mailbox.id, snapshot.id, storage=storage)
+    assert job.status == "failed" and job.reason is not None
+    assert await helpers.state(mailbox.address) == {}

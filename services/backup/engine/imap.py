@@ -246,6 +246,7 @@ class ImapConnection:
         self._writer = writer
         self._counter = 0
         self._lock = asyncio.Lock()
+        self._aborted = False  # dropped mid-command: nothing more may be sent
         self.capabilities: set[str] = set()
 
     @classmethod
@@ -404,6 +405,15 @@ class ImapConnection:
                 if multi:
                     self._writer.write(b"\r\n")
                 await self._writer.drain()
+            except BaseException as exc:
+                # A literal may be half sent, and any byte more (a LOGOUT) would go into the
+                # message: drop the connection, and the server discards the unfinished APPEND.
+                self._writer.transport.abort()
+                self._aborted = True
+                if isinstance(exc, OSError):
+                    raise ImapProtocolError(f"IMAP connection lost: {exc!r}") from exc
+                raise
+            try:
                 return [await self._read_until(tag) for tag in tags]
             except (OSError, asyncio.IncompleteReadError) as exc:
                 raise ImapProtocolError(f"IMAP connection lost: {exc!r}") from exc
@@ -429,9 +439,10 @@ class ImapConnection:
                 return
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
-                await self.command(b"LOGOUT", check=False)
+        if not self._aborted:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await self.command(b"LOGOUT", check=False)
         await self.disconnect()
 
     async def disconnect(self) -> None:

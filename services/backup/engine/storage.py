@@ -167,19 +167,29 @@ class PackStorage(ABC):
         """The packs last written before `when` (prune looks there for files no row names)."""
 
 
+def _fsync_directory(path: Path) -> None:
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
 class _LocalPackWriter(PackWriter):
     def __init__(self, path: Path, pack_id: uuid.UUID) -> None:
         self.pack_id = pack_id
         self.size = 0
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_directory(path.parent.parent)  # a new prefix directory's own entry
         self._file = open(path, "xb")  # noqa: SIM115 - closed by close()
         self._path = path
-        # The new directory entry must survive a crash as well as the data.
-        directory = os.open(path.parent, os.O_RDONLY)
         try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+            # The new directory entry must survive a crash as well as the data.
+            _fsync_directory(path.parent)
+        except OSError:
+            self._file.close()
+            raise
 
     def append(self, data: bytes) -> int:
         offset = self.size
@@ -222,6 +232,8 @@ class LocalPackStorage(PackStorage):
                 return pack.read(length)
         except FileNotFoundError as exc:
             raise BlobDamaged(f"pack {pack_id} is missing") from exc
+        except OSError as exc:  # a bad sector (EIO), permissions: damage verify must report
+            raise BlobDamaged(f"pack {pack_id} does not read: {exc.strerror or exc}") from exc
 
     def delete(self, pack_id: uuid.UUID) -> None:
         self.path(pack_id).unlink(missing_ok=True)
