@@ -18,9 +18,11 @@ from arq import create_pool, cron
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job
 from arq.jobs import JobStatus as ArqStatus
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db import after_commit
+from shared.errors import Unavailable
 from shared.settings import get_settings
 
 SERVICES = ("provisioning", "backup", "monitor")
@@ -99,7 +101,18 @@ def enqueue_after_commit(
     serialize(kwargs)  # fail now, inside the transaction, if the arguments are not JSON
 
     async def send() -> None:
-        await enqueue(service, function, job_id=job_id, **kwargs)
+        try:
+            await enqueue(service, function, job_id=job_id, **kwargs)
+        except (RedisError, OSError) as exc:
+            # Committed, not queued: the request's row stands, and each worker's sweep takes
+            # up work whose job never came. The caller hears it now, not as a 500.
+            raise Unavailable(
+                "the request was saved, but the job queue cannot be reached "
+                f"({type(exc).__name__}): the worker's five-minute sweep queues its work again "
+                "or ends it failed; look it up before trying again",
+                code="queue_unavailable",
+                retry_after=30,
+            ) from exc
 
     after_commit(session, send)
 

@@ -12,6 +12,8 @@ from services.backup import service
 from services.backup.engine.backup import backup_mailbox
 from shared import queue
 from shared.models import AuditEvent, MailboxStatus
+from shared.models.backup import BackupRun
+from shared.settings import get_settings
 from tests.backup import helpers
 from tests.backup.helpers import auth, problem_field
 from tests.conftest import run_worker
@@ -325,3 +327,23 @@ async def test_final_backup_job_from_provisioning_snapshots_a_deleting_mailbox(
     key = await api_key_for("viewer")
     listed = (await api.get(f"/v1/snapshots?mailbox_id={mailbox.id}", headers=auth(key))).json()
     assert [x["message_count"] for x in listed] == [3]
+
+
+async def test_a_request_whose_job_cannot_be_queued_is_a_503_and_its_run_is_recorded(
+    api, api_key_for, seed, db_session, monkeypatch
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    key = await api_key_for("operator")
+    await queue.close_pool()
+    monkeypatch.setattr(get_settings(), "redis_url", "redis://127.0.0.1:1")  # nothing listens
+    try:
+        answer = await api.post(
+            "/v1/backups", json={"mailbox_id": str(mailbox.id)}, headers=auth(key)
+        )
+    finally:
+        monkeypatch.undo()
+        await queue.close_pool()
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "30"
+    assert answer.json()["code"] == "queue_unavailable"
+    runs = await db_session.scalars(select(BackupRun).where(BackupRun.mailbox_id == mailbox.id))
+    assert [run.status for run in runs] == ["queued"]  # the sweep ends it: its job is gone
