@@ -84,6 +84,7 @@ def apikey_create(
     ] = None,
 ) -> None:
     """Create an API key; the key is printed once, as the last line of output."""
+    from shared.auth import SCOPED_ROLES
     from shared.models import Role
 
     roles = [r.value for r in Role]
@@ -92,6 +93,11 @@ def apikey_create(
     departments = department or []
     if role == Role.MANAGER and len(departments) != 1:
         fail("a manager key needs exactly one --department")
+    if departments and Role(role) not in SCOPED_ROLES:
+        fail(
+            f"a {role} key acts in every department; "
+            "only manager and onboarding keys take --department"
+        )
     key = asyncio.run(_create_api_key(name, role, departments))
     typer.echo(f"created {role} key {name!r}; store it now, it is not shown again:")
     typer.echo(key)

@@ -45,6 +45,11 @@ def new_api_key(*, name: str, role: Role, department_ids: Iterable[uuid.UUID] = 
     return NewApiKey(key=key, row=row)
 
 
+# The roles an API key's department_ids limit; the others act in every department, so a
+# scope on one of their keys is refused rather than ignored.
+SCOPED_ROLES = frozenset({Role.MANAGER, Role.ONBOARDING})
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: an API key's identity, role and department scope."""
@@ -66,7 +71,7 @@ class Principal:
 
     def can_act_in(self, department_id: uuid.UUID) -> bool:
         """True when this principal's scope covers the department."""
-        if self.role in (Role.ADMIN, Role.OPERATOR, Role.SUPPORT, Role.VIEWER):
+        if self.role not in SCOPED_ROLES:
             return True
         if self.role is Role.ONBOARDING and not self.department_ids:
             return True

@@ -23,7 +23,7 @@ from services.provisioning import credentials, repository
 from services.provisioning import schemas as s
 from services.provisioning.rules import compile_rules, first_error, redirect_targets
 from shared import audit
-from shared.auth import Principal, new_api_key
+from shared.auth import SCOPED_ROLES, Principal, new_api_key
 from shared.errors import (
     Conflict,
     Forbidden,
@@ -1005,6 +1005,12 @@ async def create_api_key(
     role = data.role
     if role is Role.MANAGER and len(data.department_ids) != 1:
         raise Unprocessable("a manager key needs exactly one department", field="department_ids")
+    if data.department_ids and role not in SCOPED_ROLES:
+        raise Unprocessable(
+            f"a {role.value} key acts in every department; only manager and onboarding keys "
+            "take department_ids",
+            field="department_ids",
+        )
     for department_id in data.department_ids:
         if await repository.department(session, department_id) is None:
             raise Unprocessable(f"no department {department_id}", field="department_ids")

@@ -126,6 +126,19 @@ async def test_onboarding_creates_only_in_the_departments_it_is_allowed(
     assert denied.status_code == 403
 
 
+async def test_a_department_scope_on_a_role_that_acts_everywhere_is_a_422(
+    admin: Api, seed: Any
+) -> None:
+    department = await seed.department()
+    for role in ("support", "viewer", "operator", "admin"):
+        refused = await admin.post(
+            "/v1/api-keys",
+            {"name": "scoped", "role": role, "department_ids": [str(department.id)]},
+        )
+        assert refused.status_code == 422, role
+        assert refused.json()["errors"][0]["field"] == "department_ids"
+
+
 async def test_api_keys_made_through_the_api_work_and_can_be_revoked(admin: Api) -> None:
     created = await admin.post("/v1/api-keys", {"name": "hr-script", "role": "onboarding"})
     assert created.status_code == 201
