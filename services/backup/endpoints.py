@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from services.backup import repository, service
 from services.backup import schemas as s
 from shared.auth import Principal, SessionDep, require
-from shared.errors import problem_responses
+from shared.errors import NotFound, problem_responses
 from shared.models import Role
 from shared.schemas import BIGINT_MAX, NO_NUL, UtcTime
 
@@ -47,13 +47,28 @@ async def get_backup(run_id: uuid.UUID, session: SessionDep, _: Reader) -> s.Bac
 
 @router.get("/snapshots", response_model=list[s.SnapshotOut], tags=["snapshots"])
 async def list_snapshots(
+    request: Request,
+    response: Response,
     session: SessionDep,
     _: Reader,
     mailbox_id: uuid.UUID | None = None,
     held: Annotated[bool | None, Query(description="Only held (true) or unheld (false)")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[
+        uuid.UUID | None,
+        Query(description="The next page: snapshots older than this one (see the Link header)"),
+    ] = None,
 ) -> list[s.SnapshotOut]:
-    rows = await repository.snapshots(session, mailbox_id=mailbox_id, held=held, limit=limit)
+    after = None if before is None else await repository.snapshot(session, before)
+    if before is not None and after is None:
+        raise NotFound(f"no snapshot {before}", field="before")
+    rows = await repository.snapshots(
+        session, mailbox_id=mailbox_id, held=held, limit=limit + 1, before=after
+    )
+    if len(rows) > limit:  # RFC 8288: the body stays a list, the next page is a link
+        rows = rows[:limit]
+        following = request.url.include_query_params(before=str(rows[-1].id))
+        response.headers["Link"] = f'<{following}>; rel="next"'
     return [s.SnapshotOut.model_validate(r) for r in rows]
 
 

@@ -347,3 +347,27 @@ async def test_a_request_whose_job_cannot_be_queued_is_a_503_and_its_run_is_reco
     assert answer.json()["code"] == "queue_unavailable"
     runs = await db_session.scalars(select(BackupRun).where(BackupRun.mailbox_id == mailbox.id))
     assert [run.status for run in runs] == ["queued"]  # the sweep ends it: its job is gone
+
+
+async def test_snapshots_list_a_page_at_a_time_with_a_link_to_the_next(
+    api, api_key_for, seed, storage, corpus
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(1, seed=108))
+    made = [
+        (await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage))[0].id
+        for _ in range(3)
+    ]
+    key = await api_key_for("viewer")
+    first = await api.get(
+        "/v1/snapshots", params={"mailbox_id": str(mailbox.id), "limit": 2}, headers=auth(key)
+    )
+    assert [x["id"] for x in first.json()] == [str(made[2]), str(made[1])]
+    link, rel = first.headers["link"].split("; ")
+    assert rel == 'rel="next"'
+    rest = await api.get(link.strip("<>"), headers=auth(key))
+    assert [x["id"] for x in rest.json()] == [str(made[0])] and "link" not in rest.headers
+    unknown = await api.get(
+        "/v1/snapshots", params={"before": str(uuid.uuid4())}, headers=auth(key)
+    )
+    assert unknown.status_code == 404 and problem_field(unknown) == "before"
