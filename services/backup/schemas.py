@@ -141,6 +141,12 @@ class MessageOut(BaseModel):
     sha256: str
 
 
+def _zoned(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("the time needs a timezone, e.g. 2024-05-01T12:00:00Z")
+    return value
+
+
 class RestoreTarget(Strict):
     mode: RestoreMode
     folder: TargetFolder | None = None
@@ -163,7 +169,7 @@ class RestoreTarget(Strict):
 class RestoreRequest(Strict):
     mailbox_id: uuid.UUID
     snapshot_id: uuid.UUID | None = None
-    at: Annotated[datetime, AfterValidator(representable)] | None = None
+    at: Annotated[datetime, AfterValidator(_zoned), AfterValidator(representable)] | None = None
     folders: list[Annotated[str, Field(min_length=1, max_length=1000)]] | None = Field(
         default=None, min_length=1, max_length=1000
     )
@@ -174,8 +180,6 @@ class RestoreRequest(Strict):
     def _one_point(self) -> RestoreRequest:
         if (self.snapshot_id is None) == (self.at is None):
             raise ValueError("give exactly one of snapshot_id or at")
-        if self.at is not None and self.at.tzinfo is None:
-            raise ValueError("at needs a timezone, e.g. 2024-05-01T12:00:00Z")
         return self
 
 

@@ -118,6 +118,8 @@ async def test_bad_backup_and_restore_input_is_a_4xx_naming_the_field(
     assert none_yet.status_code == 422 and problem_field(none_yet) == "at"
     neither = await restore()
     assert neither.status_code == 422
+    naive = await restore(at="2024-05-01T12:00:00")
+    assert naive.status_code == 422 and problem_field(naive) == "at"
     for target in (
         {"mode": "original", "folder": "Restored"},
         {"mode": "folder", "folder": "Restored", "mailbox_id": str(other.id)},
