@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import install_error_handlers
 from shared.logging import configure_logging
@@ -18,6 +19,28 @@ from shared.observability import (
 )
 from shared.queue import close_pool
 from shared.settings import get_settings
+
+
+class _HeadAsGet:
+    """HEAD on every GET route (RFC 9110: a GET resource answers HEAD with the GET's status
+    and headers, no body); FastAPI's routes take only the methods they name."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
 
 
 def create_service_app(
@@ -44,6 +67,7 @@ def create_service_app(
     app.state.metrics = install_observability(app, service, checks)
     for router in routers:
         app.include_router(router)
+    app.add_middleware(_HeadAsGet)
     return app
 
 

@@ -147,6 +147,22 @@ async def test_the_openapi_document_names_each_answers_media_type(
         assert set(export["content"]) == {"application/mbox"}
 
 
+@pytest.mark.parametrize("service", ["provisioning", "backup", "monitor"])
+async def test_head_answers_as_get_does_without_the_body(service: str) -> None:
+    async with service_client(service) as client:
+        got = await client.get("/livez")
+        head = await client.head("/livez")
+        keyless = await client.head(
+            {"provisioning": "/v1/domains", "backup": "/v1/policies", "monitor": "/v1/incidents"}[
+                service
+            ]
+        )
+    assert head.status_code == got.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    assert head.headers["content-length"] == got.headers["content-length"]
+    assert keyless.status_code == 401 and keyless.content == b""  # the GET's answer, as a HEAD
+
+
 @pytest.mark.parametrize(
     ("service", "path", "methods"),
     [
