@@ -347,10 +347,12 @@ def backup_export(
             )
         total, written, size, shown = sum(counts.values()), 0, 0, time.monotonic()
         with _whole_file(path) as write:
-            async for entry in service.export_mbox(snapshot, folder or None):
-                if entry:  # one message each, after an empty first chunk
-                    write(entry)
-                    written, size = written + 1, size + len(entry)
+            async for chunk in service.export_mbox(snapshot, folder or None):
+                write(chunk)
+                size += len(chunk)
+                # Only an entry's first chunk starts with `From `: in a message's lines
+                # mboxrd quotes it.
+                written += chunk.startswith(b"From ")
                 if time.monotonic() - shown >= 2:
                     typer.echo(f"{written:,} of {total:,} messages written", err=True)
                     shown = time.monotonic()

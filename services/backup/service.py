@@ -30,10 +30,10 @@ from services.backup.engine.storage import (
     PackWriter,
     Sealed,
     StoredBlob,
+    blob_chunks_in_thread,
     check_blob,
     copy_sealed,
     default_storage,
-    read_blob,
 )
 from shared import audit
 from shared.auth import Principal
@@ -781,25 +781,51 @@ async def export_mbox(
                 return
             after = (page[-1][1], page[-1][0].uid)
             for message, folder in page:
-                blob = blobs[bytes(message.blob_hash)]
-                data = await asyncio.to_thread(read_blob, storage, blob)
-                yield _mbox_entry(data, message.internal_date, folder, message.flags)
+                mbox = MboxrdEntry(message.internal_date, folder, message.flags)
+                yield mbox.start()
+                # A frame at a time: a 50 MB message is never held whole.
+                async for chunk in blob_chunks_in_thread(storage, blobs[bytes(message.blob_hash)]):
+                    yield mbox.feed(chunk)
+                yield mbox.end()
 
 
-def _mbox_entry(data: bytes, when: datetime, folder: str, flags: list[str]) -> bytes:
-    stamp = when.astimezone(UTC).strftime("%a %b %e %H:%M:%S %Y")
-    lines = data.replace(b"\r\n", b"\n").split(b"\n")
-    out = bytearray(b"From MAILER-DAEMON " + stamp.encode() + b"\n")
-    out += b"X-Mailops-Folder: " + folder.encode() + b"\n"
-    out += b"X-Mailops-Flags: " + " ".join(flags).encode() + b"\n"
-    for line in lines:
-        # mboxrd: every line starting with optional '>' then 'From ' gets one more '>'.
-        if line.lstrip(b">").startswith(b"From "):
-            out += b">"
-        out += line + b"\n"
-    if not data.endswith(b"\n"):
-        out += b"\n"
-    return bytes(out)
+class MboxrdEntry:
+    """One message as an mboxrd entry, its bytes given a chunk at a time: the `From ` line
+    and the folder and flags headers, each line LF-ended, a line that starts with `From `
+    after any `>`s quoted with one more `>`, and a blank line after it. Only a line cut by a
+    chunk's end is held back between chunks."""
+
+    def __init__(self, when: datetime, folder: str, flags: list[str]) -> None:
+        self._when, self._folder, self._flags = when, folder, flags
+        self._rest = b""
+
+    def start(self) -> bytes:
+        stamp = self._when.astimezone(UTC).strftime("%a %b %e %H:%M:%S %Y")
+        return (
+            b"From MAILER-DAEMON " + stamp.encode() + b"\n"
+            b"X-Mailops-Folder: " + self._folder.encode() + b"\n"
+            b"X-Mailops-Flags: " + " ".join(self._flags).encode() + b"\n"
+        )
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._rest + chunk
+        cut = data.rfind(b"\n") + 1  # a CRLF is never split: its CR comes before the cut
+        self._rest = data[cut:]
+        return self._quoted(data[:cut])
+
+    def end(self) -> bytes:
+        tail, self._rest = self._rest, b""
+        return (self._quoted(tail + b"\n") if tail else b"") + b"\n"
+
+    @staticmethod
+    def _quoted(lines: bytes) -> bytes:
+        """Whole lines (each ending in LF), CRLFs made LF and `From ` lines quoted."""
+        out = bytearray()
+        for line in lines.replace(b"\r\n", b"\n").split(b"\n")[:-1]:
+            if line.lstrip(b">").startswith(b"From "):
+                out += b">"
+            out += line + b"\n"
+        return bytes(out)
 
 
 # ---------------------------------------------------------------- jobs the worker left open

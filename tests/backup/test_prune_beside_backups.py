@@ -300,7 +300,7 @@ async def test_a_snapshot_an_export_streams_outlives_its_retention_until_the_str
     )
     stream = service.export_mbox(first.id, None, storage)
     assert await anext(stream) == b""  # pinned and found
-    head = await anext(stream)  # one message sent; the client reads the rest slowly
+    head = await anext(stream)  # a message begun; the client reads the rest slowly
 
     await service.prune(storage)
     assert [x.id for x in await _snapshots(mailbox.id)] == [first.id, second.id]
@@ -331,14 +331,14 @@ async def test_an_export_cancelled_mid_stream_unpins_its_snapshot(
     _, _, first, _ = await helpers.mostly_expired(
         seed, storage, corpus(4, seed=67), deleted_uids="1"
     )
-    reading, loop = asyncio.Event(), asyncio.get_running_loop()
+    reading = asyncio.Event()
 
-    def slow_read(storage, blob):  # type: ignore[no-untyped-def]  # in a worker thread
-        loop.call_soon_threadsafe(reading.set)
-        time.sleep(0.2)
-        return b"x"
+    async def slow_read(storage, blob):  # type: ignore[no-untyped-def]
+        reading.set()
+        await asyncio.to_thread(time.sleep, 0.2)  # a frame read in a worker thread
+        yield b"x"
 
-    monkeypatch.setattr(service, "read_blob", slow_read)
+    monkeypatch.setattr(service, "blob_chunks_in_thread", slow_read)
 
     async def consume() -> None:
         async for _ in service.export_mbox(first.id, None, storage):

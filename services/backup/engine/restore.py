@@ -32,7 +32,7 @@ from services.backup.engine.storage import (
     FRAME_PLAINTEXT_BYTES,
     PackStorage,
     StoredBlob,
-    blob_chunks,
+    blob_chunks_in_thread,
 )
 from shared.settings import Settings, get_settings
 
@@ -82,13 +82,6 @@ class RestoreProgress:
     done: int = 0
     restored: int = 0
     skipped: int = 0
-
-
-async def _blob_chunks(storage: PackStorage, blob: StoredBlob) -> AsyncIterator[bytes]:
-    """`blob_chunks` with the reads, decryption and hashing in a thread."""
-    chunks = blob_chunks(storage, blob)
-    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-        yield chunk
 
 
 async def _ensure_folder(imap: ImapConnection, encoded: str, name: str) -> int:
@@ -188,7 +181,7 @@ async def restore_folder(
                         flags=b.flags,
                         internal_date=b.internal_date,
                         size=b.size,
-                        chunks=_blob_chunks(storage, b.blob),
+                        chunks=blob_chunks_in_thread(storage, b.blob),
                     )
                     for b in batch
                 ],

@@ -13,13 +13,14 @@ can leave unreferenced bytes at a pack's end but never a reference to missing da
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
 import struct
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -353,6 +354,13 @@ def blob_chunks(storage: PackStorage, blob: StoredBlob) -> Iterator[bytes]:
         raise BlobDamaged("content does not match its hash", blob.hash)
     if held is not None:
         yield held
+
+
+async def blob_chunks_in_thread(storage: PackStorage, blob: StoredBlob) -> AsyncIterator[bytes]:
+    """`blob_chunks` with the reads, decryption and hashing in a thread."""
+    chunks = blob_chunks(storage, blob)
+    while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        yield chunk
 
 
 def read_blob(storage: PackStorage, blob: StoredBlob) -> bytes:
