@@ -25,6 +25,7 @@ from services.backup.engine.restore import (
     restore_messages,
 )
 from services.backup.engine.storage import (
+    FRAME_PLAINTEXT_BYTES,
     BlobDamaged,
     PackStorage,
     PackWriter,
@@ -782,11 +783,15 @@ async def export_mbox(
             after = (page[-1][1], page[-1][0].uid)
             for message, folder in page:
                 mbox = MboxrdEntry(message.internal_date, folder, message.flags)
-                yield mbox.start()
-                # A frame at a time: a 50 MB message is never held whole.
+                # A frame at a time: a 50 MB message is never held whole, and a small one
+                # goes out as one chunk.
+                entry = mbox.start()
                 async for chunk in blob_chunks_in_thread(storage, blobs[bytes(message.blob_hash)]):
-                    yield mbox.feed(chunk)
-                yield mbox.end()
+                    entry += mbox.feed(chunk)
+                    if len(entry) >= FRAME_PLAINTEXT_BYTES:
+                        yield entry
+                        entry = b""
+                yield entry + mbox.end()
 
 
 class MboxrdEntry:

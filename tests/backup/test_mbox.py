@@ -1,11 +1,16 @@
-"""The mboxrd encoding of an export, a frame at a time."""
+"""An export's mboxrd encoding, a frame at a time."""
 
 from __future__ import annotations
 
 import random
 from datetime import UTC, datetime
 
+import pytest
+
+from services.backup import service
+from services.backup.engine.backup import backup_mailbox
 from services.backup.service import MboxrdEntry
+from tests.backup import helpers
 from tests.backup.conftest import ENMIME
 
 WHEN = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -34,3 +39,16 @@ def test_an_entry_is_the_same_however_its_message_is_cut_into_chunks() -> None:
         pieces = [message[a:b] for a, b in zip([0, *cuts], [*cuts, len(message)], strict=True)]
         # One byte at a time as well: every CRLF and `From ` split across chunks.
         assert entry(pieces) == entry([message]) == entry([bytes([b]) for b in message]), path
+
+
+@pytest.mark.usefixtures("mail_stack")
+async def test_an_export_streams_a_message_larger_than_a_frame_whole(seed, storage, corpus) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    [(small, _, when)] = corpus(1, seed=110)
+    large = small + b"\r\nFrom a line to quote\r\n" + (b"z" * 76 + b"\r\n") * 70_000
+    await helpers.append(mailbox.address, "INBOX", [(large, [], when)])
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    chunks = [chunk async for chunk in service.export_mbox(snapshot.id, None, storage)]
+    assert len(chunks) > 2  # the empty first chunk, then the entry in more than one piece
+    mbox = MboxrdEntry(when, "INBOX", [])
+    assert b"".join(chunks) == mbox.start() + mbox.feed(large) + mbox.end()
