@@ -663,6 +663,14 @@ async def blobs(session: AsyncSession, hashes: Sequence[bytes]) -> dict[bytes, S
     return {blob.hash: blob for blob in stored}
 
 
+async def sealed_under(session: AsyncSession, key_id: str, limit: int) -> list[Sealed]:
+    """Where a few of the blobs sealed under `key_id` lie (any few)."""
+    rows = await session.scalars(select(BackupBlob).where(BackupBlob.key_id == key_id).limit(limit))
+    return [
+        Sealed(bytes(r.hash), r.pack_id, int(r.offset), int(r.length), str(r.key_id)) for r in rows
+    ]
+
+
 async def _with_bodies(session: AsyncSession, blobs: list[BackupBlob]) -> list[StoredBlob]:
     """The rows as StoredBlobs, after reading the body blobs their header blobs name."""
     rows = {bytes(r.hash): r for r in blobs}

@@ -35,6 +35,7 @@ from services.backup.engine.storage import (
     check_blob,
     copy_sealed,
     default_storage,
+    opens,
 )
 from shared import audit
 from shared.auth import Principal
@@ -487,6 +488,26 @@ async def _mailboxes_of(run: BackupRun) -> list[uuid.UUID]:
         return await repository.backed_up_mailbox_ids(session, department_id=run.department_id)
 
 
+# Blobs sealed under the current key id a backup run decrypts a frame of before it seals more.
+KEY_SAMPLES = 3
+
+
+async def _check_backup_key(storage: PackStorage) -> None:
+    """Refuse to back up under a key id whose configured secret no longer opens what was
+    sealed under it: a secret changed without a new id. Blobs sealed under both secrets
+    with one id could never all be read again, by any configuration."""
+    key_id = get_settings().backup_key_id
+    async with unit_of_work() as session:
+        parts = await repository.sealed_under(session, key_id, KEY_SAMPLES)
+    opened = [await asyncio.to_thread(opens, storage, part) for part in parts]
+    if False in opened and True not in opened:  # one damaged blob is verify's to report
+        raise RuntimeError(
+            f"MAILOPS_BACKUP_KEY does not open the blobs sealed under key id {key_id!r}: the "
+            "secret was changed without a new id. Set the secret back, or give the new secret "
+            "a new MAILOPS_BACKUP_KEY_ID and the old one in MAILOPS_BACKUP_PREVIOUS_KEYS"
+        )
+
+
 async def execute_backup_run(run_id: uuid.UUID, storage: PackStorage | None = None) -> str:
     """Back up every mailbox of the run, several at once; idempotent if rerun after a crash.
     A mailbox's failure is counted and the others go on; an error outside any one mailbox
@@ -516,6 +537,7 @@ async def execute_backup_run(run_id: uuid.UUID, storage: PackStorage | None = No
 
     stopped: str | None = None
     try:
+        await _check_backup_key(storage)
         mailbox_ids = await _mailboxes_of(run)
         async with unit_of_work() as session:
             locked = await repository.backup_run(session, run_id, lock=True)

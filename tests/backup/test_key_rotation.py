@@ -14,7 +14,7 @@ from services.backup import service
 from services.backup.engine.backup import backup_mailbox
 from services.backup.engine.storage import LocalPackStorage
 from shared.db import unit_of_work
-from shared.models.backup import BackupBlob, BackupMessage
+from shared.models.backup import BackupBlob, BackupMessage, BackupRun, BackupScope
 from tests.backup import helpers
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
@@ -147,3 +147,31 @@ async def test_a_damaged_frame_under_the_old_key_is_not_resealed_but_left_for_ve
         async with unit_of_work() as session:
             row = await session.get(BackupBlob, blob.hash)
         assert row is not None and (row.pack_id, row.key_id) == (blob.pack_id, "rotation-e")
+
+
+async def test_a_backup_refuses_a_key_id_whose_secret_was_changed_under_it(
+    seed, storage, corpus, use_key, monkeypatch, settings
+) -> None:
+    use_key("rotation-f")
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(2, seed=111))
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    await helpers.append(mailbox.address, "INBOX", corpus(1, seed=112))
+
+    async def run_backup() -> BackupRun:
+        async with unit_of_work() as session:
+            run = await service.create_run(
+                session, scope=BackupScope.MAILBOX, mailbox_id=mailbox.id
+            )
+        await service.execute_backup_run(run.id, storage)
+        async with unit_of_work() as session:
+            ended = await session.get(BackupRun, run.id)
+            assert ended is not None
+            return ended
+
+    monkeypatch.setattr(settings, "backup_key", SecretStr("a new secret, same id"))
+    refused = await run_backup()
+    assert refused.status == "failed" and refused.messages_fetched == 0
+    assert refused.reason is not None and "changed without a new id" in refused.reason
+    use_key("rotation-f")  # the secret set back
+    assert (await run_backup()).status == "succeeded"

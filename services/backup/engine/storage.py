@@ -277,6 +277,22 @@ class StoredBlob:
     parts: tuple[Sealed, ...]
 
 
+def opens(storage: PackStorage, part: Sealed) -> bool | None:
+    """Whether the part's first frame decrypts under the secret configured for its key id;
+    None if its bytes do not read (a missing pack says nothing about the key)."""
+    try:
+        body = next(_sealed_frames(storage, part), None)
+    except BlobDamaged:
+        return None
+    if body is None:
+        return None
+    try:
+        _open_frame(cipher(part.key_id), part.key_id, 0, body)
+    except BlobDamaged:
+        return False
+    return True
+
+
 def _sealed_frames(storage: PackStorage, part: Sealed) -> Iterator[bytes]:
     """The sealed frames of a part: one read for a part no larger than a frame (most
     messages), else one read per frame header and one per frame."""
