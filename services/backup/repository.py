@@ -89,12 +89,6 @@ async def backed_up_mailbox_ids(
     return list((await session.scalars(query.order_by(Mailbox.address))).all())
 
 
-async def policy(session: AsyncSession, department_id: uuid.UUID) -> BackupPolicy | None:
-    return await session.scalar(
-        select(BackupPolicy).where(BackupPolicy.department_id == department_id)
-    )
-
-
 async def put_policy(
     session: AsyncSession, department_id: uuid.UUID, values: Mapping[str, int]
 ) -> dict[str, int] | None:
@@ -279,6 +273,16 @@ async def committed_snapshots(session: AsyncSession, mailbox_id: uuid.UUID) -> l
             )
         ).all()
     )
+
+
+async def snapshot_folder_names(session: AsyncSession, snap: Snapshot) -> set[str]:
+    """The names of the snapshot's folders (without `snapshot_folders`' counts)."""
+    rows = await session.scalars(
+        select(BackupFolder.name).where(
+            BackupFolder.mailbox_id == snap.mailbox_id, in_snapshot(BackupFolder, snap.seq)
+        )
+    )
+    return set(rows.all())
 
 
 async def snapshot_folders(session: AsyncSession, snap: Snapshot) -> list[dict[str, Any]]:
@@ -666,9 +670,12 @@ async def blobs(session: AsyncSession, hashes: Sequence[bytes]) -> dict[bytes, S
 async def sealed_under(session: AsyncSession, key_id: str, limit: int) -> list[Sealed]:
     """Where a few of the blobs sealed under `key_id` lie (any few)."""
     rows = await session.scalars(select(BackupBlob).where(BackupBlob.key_id == key_id).limit(limit))
-    return [
-        Sealed(bytes(r.hash), r.pack_id, int(r.offset), int(r.length), str(r.key_id)) for r in rows
-    ]
+    return [_sealed(row) for row in rows]
+
+
+def _sealed(row: BackupBlob) -> Sealed:
+    """Where the blob's own sealed bytes lie."""
+    return Sealed(bytes(row.hash), row.pack_id, int(row.offset), int(row.length), row.key_id)
 
 
 async def _with_bodies(session: AsyncSession, blobs: list[BackupBlob]) -> list[StoredBlob]:
@@ -688,15 +695,7 @@ def _stored(blob: BackupBlob, rows: Mapping[bytes, BackupBlob]) -> StoredBlob:
     parts: list[Sealed] = []
     current: BackupBlob | None = blob
     while current is not None and len(parts) <= len(rows):
-        parts.append(
-            Sealed(
-                bytes(current.hash),
-                current.pack_id,
-                int(current.offset),
-                int(current.length),
-                current.key_id,
-            )
-        )
+        parts.append(_sealed(current))
         current = rows.get(bytes(current.body_hash)) if current.body_hash else None
     return StoredBlob(bytes(blob.hash), int(blob.size), tuple(parts))
 

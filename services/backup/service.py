@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import secrets
 import uuid
@@ -346,9 +347,11 @@ async def request_restore(
                 field="target.mailbox_id",
             )
     _authorise_restore(actor, data, source, target)
-    await _check_folders(session, snap, data.folders, "folders")
-    if data.target.folder is not None:
-        await _check_target_folders(session, snap, data.folders, data.target.folder)
+    if data.folders or data.target.folder is not None:
+        names = await repository.snapshot_folder_names(session, snap)
+        _check_folders(names, data.folders, "folders")
+        if data.target.folder is not None:
+            _check_target_folders(names, data.folders, data.target.folder)
     if data.message_ids:
         found_ids = await repository.snapshot_message_ids(
             session, snap, folders=data.folders, message_ids=data.message_ids
@@ -390,31 +393,25 @@ async def request_restore(
     return job
 
 
-async def _check_folders(
-    session: AsyncSession, snap: Snapshot, folders: list[str] | None, field: str
-) -> None:
-    """Unprocessable, naming `field`, if the snapshot lacks one of the folders."""
-    if folders:
-        known = {f["name"] for f in await repository.snapshot_folders(session, snap)}
-        for name in folders:
-            if name not in known:
-                raise Unprocessable(f"the snapshot has no folder {name!r}", field=field)
+def _check_folders(names: set[str], folders: list[str] | None, field: str) -> None:
+    """Unprocessable, naming `field`, if one of the folders is not among the snapshot's
+    folder `names`."""
+    for name in folders or ():
+        if name not in names:
+            raise Unprocessable(f"the snapshot has no folder {name!r}", field=field)
 
 
-async def _check_target_folders(
-    session: AsyncSession, snap: Snapshot, folders: list[str] | None, under: str
-) -> None:
-    """Unprocessable, naming `target.folder`, if a folder restored under `under` would get
-    a name the server refuses (too long, most likely), before any message is restored."""
-    for folder in await repository.snapshot_folders(session, snap):
-        if folders and folder["name"] not in folders:
-            continue
-        name = f"{under}/{folder['name']}"
+def _check_target_folders(names: set[str], folders: list[str] | None, under: str) -> None:
+    """Unprocessable, naming `target.folder`, if a snapshot folder (of `names`, those of
+    `folders` if given) restored under `under` would get a name the server refuses (too
+    long, most likely), before any message is restored."""
+    for folder in sorted(set(folders or names)):
+        name = f"{under}/{folder}"
         try:
             s.check_folder_name(name)
         except ValueError as exc:
             raise Unprocessable(
-                f"restored under {under!r}, the folder {folder['name']!r} would be {name!r}: "
+                f"restored under {under!r}, the folder {folder!r} would be {name!r}: "
                 f"{exc}; choose a shorter target folder",
                 field="target.folder",
             ) from exc
@@ -490,17 +487,27 @@ async def _mailboxes_of(run: BackupRun) -> list[uuid.UUID]:
 
 # Blobs sealed under the current key id a backup run decrypts a frame of before it seals more.
 KEY_SAMPLES = 3
+# The (key id, secret fingerprint) pairs this process found consistent: a process reads its
+# settings once, so its first run checks for all the others (the sample query scans the
+# blobs when none is under the key yet, as after a rotation).
+_keys_checked: set[tuple[str, bytes]] = set()
 
 
 async def _check_backup_key(storage: PackStorage) -> None:
     """Refuse to back up under a key id whose configured secret no longer opens what was
     sealed under it: a secret changed without a new id. Blobs sealed under both secrets
     with one id could never all be read again, by any configuration."""
-    key_id = get_settings().backup_key_id
+    settings = get_settings()
+    key_id = settings.backup_key_id
+    checked = (key_id, hashlib.sha256(settings.backup_key.get_secret_value().encode()).digest())
+    if checked in _keys_checked:
+        return
     async with unit_of_work() as session:
         parts = await repository.sealed_under(session, key_id, KEY_SAMPLES)
     opened = [await asyncio.to_thread(opens, storage, part) for part in parts]
-    if False in opened and True not in opened:  # one damaged blob is verify's to report
+    if False not in opened or True in opened:  # one damaged blob is verify's to report
+        _keys_checked.add(checked)
+    else:
         raise RuntimeError(
             f"MAILOPS_BACKUP_KEY does not open the blobs sealed under key id {key_id!r}: the "
             "secret was changed without a new id. Set the secret back, or give the new secret "
@@ -791,7 +798,10 @@ async def export_mbox(
     ):
         async with transaction_on(connection) as session:
             snap = await get_snapshot(session, snapshot_id=snapshot_id)
-            await _check_folders(session, snap, folders, "folder")
+            if folders:
+                _check_folders(
+                    await repository.snapshot_folder_names(session, snap), folders, "folder"
+                )
         yield b""
         after: tuple[str, int] | None = None
         while True:  # the snapshot pinned: each page reads it as found

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,6 +60,21 @@ async def append(
                 ],
             )
             assert all(a.status == "OK" for a in answers), [a.text for a in answers]
+
+
+async def backed_up(
+    seed: Any,
+    storage: PackStorage,
+    folders: Mapping[str, Sequence[tuple[bytes, Sequence[str], datetime]]],
+    **mailbox: Any,
+) -> tuple[Mailbox, Snapshot]:
+    """A new mailbox (`seed.mailbox` fields), these messages appended to these folders, and
+    its first snapshot."""
+    made = await seed.mailbox("pw-1234567890", **mailbox)
+    for folder, messages in folders.items():
+        await append(made.address, folder, messages)
+    snapshot, _ = await backup_mailbox(mailbox_id=made.id, run_id=None, storage=storage)
+    return made, snapshot
 
 
 async def state(address: str, *, skip_empty: bool = True) -> MailboxState:
@@ -128,6 +143,11 @@ async def store_flags(address: str, folder: str, uids: str, flags: str) -> None:
     async with master_connection(address) as imap:
         await imap.command(b"SELECT " + quote(utf7.encode(folder)))
         await imap.command(b"UID STORE " + uids.encode() + b" " + flags.encode())
+
+
+async def server_content(address: str) -> SnapshotContent:
+    """What a snapshot of the mailbox taken now would record."""
+    return content(await state(address))
 
 
 def content(server: MailboxState) -> SnapshotContent:

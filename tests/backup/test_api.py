@@ -191,10 +191,9 @@ async def test_restore_message_ids_outside_the_snapshot_or_its_chosen_folders_ar
     api, api_key_for, seed, storage, corpus
 ) -> None:
     key = await api_key_for("operator")
-    mailbox = await seed.mailbox("pw-1234567890")
-    await helpers.append(mailbox.address, "INBOX", corpus(2, seed=87))
-    await helpers.append(mailbox.address, "Archive", corpus(1, seed=88))
-    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    mailbox, snapshot = await helpers.backed_up(
+        seed, storage, {"INBOX": corpus(2, seed=87), "Archive": corpus(1, seed=88)}
+    )
     listed = await api.get(
         f"/v1/snapshots/{snapshot.id}/messages", params={"folder": "Archive"}, headers=auth(key)
     )
@@ -222,9 +221,7 @@ async def test_nul_characters_and_unrepresentable_times_are_a_422_naming_the_fie
     api, api_key_for, seed, storage, corpus
 ) -> None:
     key = await api_key_for("operator")
-    mailbox = await seed.mailbox("pw-1234567890")
-    await helpers.append(mailbox.address, "INBOX", corpus(1, seed=105))
-    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    mailbox, snapshot = await helpers.backed_up(seed, storage, {"INBOX": corpus(1, seed=105)})
     messages = f"/v1/snapshots/{snapshot.id}/messages"
     for param, value in (
         ("folder", "a\x00b"),

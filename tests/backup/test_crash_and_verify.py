@@ -212,9 +212,7 @@ async def test_a_message_the_server_cuts_short_fails_the_run_and_is_stored_whole
 async def test_a_fractional_verify_samples_a_window_of_hash_prefixes_where_it_starts(
     seed, storage, corpus
 ) -> None:
-    mailbox = await seed.mailbox("pw-1234567890")
-    await helpers.append(mailbox.address, "INBOX", corpus(1, seed=95))
-    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    mailbox, _ = await helpers.backed_up(seed, storage, {"INBOX": corpus(1, seed=95)})
     blob = await helpers.message_blob(mailbox.id)
     prefix = int.from_bytes(bytes(blob.hash)[:2], "big")
     after = bytes(blob.hash)[:-1]  # just before it
@@ -233,9 +231,7 @@ async def test_a_fractional_verify_samples_a_window_of_hash_prefixes_where_it_st
 async def test_a_pack_that_does_not_read_is_reported_by_verify_as_damage(
     seed, storage, corpus
 ) -> None:
-    mailbox = await seed.mailbox("pw-1234567890")
-    await helpers.append(mailbox.address, "INBOX", corpus(1, seed=107))
-    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    mailbox, _ = await helpers.backed_up(seed, storage, {"INBOX": corpus(1, seed=107)})
     blob = await helpers.message_blob(mailbox.id)
     path = storage.path(blob.pack_id)
     aside = path.with_suffix(".aside")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import pytest
 
 from services.backup.engine import utf7
@@ -47,17 +49,18 @@ async def test_flag_changes_and_expunges_are_recorded_without_fetching_bodies(
     assert first.message_count == 10 and len((await helpers.snapshot_state(first))["INBOX"]) == 10
 
 
-def deliver_after_the_listing(monkeypatch, address: str, messages) -> None:
-    """Mail arrives between the run's folder listing and its sync of the folder."""
+def after_the_listing(monkeypatch, change: Callable[[], Awaitable[object]]) -> None:
+    """`change` is made to the mailbox between the next run's folder listing and its sync
+    of the folders (once)."""
     listed = MailboxBackup._list
 
-    async def listing_then_delivery(self, imap):
+    async def listing_then_change(self, imap):
         folders = await listed(self, imap)
-        monkeypatch.undo()  # once
-        await helpers.append(address, "INBOX", messages)
+        monkeypatch.undo()
+        await change()
         return folders
 
-    monkeypatch.setattr(MailboxBackup, "_list", listing_then_delivery)
+    monkeypatch.setattr(MailboxBackup, "_list", listing_then_change)
 
 
 async def test_mail_delivered_during_a_run_is_taken_by_the_next_run_once(
@@ -65,15 +68,15 @@ async def test_mail_delivered_during_a_run_is_taken_by_the_next_run_once(
 ) -> None:
     mailbox = await seed.mailbox("pw-1234567890")
     await helpers.append(mailbox.address, "INBOX", corpus(3, seed=80))
-    deliver_after_the_listing(monkeypatch, mailbox.address, corpus(2, seed=81))
+    after_the_listing(
+        monkeypatch, lambda: helpers.append(mailbox.address, "INBOX", corpus(2, seed=81))
+    )
     first, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     assert first.message_count == 3  # the folder as it was listed
     second, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     assert counters.messages_fetched == 2
     assert second.message_count == 5
-    assert await helpers.snapshot_state(second) == helpers.content(
-        await helpers.state(mailbox.address)
-    )
+    assert await helpers.snapshot_state(second) == await helpers.server_content(mailbox.address)
 
 
 async def test_mail_delivered_during_a_run_and_deleted_before_the_next_is_gone_from_it(
@@ -81,39 +84,32 @@ async def test_mail_delivered_during_a_run_and_deleted_before_the_next_is_gone_f
 ) -> None:
     mailbox = await seed.mailbox("pw-1234567890")
     await helpers.append(mailbox.address, "INBOX", corpus(3, seed=82))
-    deliver_after_the_listing(monkeypatch, mailbox.address, corpus(1, seed=83))
+    after_the_listing(
+        monkeypatch, lambda: helpers.append(mailbox.address, "INBOX", corpus(1, seed=83))
+    )
     await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     await helpers.delete_messages(mailbox.address, "INBOX", uids="4")
     second, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     assert second.message_count == 3
-    assert await helpers.snapshot_state(second) == helpers.content(
-        await helpers.state(mailbox.address)
-    )
+    assert await helpers.snapshot_state(second) == await helpers.server_content(mailbox.address)
 
 
 async def test_a_folder_deleted_during_a_run_is_gone_from_its_snapshot(
     seed, storage, corpus, monkeypatch
 ) -> None:
-    mailbox = await seed.mailbox("pw-1234567890")
-    await helpers.append(mailbox.address, "INBOX", corpus(2, seed=100))
-    await helpers.append(mailbox.address, "Old", corpus(2, seed=101))
-    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    mailbox, _ = await helpers.backed_up(
+        seed, storage, {"INBOX": corpus(2, seed=100), "Old": corpus(2, seed=101)}
+    )
     await helpers.append(mailbox.address, "Old", corpus(1, seed=102))  # changed: to sync
-    listed = MailboxBackup._list
 
-    async def listing_then_deletion(self, imap):
-        folders = await listed(self, imap)
+    async def delete_old() -> None:
         async with master_connection(mailbox.address) as other:
             await other.command(b'DELETE "Old"')
-        return folders
 
-    monkeypatch.setattr(MailboxBackup, "_list", listing_then_deletion)
+    after_the_listing(monkeypatch, delete_old)
     snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
-    monkeypatch.undo()
     assert snapshot.message_count == 2
-    assert await helpers.snapshot_state(snapshot) == helpers.content(
-        await helpers.state(mailbox.address)
-    )
+    assert await helpers.snapshot_state(snapshot) == await helpers.server_content(mailbox.address)
 
 
 async def test_uidvalidity_change_rescans_without_fetching_stored_bodies(

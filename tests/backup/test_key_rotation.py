@@ -153,9 +153,7 @@ async def test_a_backup_refuses_a_key_id_whose_secret_was_changed_under_it(
     seed, storage, corpus, use_key, monkeypatch, settings
 ) -> None:
     use_key("rotation-f")
-    mailbox = await seed.mailbox("pw-1234567890")
-    await helpers.append(mailbox.address, "INBOX", corpus(2, seed=111))
-    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    mailbox, _ = await helpers.backed_up(seed, storage, {"INBOX": corpus(2, seed=111)})
     await helpers.append(mailbox.address, "INBOX", corpus(1, seed=112))
 
     async def run_backup() -> BackupRun:

@@ -20,9 +20,7 @@ pytestmark = pytest.mark.usefixtures("mail_stack")
 async def test_a_restore_whose_server_stops_answering_fails_saying_so(
     seed, storage, corpus, monkeypatch
 ) -> None:
-    mailbox = await seed.mailbox("pw-1234567890")
-    await helpers.append(mailbox.address, "INBOX", corpus(2, seed=89))
-    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    mailbox, snapshot = await helpers.backed_up(seed, storage, {"INBOX": corpus(2, seed=89)})
     await helpers.empty(mailbox.address)
     monkeypatch.setattr(imap, "COMMAND_TIMEOUT_SECONDS", 0)
     job = await helpers.restore(mailbox.id, snapshot.id, storage=storage)
@@ -33,9 +31,7 @@ async def test_a_restore_whose_server_stops_answering_fails_saying_so(
 async def test_a_restore_whose_target_was_deleted_since_the_request_fails_saying_so(
     seed, storage, corpus
 ) -> None:
-    mailbox = await seed.mailbox("pw-1234567890")
-    await helpers.append(mailbox.address, "INBOX", corpus(1, seed=97))
-    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    mailbox, snapshot = await helpers.backed_up(seed, storage, {"INBOX": corpus(1, seed=97)})
     job_id = await helpers.request_restore(mailbox.id, snapshot.id)
     async with unit_of_work() as session:
         row = await session.get(Mailbox, mailbox.id)
