@@ -27,7 +27,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, TEXT, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, TEXT, TIMESTAMP, UUID
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -593,20 +593,39 @@ async def insert_messages(session: AsyncSession, rows: Sequence[dict[str, Any]])
         await session.execute(insert(_MESSAGES), list(rows))
 
 
+# What identifies a message seen before without its bytes: INTERNALDATE, size and the
+# envelope. The copies of one delivery agree on all of them; two different messages agree on
+# them only if sent and delivered in the same second under the same header fields.
+IDENTITY_FIELDS = (
+    "internal_date",
+    "size",
+    "message_id",
+    "sent_at",
+    "from_addr",
+    "to_addr",
+    "subject",
+)
+
+
 async def known_by_identity(
-    session: AsyncSession, mailbox_id: uuid.UUID, message_ids: Sequence[str]
-) -> dict[tuple[datetime, int, str], BackupMessage]:
-    """Catalog rows of the mailbox with these Message-IDs, by (INTERNALDATE, size, Message-ID):
-    a message seen again (moved, or after a UIDVALIDITY change) needs no second download."""
-    if not message_ids:
-        return {}
+    session: AsyncSession,
+    mailbox_id: uuid.UUID,
+    *,
+    message_ids: Sequence[str],
+    internal_dates: Sequence[datetime],
+) -> dict[tuple[Any, ...], BackupMessage]:
+    """Catalog rows of the mailbox that may be these messages (one of the Message-IDs, ""
+    for none, and one of the INTERNALDATEs), by their IDENTITY_FIELDS: a message seen again
+    (moved, or after a UIDVALIDITY change) needs no second download."""
     rows = await session.scalars(
         select(BackupMessage).where(
             BackupMessage.mailbox_id == mailbox_id,
-            BackupMessage.message_id.in_(list(set(message_ids))),
+            BackupMessage.message_id == _any(sorted(set(message_ids)), TEXT),
+            BackupMessage.internal_date
+            == _any(sorted(set(internal_dates)), TIMESTAMP(timezone=True)),
         )
     )
-    return {(r.internal_date, r.size, r.message_id): r for r in rows}
+    return {tuple(getattr(r, name) for name in IDENTITY_FIELDS): r for r in rows}
 
 
 async def existing_blobs(session: AsyncSession, hashes: Sequence[bytes]) -> set[bytes]:

@@ -47,6 +47,23 @@ def generated_corpus(count: int, *, seed: int = 7) -> list[tuple[bytes, list[str
     return messages
 
 
+def enmime_corpus(*, seed: int = 3) -> list[tuple[bytes, list[str], datetime]]:
+    """Every message of ../shared/corpus/enmime (half of them without a Message-ID), with
+    flags and keywords, an INTERNALDATE each."""
+    rng = random.Random(seed)
+    files = sorted(p for p in ENMIME.iterdir() if p.suffix == ".raw")
+    assert len(files) > 50
+    start = datetime(2021, 6, 1, 8, 0, tzinfo=UTC)
+    return [
+        (
+            p.read_bytes(),
+            rng.choice([[], ["\\Seen"], ["\\Seen", "$Forwarded"], ["\\Flagged", "Review"]]),
+            start + timedelta(hours=i, seconds=i),
+        )
+        for i, p in enumerate(files)
+    ]
+
+
 @pytest.fixture
 def corpus() -> Callable[..., list[tuple[bytes, list[str], datetime]]]:
     return generated_corpus

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import random
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
@@ -17,7 +15,7 @@ from shared.db import unit_of_work
 from shared.models import Mailbox
 from shared.models.backup import BackupBlob
 from tests.backup import helpers
-from tests.backup.conftest import ENMIME
+from tests.backup.conftest import enmime_corpus
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
 
@@ -26,33 +24,22 @@ async def test_enmime_corpus_comes_back_byte_identical_with_flags_and_internalda
     seed, storage
 ) -> None:
     mailbox = await seed.mailbox("pw-1234567890")
-    rng = random.Random(3)
-    files = sorted(p for p in ENMIME.iterdir() if p.suffix == ".raw")
-    assert len(files) > 50
-    start = datetime(2021, 6, 1, 8, 0, tzinfo=UTC)
-    messages = [
-        (
-            p.read_bytes(),
-            rng.choice([[], ["\\Seen"], ["\\Seen", "$Forwarded"], ["\\Flagged", "Review"]]),
-            start + timedelta(hours=i, seconds=i),
-        )
-        for i, p in enumerate(files)
-    ]
+    messages = enmime_corpus()
     await helpers.append(mailbox.address, "INBOX", messages[::2])
     await helpers.append(mailbox.address, "Archive/Tésts", messages[1::2])
     before = await helpers.state(mailbox.address)
-    assert sum(len(v) for v in before.values()) == len(files)
+    assert sum(len(v) for v in before.values()) == len(messages)
 
     snapshot, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
-    assert counters.messages_fetched == len(files)
+    assert counters.messages_fetched == len(messages)
     await helpers.empty(mailbox.address)
     assert await helpers.state(mailbox.address) == {}
 
     job = await helpers.restore(mailbox.id, snapshot.id)
     assert (job.status, job.total, job.restored, job.skipped) == (
         "succeeded",
-        len(files),
-        len(files),
+        len(messages),
+        len(messages),
         0,
     )
     assert await helpers.state(mailbox.address) == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import pytest
 
@@ -11,6 +12,7 @@ from services.backup.engine.backup import MailboxBackup, backup_mailbox
 from services.backup.engine.imap import master_connection, quote
 from shared.models import MailboxStatus
 from tests.backup import helpers
+from tests.backup.conftest import enmime_corpus
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
 
@@ -125,6 +127,46 @@ async def test_uidvalidity_change_rescans_without_fetching_stored_bodies(
     snapshot, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     assert counters.messages_fetched == 0
     assert snapshot.message_count == 6
+
+
+async def test_a_rescan_fetches_no_stored_body_of_messages_without_a_message_id(
+    seed, storage
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    messages = enmime_corpus()
+    await helpers.append(mailbox.address, "Projekt", messages)
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    async with master_connection(mailbox.address) as imap:
+        await imap.command(b"DELETE " + quote(utf7.encode("Projekt")))
+    await helpers.append(mailbox.address, "Projekt", messages)  # a new UIDVALIDITY
+    snapshot, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    assert counters.messages_fetched == 0
+    assert await helpers.snapshot_state(snapshot) == await helpers.server_content(mailbox.address)
+
+
+async def test_messages_alike_but_for_their_envelope_are_not_taken_for_one_another(
+    seed, storage
+) -> None:
+    """No Message-ID, one INTERNALDATE, one size: the subject tells them apart."""
+    mailbox = await seed.mailbox("pw-1234567890")
+    delivered = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+    def note(subject: str, body: str) -> tuple[bytes, list[str], datetime]:
+        header = f"From: cron@x.test\r\nTo: ops@x.test\r\nSubject: {subject}\r\n"
+        return (
+            (header + "Date: Mon, 6 May 2024 07:08:09 +0000\r\n\r\n" + body).encode(),
+            [],
+            delivered,
+        )
+
+    await helpers.append(mailbox.address, "Alerts", [note("disk A", "91% used\r\n")])
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    async with master_connection(mailbox.address) as imap:
+        await imap.command(b"DELETE Alerts")
+    await helpers.append(mailbox.address, "Alerts", [note("disk B", "92% used\r\n")])
+    snapshot, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    assert counters.messages_fetched == 1
+    assert await helpers.snapshot_state(snapshot) == await helpers.server_content(mailbox.address)
 
 
 async def test_suspended_and_deleting_mailboxes_are_still_backed_up(seed, storage, corpus) -> None:

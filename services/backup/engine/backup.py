@@ -4,8 +4,9 @@ Per folder, UIDVALIDITY + UIDNEXT + HIGHESTMODSEQ from one `LIST ... RETURN (STA
 decide the work: an unchanged folder costs nothing more; flag changes and expunges come from
 `UID FETCH ... (CHANGEDSINCE m VANISHED)` without bodies; new UIDs are fetched in small
 batches, hashed, and stored only if their SHA-256 is new. A message the mailbox already had
-(same INTERNALDATE, size and Message-ID: moved, or seen again after a UIDVALIDITY change) is
-recorded without a download. The snapshot is committed after its blobs are fsynced.
+(same INTERNALDATE, size, Message-ID, Date, From, To and Subject: moved, or seen again after
+a UIDVALIDITY change) is recorded without a download. The snapshot is committed after its
+blobs are fsynced.
 
 A run over several mailboxes (`backup_mailboxes`) first takes the unchanged ones together
 (`backup_unchanged`): one pipelined LOGIN + LIST-STATUS per mailbox, compared with the
@@ -73,6 +74,10 @@ BODY_BATCH_BYTES = 8 << 20
 PACK_TARGET_BYTES = 64 << 20
 _SPACES = re.compile(r"\s+")
 LIST_STATUS = b'LIST "" "*" RETURN (STATUS (UIDVALIDITY UIDNEXT HIGHESTMODSEQ))'
+# The header fields that, with INTERNALDATE and size, identify a message seen before: the
+# envelope the catalog keeps of every message. A Message-ID alone would leave the many
+# messages without one (half of the enmime corpus) to be downloaded again.
+IDENTITY_HEADER = b" BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]"
 # Status probes of the fast path at once: each is a login and one LIST-STATUS, mostly
 # waiting on Dovecot's auth and imap processes, so more than the body connections.
 STATUS_PROBES = 8
@@ -99,7 +104,14 @@ class _Meta:
     flags: list[str]
     internal_date: datetime
     size: int
-    message_id: str
+    # The envelope from the header fields that identify a message seen before; None when
+    # the mailbox has nothing it could have been seen as (not asked for).
+    fields: dict[str, Any] | None
+
+    @property
+    def identity(self) -> tuple[Any, ...]:
+        known = {"internal_date": self.internal_date, "size": self.size, **(self.fields or {})}
+        return tuple(known[name] for name in repository.IDENTITY_FIELDS)
 
 
 @dataclass
@@ -122,17 +134,6 @@ def _header_text(value: Any) -> str:
         except Exception:  # malformed encoded words: keep the raw header
             text = str(value)
     return _SPACES.sub(" ", text).replace("\x00", "").strip()[:2000]
-
-
-def _message_id(header: bytes) -> str:
-    """envelope(header)["message_id"] for the answer to `BODY.PEEK[HEADER.FIELDS
-    (MESSAGE-ID)]`, without the email parser when it is one plain ASCII line."""
-    lines = header.rstrip(b"\r\n").split(b"\r\n")
-    if len(lines) == 1 and header.isascii() and b"=?" not in header:
-        name, colon, value = lines[0].partition(b":")
-        if colon and name.lower() == b"message-id":
-            return _header_text(value.decode("ascii"))
-    return str(envelope(header)["message_id"])
 
 
 _ENVELOPE_FIELDS = {"date", "from", "to", "subject", "message-id"}
@@ -268,13 +269,13 @@ def _parse_meta(response: Untagged) -> _Meta | None:
     items = fetch_items(response)
     if "UID" not in items or "INTERNALDATE" not in items:
         return None
-    header = next((v for k, v in items.items() if k.startswith("BODY[HEADER")), b"")
+    header = next((v for k, v in items.items() if k.startswith("BODY[HEADER")), None)
     return _Meta(
         uid=int(items["UID"]),
         flags=_flags(items.get("FLAGS")),
         internal_date=parse_internaldate(as_str(items["INTERNALDATE"])),
         size=int(items.get("RFC822.SIZE", 0)),
-        message_id=_message_id(bytes(header)) if header else "",
+        fields=None if header is None else envelope(bytes(header)),
     )
 
 
@@ -344,8 +345,8 @@ class MailboxBackup:
         self.mailbox_id = mailbox_id
         # Whether the catalog has messages of this mailbox a new UID may be one of (moved,
         # or seen again after a UIDVALIDITY change). A first backup has none, so it asks
-        # for no Message-IDs and looks none up: on a 100,000-message folder that lookup was
-        # the first backup's largest cost.
+        # for no identifying header fields and looks none up: on a 100,000-message folder
+        # that lookup was the first backup's largest cost.
         self.seen_before = seen_before
         self.connection = connection
         self.snapshot_id = snapshot_id
@@ -515,7 +516,7 @@ class MailboxBackup:
             await self._keep_statistics()
 
     async def _fetch_metadata(self, imap: ImapConnection, uids: Sequence[int]) -> list[_Meta]:
-        identity = b" BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]" if self.seen_before else b""
+        identity = IDENTITY_HEADER if self.seen_before else b""
         answer = await imap.command(
             b"UID FETCH %s (UID FLAGS INTERNALDATE RFC822.SIZE%s)"
             % (uid_set(uids).encode(), identity)
@@ -525,15 +526,21 @@ class MailboxBackup:
         return sorted((m for m in metas if m.uid in wanted), key=lambda m: m.uid)
 
     async def _store_new(self, imap: ImapConnection, folder_id: int, metas: list[_Meta]) -> None:
-        async with transaction_on(self.connection) as session:
-            known = await repository.known_by_identity(
-                session, self.mailbox_id, [m.message_id for m in metas if m.message_id]
-            )
+        identified = [m for m in metas if m.fields is not None]
+        known = {}
+        if identified:
+            async with transaction_on(self.connection) as session:
+                known = await repository.known_by_identity(
+                    session,
+                    self.mailbox_id,
+                    message_ids=[str(m.fields["message_id"]) for m in identified if m.fields],
+                    internal_dates=[m.internal_date for m in identified],
+                )
         rows: list[dict[str, Any]] = []
         to_fetch: list[_Meta] = []
         for meta in metas:
-            seen = known.get((meta.internal_date, meta.size, meta.message_id))
-            if meta.message_id and seen is not None:
+            seen = known.get(meta.identity) if meta.fields is not None else None
+            if seen is not None:
                 rows.append(
                     {
                         **{n: getattr(seen, n) for n in repository.MESSAGE_COPY_FIELDS},
