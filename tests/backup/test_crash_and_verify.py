@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from services.backup import repository, service
-from services.backup.engine.backup import backup_mailbox
+from services.backup.engine.backup import MailboxOutcome, backup_mailbox, backup_mailboxes
 from services.backup.engine.imap import ImapConnection, ImapProtocolError
 from services.backup.engine.storage import LocalPackStorage, PackStorage, PackWriter
 from shared.db import unit_of_work
@@ -155,6 +155,34 @@ class _WatchedStorage(LocalPackStorage):
 
     def create(self) -> PackWriter:
         return _WatchedWriter(super().create(), self.durable)
+
+
+async def test_an_outcome_that_cannot_be_reported_stops_every_mailbox_backup(
+    seed, storage, corpus
+) -> None:
+    small = await seed.mailbox("pw-1234567890")
+    await helpers.append(small.address, "INBOX", corpus(1))
+    large = [await seed.mailbox("pw-1234567890") for _ in range(2)]
+    for mailbox in large:
+        await helpers.append(mailbox.address, "INBOX", corpus(150))
+    reported: list[MailboxOutcome] = []
+
+    async def on_done(outcomes: list[MailboxOutcome]) -> None:
+        reported.extend(outcomes)
+        raise RuntimeError("the run's record is unreachable")
+
+    ids = [small.id, *(m.id for m in large)]
+    with pytest.raises(RuntimeError, match="unreachable"):
+        await backup_mailboxes(mailbox_ids=ids, run_id=None, storage=storage, on_done=on_done)
+    await asyncio.sleep(2)  # what went on in the background would be done by now
+    assert [o.mailbox_id for o in reported] == [small.id]
+    async with unit_of_work() as session:
+        committed = await session.scalar(
+            select(func.count())
+            .select_from(Snapshot)
+            .where(Snapshot.mailbox_id.in_(ids), Snapshot.completed_at.is_not(None))
+        )
+    assert committed == 1
 
 
 async def test_the_catalog_names_a_blob_only_once_its_pack_bytes_are_durable(

@@ -968,5 +968,13 @@ async def backup_mailboxes(
                 )
             await report([outcome])
 
-    await asyncio.gather(*(one(m) for m in mailbox_ids if m not in fast))
+    tasks = [asyncio.create_task(one(m)) for m in mailbox_ids if m not in fast]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        # An error out of `on_done` (the run's record unreachable) ends the call, and with
+        # it every mailbox's backup: none may go on, or report, once it has returned.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return outcomes
