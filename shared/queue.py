@@ -7,7 +7,9 @@ after the transaction that asked for them commits.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -16,6 +18,7 @@ from typing import Any
 
 from arq import create_pool, cron
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import in_progress_key_prefix
 from arq.jobs import Job
 from arq.jobs import JobStatus as ArqStatus
 from redis.exceptions import RedisError
@@ -26,6 +29,8 @@ from shared.errors import Unavailable
 from shared.settings import get_settings
 
 SERVICES = ("provisioning", "backup", "monitor")
+
+log = logging.getLogger(__name__)
 
 
 def queue_name(service: str) -> str:
@@ -160,10 +165,43 @@ def _heartbeat(service: str) -> Any:
     return record_heartbeat
 
 
+async def _renew_lease(redis: ArqRedis, job_id: str, lease: float) -> None:
+    """Hold a running job's claim (arq's in-progress key) `lease` seconds at a time.
+
+    arq claims a job for its whole timeout (six hours for a backup) and runs it again only
+    once the claim lapses: a worker killed mid-job would leave it `running` that long. A
+    claim renewed while the job runs lapses `lease` after its worker died instead."""
+    key = in_progress_key_prefix + job_id
+    while True:
+        try:
+            if not await redis.pexpire(key, int(lease * 1000)):
+                return  # the claim is gone (the job ended): nothing to hold
+        except (RedisError, OSError):
+            # The claim keeps what it had; a renewal that reaches Redis again extends it.
+            log.warning("could not renew a job's claim", extra={"job_id": job_id})
+        await asyncio.sleep(lease / 4)
+
+
+async def _claim_while_running(ctx: dict[str, Any]) -> None:
+    # A task of its own, never an error here: one out of on_job_start stops the worker.
+    lease = get_settings().job_lease_seconds
+    ctx["_lease"] = asyncio.create_task(_renew_lease(ctx["redis"], ctx["job_id"], lease))
+
+
+async def _release_claim(ctx: dict[str, Any]) -> None:
+    # Stopped before arq deletes the claim (or keeps a cron job's a minute), and awaited, so
+    # no renewal lands after it.
+    task = ctx.pop("_lease", None)
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 def worker_settings(
     service: str, functions: list[Any], *, cron_jobs: Sequence[Any] = (), **extra: Any
 ) -> dict[str, Any]:
-    """Common arq WorkerSettings for a service's worker, with a once-a-minute heartbeat."""
+    """Common arq WorkerSettings for a service's worker: JSON jobs, a once-a-minute
+    heartbeat, and claims on running jobs that lapse soon after their worker dies."""
     heartbeat = cron(
         _heartbeat(service), name=f"{service}-heartbeat", second=0, run_at_startup=True
     )
@@ -176,5 +214,7 @@ def worker_settings(
         "job_deserializer": deserialize,
         "max_tries": 5,
         "keep_result": 3600,
+        "on_job_start": _claim_while_running,
+        "on_job_end": _release_claim,
         **extra,
     }

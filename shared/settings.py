@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     # Redis key prefix of the job queues; test sessions use their own to run side by side.
     queue_prefix: str = "mailops"
+    # How long a running job's claim outlives its worker: a worker killed mid-job (a crash,
+    # the OOM killer) has its job run again by any worker this long after, not after the
+    # job's whole timeout. The claim is renewed every quarter of it while the job runs.
+    job_lease_seconds: float = Field(default=120, gt=0)
 
     # --- provisioning ---
     # Keys the derivation of pickup tokens and generated passwords (never stored).

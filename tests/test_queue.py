@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from typing import Any
 
 import pytest
+from arq.constants import in_progress_key_prefix
+from arq.worker import func
 from sqlalchemy import select
 
 from shared import queue
 from shared.db import unit_of_work
 from shared.models import Mailbox, MailboxStatus
+from shared.settings import get_settings
 from tests.conftest import run_worker
 
 
@@ -37,6 +42,24 @@ async def test_jobs_are_sent_only_when_the_transaction_commits() -> None:
     assert not await queue.enqueue("monitor", "noop", job_id=job_id), "same job id twice"
     await pool.zrem(name, job_id)
     await pool.delete(f"arq:job:{job_id}")
+
+
+async def test_a_running_job_is_claimed_for_the_lease_and_released_when_it_ends() -> None:
+    """Not for its timeout (ten minutes for the monitor's jobs): a worker killed mid-job
+    leaves it to the next worker a lease later."""
+    claims: list[int] = []
+
+    async def claimed(ctx: dict[str, Any]) -> None:
+        await asyncio.sleep(0.05)  # the claim has been renewed since arq made it
+        claims.append(await ctx["redis"].pttl(in_progress_key_prefix + ctx["job_id"]))
+
+    pool = await queue.get_pool()
+    own_queue = f"{get_settings().queue_prefix}:queue:test-lease-{uuid.uuid4().hex}"
+    job_id = f"test-{uuid.uuid4().hex}"
+    await pool.enqueue_job("claimed", _job_id=job_id, _queue_name=own_queue)
+    await run_worker("monitor", functions=[func(claimed, name="claimed")], queue_name=own_queue)
+    assert 0 < claims[0] <= get_settings().job_lease_seconds * 1000
+    assert not await pool.exists(in_progress_key_prefix + job_id)
 
 
 async def test_non_json_arguments_are_refused_before_commit() -> None:

@@ -877,7 +877,8 @@ async def fail_abandoned_jobs(now: datetime | None = None) -> int:
     A job arq stopped (its timeout, or a crash more times than its retries allow) or that
     never reached the queue would otherwise stay open for ever: an open scheduled run keeps
     its department from being scheduled again. A worker that merely died leaves its job on
-    the queue, and arq runs it again: that one is alive and left alone. Returns how many
+    the queue, and another runs it again once its claim lapses (`job_lease_seconds`): that
+    one is alive and left alone. Returns how many
     were ended.
     """
     now = now or datetime.now(UTC)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import uuid
@@ -25,6 +26,7 @@ from shared.models.backup import (
     VerifyRun,
 )
 from tests.backup import helpers
+from tests.conftest import run_worker
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
 
@@ -33,6 +35,27 @@ import asyncio, sys, uuid
 from services.backup import service
 asyncio.run(service.execute_backup_run(uuid.UUID(sys.argv[1])))
 """
+
+
+ARQ_WORKER = """
+from arq.worker import run_worker
+from services.backup.worker import WorkerSettings
+run_worker({**WorkerSettings, "cron_jobs": [], "poll_delay": 0.01})
+"""
+
+
+async def kill_mid_backup(worker: asyncio.subprocess.Process, mailbox_id: uuid.UUID) -> None:
+    """SIGKILL the worker once its backup of the mailbox has catalogued messages."""
+    try:
+        for _ in range(1500):
+            if await pending_rows(mailbox_id) > 0 or worker.returncode is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert worker.returncode is None, "the worker ended before it could be killed"
+        worker.send_signal(signal.SIGKILL)
+    finally:
+        await worker.wait()
+    assert await pending_rows(mailbox_id) > 0, "killed before its backup began"
 
 
 async def pending_rows(mailbox_id) -> int:
@@ -79,16 +102,7 @@ async def test_killed_backup_reruns_to_completion_and_verify_reports_corruption_
         run_id = run.id
 
     worker = await asyncio.create_subprocess_exec(sys.executable, "-c", WORKER, str(run_id))
-    try:
-        for _ in range(600):
-            if await pending_rows(mailbox.id) > 0 or worker.returncode is not None:
-                break
-            await asyncio.sleep(0.02)
-        assert worker.returncode is None, "the backup finished before it could be killed"
-        worker.send_signal(signal.SIGKILL)
-    finally:
-        await worker.wait()
-    assert await pending_rows(mailbox.id) > 0
+    await kill_mid_backup(worker, mailbox.id)
 
     assert await service.execute_backup_run(run_id) == "succeeded"
     async with unit_of_work() as session:
@@ -110,6 +124,30 @@ async def test_killed_backup_reruns_to_completion_and_verify_reports_corruption_
     assert report["blob"] == bytes(blob.hash).hex()
     assert [m["mailbox_id"] for m in report["mailboxes"]] == [str(mailbox.id)]
     assert report["mailboxes"][0]["snapshot_ids"] == [str(snapshots[0].id)]
+
+
+async def test_a_job_of_a_killed_worker_is_run_again_by_the_next_worker_after_its_lease(
+    seed, corpus
+) -> None:
+    """Not after the job's six-hour timeout, for which arq would otherwise claim it."""
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(400, seed=13))
+    async with unit_of_work() as session:
+        run = await service.create_run(session, scope=BackupScope.MAILBOX, mailbox_id=mailbox.id)
+        run_id = run.id
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", ARQ_WORKER, env={**os.environ, "MAILOPS_JOB_LEASE_SECONDS": "1"}
+    )
+    await kill_mid_backup(worker, mailbox.id)
+
+    await asyncio.wait_for(run_worker("backup"), timeout=60)
+    async with unit_of_work() as session:
+        again = await repository.backup_run(session, run_id)
+        assert again is not None and (again.status, again.mailboxes_done) == ("succeeded", 1)
+        [snapshot] = await session.scalars(
+            select(Snapshot).where(Snapshot.mailbox_id == mailbox.id)
+        )
+    assert (snapshot.status, snapshot.message_count) == ("committed", 400)
 
 
 class _WatchedWriter(PackWriter):
