@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from shared.models import Alias, ApiKey, AuditEvent, Department, Domain, Mailbox, MailboxStatus
+from shared.models.backup import BackupRun, BackupScope, JobStatus, backup_lock_key
 from shared.models.provisioning import CredentialPickup, MailRule, ProvisioningRequest
 
 # Mailboxes that hold an allocation and an address: everything until purged.
@@ -149,6 +150,27 @@ async def mailboxes_due_for_purge(session: AsyncSession, now: datetime) -> list[
             )
         ).all()
     )
+
+
+async def final_backup_succeeded(session: AsyncSession, mailbox_id: uuid.UUID) -> bool:
+    """Whether the backup service's final backup of the (deleted) mailbox has succeeded."""
+    found = await session.scalar(
+        select(BackupRun.id)
+        .where(
+            BackupRun.mailbox_id == mailbox_id,
+            BackupRun.scope == BackupScope.FINAL.value,
+            BackupRun.status == JobStatus.SUCCEEDED.value,
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+async def lock_out_backups(session: AsyncSession, mailbox_id: uuid.UUID) -> bool:
+    """Take the mailbox's backup lock until this transaction ends; False (and nothing
+    taken) while a backup of it runs."""
+    key = func.hashtext(backup_lock_key(mailbox_id))
+    return bool(await session.scalar(select(func.pg_try_advisory_xact_lock(key))))
 
 
 async def mailboxes_stuck_provisioning(session: AsyncSession, before: datetime) -> list[uuid.UUID]:

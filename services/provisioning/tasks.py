@@ -23,7 +23,7 @@ from shared.imap import ImapError, check, imap_session
 from shared.managesieve import ManageSieve, SieveError, SieveUnavailable
 from shared.models import ApiKey, MailboxStatus
 from shared.models.provisioning import RequestStatus, RuleStatus
-from shared.queue import enqueue
+from shared.queue import enqueue, final_backup_job_id
 
 log = logging.getLogger("mailops.provisioning.tasks")
 
@@ -106,13 +106,32 @@ async def deploy_rules(ctx: dict[str, Any], mailbox_id: str, version: int) -> st
 
 
 async def purge_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
-    """After retention: delete every folder and message over IMAP, then free the address."""
+    """After retention, and once its final backup has succeeded: delete every folder and
+    message over IMAP, then free the address. Until that backup succeeds the mailbox stays
+    `deleting`, its reason says why, and its final backup is asked for again (the sweep
+    retries the purge every five minutes)."""
     async with unit_of_work() as session:
         mailbox = await repository.mailbox(session, uuid.UUID(mailbox_id), lock=True)
         if mailbox is None or mailbox.status != MailboxStatus.DELETING:
             return "nothing to do"
         if mailbox.purge_after and mailbox.purge_after > datetime.now(UTC):
             return "not due"
+        if not await repository.final_backup_succeeded(session, mailbox.id):
+            mailbox.status_reason = (
+                "the purge waits for the mailbox's final backup to succeed: see its backup "
+                "runs in the backup service"
+            )
+            # Its job may have failed or never reached the queue; while one is queued or
+            # its result kept (an hour), this is the same job and adds nothing.
+            await enqueue(
+                "backup",
+                "final_backup",
+                job_id=final_backup_job_id(mailbox.id),
+                mailbox_id=str(mailbox.id),
+            )
+            return "waiting for the final backup"
+        if not await repository.lock_out_backups(session, mailbox.id):
+            return "not due: a backup of it is running"
         try:
             await _empty_mailbox(mailbox.address)
         except ImapError as exc:

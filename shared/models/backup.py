@@ -62,6 +62,13 @@ class BackupScope(enum.StrEnum):
     FINAL = "final"
 
 
+def backup_lock_key(mailbox_id: uuid.UUID) -> str:
+    """The advisory lock (by `hashtext` of this key) a backup of the mailbox holds while it
+    runs. The purge of a deleted mailbox takes it too: no backup may read it half emptied
+    and keep that as its newest snapshot."""
+    return f"backup:{mailbox_id}"
+
+
 class RestoreMode(enum.StrEnum):
     """`original`: the snapshot's folders of the same mailbox; `folder`: under one folder of
     the same mailbox; `mailbox`: the snapshot's folders in another mailbox."""

@@ -9,11 +9,14 @@ from typing import Any
 
 import pytest
 from arq import Retry
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
+from services.backup import tasks as backup_tasks
 from services.provisioning import tasks
 from shared import queue
+from shared.db import get_engine
 from shared.models import Mailbox
+from shared.models.backup import backup_lock_key
 from tests.conftest import run_worker
 from tests.mail import can_log_in, send, wait_for_subject
 from tests.provisioning.conftest import Api, address_in
@@ -225,20 +228,63 @@ async def test_delete_queues_a_final_backup_and_holds_the_address_until_purged(
     )
     assert again.status_code == 409
     assert again.json()["errors"][0]["field"] == "address"
-    await db_session.execute(
-        update(Mailbox)
-        .where(Mailbox.id == uuid.UUID(mailbox["id"]))
-        .values(purge_after=datetime.now(UTC) - timedelta(seconds=1))
-    )
-    await db_session.commit()
-    from services.provisioning.tasks import purge_mailbox
-
-    assert await purge_mailbox({"job_try": 1}, mailbox["id"]) == "purged"
+    await _past_retention(db_session, mailbox["id"])
+    assert await backup_tasks.final_backup({}, mailbox["id"]) == "succeeded"
+    assert await tasks.purge_mailbox({"job_try": 1}, mailbox["id"]) == "purged"
     assert (await admin.get(f"/v1/mailboxes/{mailbox['id']}")).status_code == 404
     reused = await admin.post(
         "/v1/mailboxes", {"address": mailbox["address"], "department_id": dept["id"]}
     )
     assert reused.status_code == 201
+
+
+async def _past_retention(db_session: Any, mailbox_id: str) -> None:
+    await db_session.execute(
+        update(Mailbox)
+        .where(Mailbox.id == uuid.UUID(mailbox_id))
+        .values(purge_after=datetime.now(UTC) - timedelta(seconds=1))
+    )
+    await db_session.commit()
+
+
+async def test_a_mailbox_is_purged_only_after_its_final_backup_succeeded(
+    admin: Api, department: Any, db_session: Any
+) -> None:
+    mailbox = await _create(admin, await department())
+    await run_worker()
+    await admin.delete(f"/v1/mailboxes/{mailbox['id']}")
+    pool = await queue.get_pool()
+    final_job = queue.final_backup_job_id(uuid.UUID(mailbox["id"]))
+    await pool.zrem(queue.queue_name("backup"), final_job)  # as if Redis had lost it
+    await pool.delete(f"arq:job:{final_job}")
+    await _past_retention(db_session, mailbox["id"])
+
+    assert (
+        await tasks.purge_mailbox({"job_try": 1}, mailbox["id"]) == "waiting for the final backup"
+    )
+    waiting = (await admin.get(f"/v1/mailboxes/{mailbox['id']}")).json()
+    assert waiting["status"] == "deleting"
+    assert "final backup" in waiting["status_reason"]
+    assert await pool.zscore(queue.queue_name("backup"), final_job), "asked for again"
+
+    assert await backup_tasks.final_backup({}, mailbox["id"]) == "succeeded"
+    assert await tasks.purge_mailbox({"job_try": 1}, mailbox["id"]) == "purged"
+
+
+async def test_no_purge_while_a_backup_of_the_mailbox_runs(
+    admin: Api, department: Any, db_session: Any
+) -> None:
+    mailbox = await _create(admin, await department())
+    await run_worker()
+    await admin.delete(f"/v1/mailboxes/{mailbox['id']}")
+    assert await backup_tasks.final_backup({}, mailbox["id"]) == "succeeded"
+    await _past_retention(db_session, mailbox["id"])
+    key = backup_lock_key(uuid.UUID(mailbox["id"]))
+    async with get_engine().connect() as backup:
+        await backup.execute(select(func.pg_advisory_lock(func.hashtext(key))))
+        assert await tasks.purge_mailbox({}, mailbox["id"]) == "not due: a backup of it is running"
+        await backup.execute(select(func.pg_advisory_unlock(func.hashtext(key))))
+    assert await tasks.purge_mailbox({}, mailbox["id"]) == "purged"
 
 
 async def test_mail_to_a_deleted_mailbox_is_refused(

@@ -63,7 +63,7 @@ from services.backup.engine.storage import (
     seal_frames,
 )
 from shared.db import connection_holding, get_engine, transaction_on
-from shared.models.backup import Snapshot, SnapshotStatus
+from shared.models.backup import Snapshot, SnapshotStatus, backup_lock_key
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger("mailops.backup.engine")
@@ -311,16 +311,12 @@ def _list_status(answer: Tagged) -> list[_FolderStatus | str]:
     return folders
 
 
-def _lock_key(mailbox_id: uuid.UUID) -> str:
-    return f"backup:{mailbox_id}"
-
-
 def mailbox_lock(mailbox_id: uuid.UUID) -> AbstractAsyncContextManager[AsyncConnection]:
     """One backup of a mailbox at a time, across workers, and none while prune deletes
     blobs (PostgreSQL advisory locks, which the server drops if the holder dies). Yields
     the connection holding the locks, on which the run does its catalog work: one
     connection per run, no pool checkout per step."""
-    key = _lock_key(mailbox_id)
+    key = backup_lock_key(mailbox_id)
     return connection_holding(
         functools.partial(repository.lock_for_backup, key=key),
         functools.partial(repository.unlock_after_backup, key=key),
@@ -910,7 +906,7 @@ async def backup_unchanged(
                 # A run of the same mailbox in progress holds its lock: that mailbox is left
                 # to the full path, which waits for it. One that starts now waits for this
                 # commit.
-                keys = {_lock_key(m): m for m in unchanged[start : start + FAST_PATH_CHUNK]}
+                keys = {backup_lock_key(m): m for m in unchanged[start : start + FAST_PATH_CHUNK]}
                 locked = [keys[k] for k in await repository.try_lock_all(session, list(keys))]
                 # Under the lock, the catalog must still be what the server was compared with.
                 again = await repository.catalog_states(session, locked)
