@@ -27,7 +27,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, TEXT, TIMESTAMP, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, TEXT, TIMESTAMP, UUID, distinct_on
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -687,8 +687,15 @@ async def blobs(session: AsyncSession, hashes: Sequence[bytes]) -> dict[bytes, S
 
 
 async def sealed_under(session: AsyncSession, key_id: str, limit: int) -> list[Sealed]:
-    """Where a few of the blobs sealed under `key_id` lie (any few)."""
-    rows = await session.scalars(select(BackupBlob).where(BackupBlob.key_id == key_id).limit(limit))
+    """Where a few of the blobs sealed under `key_id` lie, each in a pack of its own: damage
+    to one pack cannot pass for a secret that opens none of them."""
+    rows = await session.scalars(
+        select(BackupBlob)
+        .where(BackupBlob.key_id == key_id)
+        .ext(distinct_on(BackupBlob.pack_id))
+        .order_by(BackupBlob.pack_id)
+        .limit(limit)
+    )
     return [_sealed(row) for row in rows]
 
 
@@ -1189,4 +1196,21 @@ async def lock_store(connection: AsyncConnection, wait: timedelta) -> bool:
 
 async def unlock_store(connection: AsyncConnection) -> None:
     await connection.execute(select(func.pg_advisory_unlock(_lock_id(STORE_LOCK))))
+    await connection.commit()
+
+
+# One prune at a time: a second one, between the first's deletions and its repack, would
+# find the pack the first is writing empty of blobs and delete it under the writer.
+PRUNE_LOCK = "backup-prune"
+
+
+async def try_lock_prune(connection: AsyncConnection) -> bool:
+    """Take the prune lock (a session lock) if no other prune holds it. Commits."""
+    taken = await connection.scalar(select(func.pg_try_advisory_lock(_lock_id(PRUNE_LOCK))))
+    await connection.commit()
+    return bool(taken)
+
+
+async def unlock_prune(connection: AsyncConnection) -> None:
+    await connection.execute(select(func.pg_advisory_unlock(_lock_id(PRUNE_LOCK))))
     await connection.commit()

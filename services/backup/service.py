@@ -1067,25 +1067,47 @@ async def _prune(
     lock_wait: timedelta,
 ) -> None:
     async with get_engine().connect() as connection:
-        if not await repository.lock_store(connection, lock_wait):
-            waited = lock_wait.total_seconds()
-            result.skipped = f"mailbox backups in progress held the store for over {waited:g} s"
+        if not await repository.try_lock_prune(connection):
+            result.skipped = "another prune is running"
             log.warning("prune skipped", extra={"reason": result.skipped})
             return
         try:
-            # On the connection holding the lock: backups waiting behind it hold pool
-            # connections, and a checkout could wait for them.
-            await _expire(connection, result)
-            # Under the lock too: a pack no blob is in yet may be one a backup is writing
-            # (its first blobs were all stored meanwhile by another mailbox's backup).
-            async with transaction_on(connection) as session:
-                empty = await repository.empty_packs(session, retired_before=now - PACK_GRACE)
-                await repository.delete_packs(session, empty)
+            await _prune_alone(connection, result, storage, now, progress, lock_wait)
         finally:
-            await repository.unlock_store(connection)
+            await repository.unlock_prune(connection)
+
+
+async def _prune_alone(
+    connection: AsyncConnection,
+    result: PruneResult,
+    storage: PackStorage,
+    now: datetime,
+    progress: PackProgress | None,
+    lock_wait: timedelta,
+) -> None:
+    """The prune, on the connection holding the prune lock."""
+    if not await repository.lock_store(connection, lock_wait):
+        waited = lock_wait.total_seconds()
+        result.skipped = f"mailbox backups in progress held the store for over {waited:g} s"
+        log.warning("prune skipped", extra={"reason": result.skipped})
+        return
+    try:
+        # On the connection holding the lock: backups waiting behind it hold pool
+        # connections, and a checkout could wait for them.
+        await _expire(connection, result)
+        # Under the lock too: a pack no blob is in yet may be one a backup is writing
+        # (its first blobs were all stored meanwhile by another mailbox's backup).
+        async with transaction_on(connection) as session:
+            empty = await repository.empty_packs(session, retired_before=now - PACK_GRACE)
+            await repository.delete_packs(session, empty)
+    finally:
+        await repository.unlock_store(connection)
     for pack_id in empty:
         await asyncio.to_thread(storage.delete, pack_id)
     result.packs = len(empty)
+    # Re-sealing under the current key id with a secret that no longer opens what is sealed
+    # under it would leave that id meaning two secrets: the prune fails here, saying so.
+    await _check_backup_key(storage)
     await _repack(storage, now, result, progress)
     # A crash between a pack's creation and its first row (a backup, or a repack) leaves a
     # file nothing names.
@@ -1112,11 +1134,12 @@ async def _expire(connection: AsyncConnection, result: PruneResult) -> None:
         expired = [x.id for x in snaps if x.id not in kept]
         for start in range(0, len(expired), EXPIRE_CHUNK):
             async with transaction_on(connection) as session:
-                chunk = expired[start : start + EXPIRE_CHUNK]
-                result.snapshots += await _delete_unread(session, chunk)
-        if expired:
-            async with transaction_on(connection) as session:
-                result.rows += await repository.delete_unreferenced_rows(session, mailbox_id)
+                deleted = await _delete_unread(session, expired[start : start + EXPIRE_CHUNK])
+                # With the snapshots: a prune stopped in between would leave rows that no
+                # later prune of the mailbox looks at (nothing of it may expire again).
+                if deleted:
+                    result.snapshots += deleted
+                    result.rows += await repository.delete_unreferenced_rows(session, mailbox_id)
     async with transaction_on(connection) as session:
         result.blobs = await repository.delete_unreferenced_blobs(session)
 

@@ -3,6 +3,7 @@ after which the old key can go."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -173,3 +174,37 @@ async def test_a_backup_refuses_a_key_id_whose_secret_was_changed_under_it(
     assert refused.reason is not None and "changed without a new id" in refused.reason
     use_key("rotation-f")  # the secret set back
     assert (await run_backup()).status == "succeeded"
+
+
+async def test_prune_refuses_to_reseal_under_a_key_id_whose_secret_was_changed_under_it(
+    seed, storage, corpus, use_key, monkeypatch, settings
+) -> None:
+    use_key("rotation-g")
+    older, _ = await helpers.backed_up(seed, storage, {"INBOX": corpus(2, seed=113)})
+    use_key("rotation-h", previous={"rotation-g": "secret of rotation-g"})
+    await helpers.backed_up(seed, storage, {"INBOX": corpus(2, seed=114)})
+    before = {(b.hash, b.pack_id, b.key_id) for b in await blobs_of(older.id)}
+
+    monkeypatch.setattr(settings, "backup_key", SecretStr("a new secret, same id"))
+    with pytest.raises(RuntimeError, match="changed without a new id"):
+        await service.prune(storage, now=helpers.past_pack_grace())
+    assert {(b.hash, b.pack_id, b.key_id) for b in await blobs_of(older.id)} == before
+
+
+async def test_a_pack_damaged_throughout_does_not_pass_for_a_changed_secret(
+    seed, storage, corpus, use_key
+) -> None:
+    """The key check opens blobs of different packs: one pack's damage is verify's to report,
+    and backups go on."""
+    use_key("rotation-i")
+    damaged, _ = await helpers.backed_up(seed, storage, {"INBOX": corpus(4, seed=115)})
+    mailbox, _ = await helpers.backed_up(seed, storage, {"INBOX": corpus(2, seed=116)})
+    await helpers.append(mailbox.address, "INBOX", corpus(1, seed=117))
+    with contextlib.ExitStack() as stack:
+        for blob in await blobs_of(damaged.id):
+            stack.enter_context(helpers.corrupted(storage, blob))
+        async with unit_of_work() as session:
+            run = await service.create_run(
+                session, scope=BackupScope.MAILBOX, mailbox_id=mailbox.id
+            )
+        assert await service.execute_backup_run(run.id, storage) == "succeeded"

@@ -372,3 +372,42 @@ async def test_a_prune_that_fails_is_recorded_with_the_reason(storage) -> None:
         await service.prune(Unlistable(storage.root))
     recorded = await _last_prune()
     assert (recorded.status, recorded.reason) == ("failed", "OSError: the backup volume is gone")
+
+
+async def test_a_prune_while_another_runs_is_skipped_saying_so(storage) -> None:
+    """A second prune between the first's deletions and its repack would take the pack the
+    first is writing, empty of blobs yet, for one to delete."""
+    async with get_engine().connect() as first:
+        assert await repository.try_lock_prune(first)
+        try:
+            result = await service.prune(storage)
+        finally:
+            await repository.unlock_prune(first)
+    assert result.skipped == "another prune is running"
+    assert ((await _last_prune()).status, (await _last_prune()).reason) == (
+        "skipped",
+        "another prune is running",
+    )
+
+
+async def test_a_prune_stopped_before_a_mailboxs_catalog_rows_go_keeps_its_snapshots(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    """Its expired snapshots and the rows only they needed go in one transaction: a prune
+    stopped in between would leave rows no later prune of the mailbox looks at."""
+    department = await seed.department()
+    await seed.backup_policy(department)  # keeps the last snapshot only
+    mailbox, first = await helpers.backed_up(
+        seed, storage, {"INBOX": corpus(2, seed=118)}, department=department
+    )
+    await helpers.delete_messages(mailbox.address, "INBOX")
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+
+    async def stopped(*_: object) -> int:
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(repository, "delete_unreferenced_rows", stopped)
+    with pytest.raises(ConnectionError):
+        await service.prune(storage)
+    async with unit_of_work() as session:
+        assert await session.get(Snapshot, first.id) is not None
