@@ -15,6 +15,7 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -118,9 +119,15 @@ async def mailbox_schedule(
     session: AsyncSession, *, department_id: uuid.UUID | None = None
 ) -> list[tuple[uuid.UUID, uuid.UUID, datetime | None]]:
     """Each backed-up mailbox (of one department if given) with its department and when
-    its latest committed snapshot was begun: the start of the run that made it (one time
-    for all the mailboxes of a department's run), else the snapshot's own start."""
-    begun = func.coalesce(BackupRun.started_at, Snapshot.created_at)
+    its latest committed snapshot was begun: for a scheduled run the schedule's tick that
+    made it (a run that waited for a free worker does not push the next one back), for
+    another run its start (one time for all the mailboxes of a department's run), else the
+    snapshot's own start."""
+    run_began = case(
+        (BackupRun.scope == BackupScope.SCHEDULED.value, BackupRun.created_at),
+        else_=BackupRun.started_at,
+    )
+    begun = func.coalesce(run_began, Snapshot.created_at)
     latest = (
         select(Snapshot.mailbox_id, func.max(begun).label("last"))
         .outerjoin(BackupRun, BackupRun.id == Snapshot.run_id)

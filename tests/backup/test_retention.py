@@ -167,6 +167,27 @@ async def test_an_hourly_departments_backups_come_due_an_hour_after_their_run_be
         assert await due(timedelta(minutes=60) - 2 * service.SCHEDULE_TICK) == set()
 
 
+@pytest.mark.usefixtures("mail_stack")
+async def test_a_scheduled_run_that_waited_for_a_worker_does_not_push_the_next_one_back(
+    seed, storage
+) -> None:
+    hourly = await seed.department()
+    await seed.backup_policy(hourly, keep_last=5)
+    mailbox = await seed.mailbox("pw-1234567890", department=hourly)
+    await service.schedule_due_backups()
+    await helpers.set_aside_other_scheduled_runs({hourly.id})
+    (run,) = await helpers.scheduled_runs({hourly.id})
+    async with unit_of_work() as session:  # every worker was busy for ten minutes
+        waited = await session.get(BackupRun, run.id)
+        assert waited is not None
+        waited.created_at -= timedelta(minutes=10)
+        ticked = waited.created_at
+    assert await service.execute_backup_run(run.id, storage) == "succeeded"
+    async with unit_of_work() as session:
+        found = await service._due_mailboxes(session, ticked + timedelta(minutes=60), hourly.id)
+    assert found == {hourly.id: [mailbox.id]}
+
+
 async def _backed_up_by(run_id: uuid.UUID) -> set[uuid.UUID]:
     async with unit_of_work() as session:
         run = await session.get(BackupRun, run_id)
