@@ -664,7 +664,9 @@ async def _restore_pages(
         if not page:
             return
         after = (folder, page[-1][0].uid)
-        yield [RestoreItem(blobs[bytes(m.blob_hash)], m.flags, m.internal_date) for m, _ in page]
+        yield [
+            RestoreItem(m.id, blobs[bytes(m.blob_hash)], m.flags, m.internal_date) for m, _ in page
+        ]
 
 
 async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = None) -> str:
@@ -746,10 +748,19 @@ async def _start_restore(restore_id: uuid.UUID) -> tuple[uuid.UUID, dict[str, It
             )
         job.total, job.done, job.restored, job.skipped = sum(counts.values()), 0, 0, 0
         prefix = f"{job.target_folder}/" if job.target_folder else ""
-        return target.id, {
+        folders: dict[str, ItemPages] = {
             prefix + name: functools.partial(_restore_pages, job.snapshot_id, job.message_ids, name)
             for name in counts
         }
+        if job.target_folder:  # the folder the restore goes under is made a folder too
+            folders[job.target_folder] = _no_messages
+        return target.id, folders
+
+
+async def _no_messages() -> AsyncIterator[list[RestoreItem]]:
+    """The pages of a folder that is only created."""
+    for _ in ():
+        yield []
 
 
 def _record_progress(job: RestoreJob, progress: RestoreProgress) -> None:

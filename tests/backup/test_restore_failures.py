@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from sqlalchemy import select
 
 from services.backup import service
 from services.backup.engine import imap
 from services.backup.engine.backup import backup_mailbox
 from shared.db import unit_of_work
 from shared.models import Mailbox, MailboxStatus
-from shared.models.backup import BackupBlob
+from shared.models.backup import BackupBlob, BackupMessage
 from tests.backup import helpers
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
@@ -59,4 +60,9 @@ async def test_a_blob_damaged_mid_append_leaves_nothing_of_the_batch_in_the_fold
     with helpers.corrupted(storage, blob):
         job = await helpers.restore(mailbox.id, snapshot.id, storage=storage)
     assert job.status == "failed" and job.reason is not None
+    async with unit_of_work() as session:
+        damaged = await session.scalar(
+            select(BackupMessage.id).where(BackupMessage.blob_hash == blob.hash)
+        )
+    assert f"message {damaged} (for 'INBOX') does not read" in job.reason
     assert await helpers.state(mailbox.address) == {}

@@ -1,9 +1,12 @@
 """Restore messages of a snapshot into a mailbox over IMAP, idempotently.
 
-Each target folder is created if missing; a message whose exact bytes are already in the
+Each target folder is created if missing (parents first, and subscribed, so that clients
+showing subscribed folders only show it); a message whose exact bytes are already in the
 target folder is skipped (sizes are compared first, so only same-size messages are
-downloaded and hashed). The rest is APPENDed with its flags and INTERNALDATE, pipelined
-with LITERAL+, a batch per round trip, several folders in parallel on separate connections.
+downloaded and hashed), unless that copy is marked \\Deleted and the backed-up one is not:
+the next expunge would take it. The rest is APPENDed with its flags and INTERNALDATE,
+pipelined with LITERAL+, a batch per round trip, several folders in parallel on separate
+connections.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from services.backup.engine.imap import (
     ImapConnection,
     ImapProtocolError,
     Untagged,
+    as_str,
     batches,
     fetch_items,
     master_connection,
@@ -30,6 +34,7 @@ from services.backup.engine.imap import (
 )
 from services.backup.engine.storage import (
     FRAME_PLAINTEXT_BYTES,
+    BlobDamaged,
     PackStorage,
     StoredBlob,
     blob_chunks_in_thread,
@@ -66,8 +71,9 @@ class TargetFull(Exception):
 
 @dataclass(frozen=True)
 class RestoreItem:
-    """One message to restore: its blob, flags and INTERNALDATE."""
+    """One message to restore: its catalog id, blob, flags and INTERNALDATE."""
 
+    message_id: int
     blob: StoredBlob
     flags: Sequence[str]
     internal_date: datetime
@@ -75,6 +81,14 @@ class RestoreItem:
     @property
     def size(self) -> int:
         return self.blob.size
+
+    @property
+    def deleted(self) -> bool:
+        return _is_deleted(self.flags)
+
+
+def _is_deleted(flags: Sequence[str]) -> bool:
+    return any(f.lower() == "\\deleted" for f in flags)
 
 
 @dataclass
@@ -84,11 +98,20 @@ class RestoreProgress:
     skipped: int = 0
 
 
-async def _ensure_folder(imap: ImapConnection, encoded: str, name: str) -> int:
-    """Create the folder if needed and return its message count."""
-    created = await imap.command(b"CREATE " + quote(encoded), check=False)
-    if created.status != "OK" and "ALREADYEXISTS" not in created.text.upper():
-        raise FolderRejected(name, created.text)
+async def _create_folders(imap: ImapConnection, names: Sequence[str]) -> None:
+    """Create the folders that are missing, parents first (`a/b` before `a` would make `a`
+    a \\NoSelect name on some servers), and subscribe each one created."""
+    for name in sorted(names):
+        encoded = quote(utf7.encode(name))
+        created = await imap.command(b"CREATE " + encoded, check=False)
+        if created.status == "OK":
+            await imap.command(b"SUBSCRIBE " + encoded, check=False)  # a view, not the mail
+        elif "ALREADYEXISTS" not in created.text.upper():
+            raise FolderRejected(name, created.text)
+
+
+async def _examine(imap: ImapConnection, encoded: str, name: str) -> int:
+    """Open the folder read-only; its message count."""
     examined = await imap.command(b"EXAMINE " + quote(encoded), check=False)
     if examined.status != "OK":
         raise FolderRejected(name, examined.text)
@@ -101,41 +124,65 @@ class _TargetFolder:
     as the pages ask for them (small ones a batch per FETCH, large ones a chunk at a time),
     so memory holds about one page whatever the folder's size."""
 
-    def __init__(self, imap: ImapConnection, by_size: dict[int, list[int]]) -> None:
+    def __init__(self, imap: ImapConnection, by_size: dict[int, list[_Listed]]) -> None:
         self._imap = imap
         self._by_size = by_size
-        self.present: Counter[bytes] = Counter()
+        # By (SHA-256, marked \Deleted): how many such copies the folder has to match.
+        self._present: Counter[tuple[bytes, bool]] = Counter()
 
     @classmethod
     async def listed(cls, imap: ImapConnection, exists: int) -> _TargetFolder:
-        by_size: dict[int, list[int]] = {}
+        by_size: dict[int, list[_Listed]] = {}
 
         def take(response: Untagged) -> None:
             items = fetch_items(response)
             if response.kind == "FETCH" and "UID" in items:
-                by_size.setdefault(int(items.get("RFC822.SIZE", -1)), []).append(int(items["UID"]))
+                flags = items.get("FLAGS")
+                listed = _Listed(
+                    int(items["UID"]),
+                    int(items.get("RFC822.SIZE", -1)),
+                    _is_deleted([as_str(f) for f in flags] if isinstance(flags, list) else []),
+                )
+                by_size.setdefault(listed.size, []).append(listed)
 
         if exists:
-            await imap.command(b"UID FETCH 1:* (UID RFC822.SIZE)", each=take)
+            await imap.command(b"UID FETCH 1:* (UID RFC822.SIZE FLAGS)", each=take)
         return cls(imap, by_size)
 
+    def take(self, item: RestoreItem) -> bool:
+        """Whether a copy of the item is there (and, if so, count it as matched): a copy
+        marked \\Deleted only stands for an item that is marked so too."""
+        for deleted in (False, True) if item.deleted else (False,):
+            if self._present[item.blob.hash, deleted] > 0:
+                self._present[item.blob.hash, deleted] -= 1
+                return True
+        return False
+
     async def hash_sizes(self, sizes: set[int]) -> None:
-        """Add the hashes of the listed messages of these sizes to `present` (each once)."""
-        listed = [_Listed(uid, size) for size in sizes for uid in self._by_size.pop(size, ())]
+        """Hash the listed messages of these sizes, to be taken (each once)."""
+        listed = [m for size in sizes for m in self._by_size.pop(size, ())]
         small = [m for m in listed if m.size <= FRAME_PLAINTEXT_BYTES]
         for batch in batches(small, count=EXISTING_BATCH, max_bytes=APPEND_BATCH_BYTES):
+            deleted = {m.uid: m.deleted for m in batch}
             answer = await self._imap.command(
-                b"UID FETCH %s (UID BODY.PEEK[])" % uid_set(c.uid for c in batch).encode()
+                b"UID FETCH %s (UID BODY.PEEK[])" % uid_set(deleted).encode()
             )
-            bodies = [bytes(fetch_items(r).get("BODY[]") or b"") for r in answer.of("FETCH")]
-            self.present.update(
-                await asyncio.to_thread(lambda bs: [hashlib.sha256(b).digest() for b in bs], bodies)
-            )
+            bodies = {
+                int(items["UID"]): bytes(items.get("BODY[]") or b"")
+                for items in map(fetch_items, answer.of("FETCH"))
+                if "UID" in items
+            }
+            hashes = await asyncio.to_thread(_sha256_each, bodies)
+            self._present.update((digest, deleted[uid]) for uid, digest in hashes.items())
         for large in (m for m in listed if m.size > FRAME_PLAINTEXT_BYTES):
             hasher = hashlib.sha256()
             async for chunk in self._imap.body_chunks(large.uid, FRAME_PLAINTEXT_BYTES):
                 await asyncio.to_thread(hasher.update, chunk)
-            self.present[hasher.digest()] += 1
+            self._present[hasher.digest(), large.deleted] += 1
+
+
+def _sha256_each(bodies: Mapping[int, bytes]) -> dict[int, bytes]:
+    return {uid: hashlib.sha256(body).digest() for uid, body in bodies.items()}
 
 
 @dataclass(frozen=True)
@@ -144,6 +191,7 @@ class _Listed:
 
     uid: int
     size: int
+    deleted: bool
 
 
 ItemPages = Callable[[], AsyncIterator[Sequence[RestoreItem]]]
@@ -159,16 +207,15 @@ async def restore_folder(
     progress: RestoreProgress,
     on_progress: Callable[[], object] | None = None,
 ) -> None:
-    """Restore the pages' items into `folder` (a UTF-8 name), skipping messages already
-    there."""
+    """Restore the pages' items into `folder` (a UTF-8 name, created already), skipping
+    messages already there."""
     encoded = utf7.encode(folder)
-    target = await _TargetFolder.listed(imap, await _ensure_folder(imap, encoded, folder))
+    target = await _TargetFolder.listed(imap, await _examine(imap, encoded, folder))
     async for page in pages():
         await target.hash_sizes({item.size for item in page})
         pending: list[RestoreItem] = []
         for item in page:
-            if target.present[item.blob.hash] > 0:
-                target.present[item.blob.hash] -= 1
+            if target.take(item):
                 progress.skipped += 1
                 progress.done += 1
             else:
@@ -181,7 +228,7 @@ async def restore_folder(
                         flags=b.flags,
                         internal_date=b.internal_date,
                         size=b.size,
-                        chunks=blob_chunks_in_thread(storage, b.blob),
+                        chunks=_chunks_of(storage, b, folder),
                     )
                     for b in batch
                 ],
@@ -199,6 +246,20 @@ async def restore_folder(
                     await result
 
 
+async def _chunks_of(storage: PackStorage, item: RestoreItem, folder: str) -> AsyncIterator[bytes]:
+    """The item's bytes from the store; damage names the message, so that the rest of the
+    restore can be asked for without it."""
+    try:
+        async for chunk in blob_chunks_in_thread(storage, item.blob):
+            yield chunk
+    except BlobDamaged as exc:
+        raise BlobDamaged(
+            f"message {item.message_id} (for {folder!r}) does not read from the backup store "
+            f"({exc}): request the restore again without it (message_ids), and run a verify",
+            exc.blob_hash,
+        ) from exc
+
+
 async def restore_messages(
     *,
     mailbox_id: uuid.UUID,
@@ -212,8 +273,10 @@ async def restore_messages(
     """Restore into the mailbox, several folders at once on connections of their own."""
     settings = settings or get_settings()
     queue = list(folders.items())
-    # Parents first: restoring `a/b` before `a` exists would create `a` as \NoSelect.
-    queue.sort(key=lambda pair: pair[0])
+    if not queue:
+        return
+    async with master_connection(str(mailbox_id), settings) as imap:
+        await _create_folders(imap, list(folders))
     lanes = max(1, min(connections or settings.backup_imap_connections, len(queue)))
 
     async def lane() -> None:
@@ -229,7 +292,6 @@ async def restore_messages(
                     on_progress=on_progress,
                 )
 
-    if queue:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(lanes):
-                group.create_task(lane())
+    async with asyncio.TaskGroup() as group:
+        for _ in range(lanes):
+            group.create_task(lane())

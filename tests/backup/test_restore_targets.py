@@ -1,0 +1,54 @@
+"""What a restore finds and makes in its target: a copy marked \\Deleted is no copy (the next
+expunge takes it); the folders it creates are subscribed (clients that show subscribed
+folders only would show no restored mail), the one a restore goes under included."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.backup.engine import utf7
+from services.backup.engine.imap import master_connection
+from tests.backup import helpers
+
+pytestmark = pytest.mark.usefixtures("mail_stack")
+
+
+async def test_a_copy_marked_deleted_in_the_target_does_not_count_as_restored(
+    seed, storage, corpus
+) -> None:
+    mailbox, snapshot = await helpers.backed_up(seed, storage, {"INBOX": corpus(2, seed=119)})
+    await helpers.store_flags(mailbox.address, "INBOX", "1:*", "+FLAGS.SILENT (\\Deleted)")
+
+    job = await helpers.restore(mailbox.id, snapshot.id)
+    assert (job.status, job.restored, job.skipped) == ("succeeded", 2, 0)
+    again = await helpers.restore(mailbox.id, snapshot.id)
+    assert (again.status, again.restored, again.skipped) == ("succeeded", 0, 2)
+    async with master_connection(mailbox.address) as imap:
+        await imap.command(b"SELECT INBOX")
+        await imap.command(b"EXPUNGE")
+    assert await helpers.server_content(mailbox.address) == await helpers.snapshot_state(snapshot)
+
+
+async def test_a_copy_marked_deleted_stands_for_a_backed_up_one_marked_so(
+    seed, storage, corpus
+) -> None:
+    [(data, _, when)] = corpus(1, seed=120)
+    mailbox, snapshot = await helpers.backed_up(
+        seed, storage, {"INBOX": [(data, ["\\Deleted"], when)]}
+    )
+    job = await helpers.restore(mailbox.id, snapshot.id)
+    assert (job.status, job.restored, job.skipped) == ("succeeded", 0, 1)
+
+
+async def test_the_folders_a_restore_creates_are_subscribed_the_one_it_goes_under_too(
+    seed, storage, corpus
+) -> None:
+    mailbox, snapshot = await helpers.backed_up(
+        seed, storage, {"INBOX": corpus(1, seed=121), "Projekte/Übersicht": corpus(1, seed=122)}
+    )
+    job = await helpers.restore(mailbox.id, snapshot.id, {"mode": "folder", "folder": "Wieder"})
+    assert job.status == "succeeded", job.reason
+    async with master_connection(mailbox.address) as imap:
+        answer = await imap.command(b'LSUB "" "Wieder*"')
+    subscribed = {utf7.decode(bytes(r.data[-1]).decode()) for r in answer.of("LSUB")}
+    assert {"Wieder", "Wieder/INBOX", "Wieder/Projekte/Übersicht"} <= subscribed
