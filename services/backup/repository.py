@@ -262,7 +262,7 @@ async def snapshot_at(
             Snapshot.status == SnapshotStatus.COMMITTED.value,
             Snapshot.completed_at <= at,
         )
-        .order_by(Snapshot.completed_at.desc())
+        .order_by(Snapshot.completed_at.desc(), Snapshot.seq.desc())
         .limit(1)
     )
 

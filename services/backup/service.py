@@ -840,12 +840,14 @@ async def export_mbox(
 class MboxrdEntry:
     """One message as an mboxrd entry, its bytes given a chunk at a time: the `From ` line
     and the folder and flags headers, each line LF-ended, a line that starts with `From `
-    after any `>`s quoted with one more `>`, and a blank line after it. Only a line cut by a
-    chunk's end is held back between chunks."""
+    after any `>`s quoted with one more `>`, and a blank line after it. Between chunks only
+    what is not yet decided is held back: the start of a line that may still become a
+    `From ` line, or a CR that may be a CRLF's. A message of one 50 MB line streams too."""
 
     def __init__(self, when: datetime, folder: str, flags: list[str]) -> None:
         self._when, self._folder, self._flags = when, folder, flags
         self._rest = b""
+        self._inside = False  # whether the start of the current line has been given out
 
     def start(self) -> bytes:
         stamp = self._when.astimezone(UTC).strftime("%a %b %e %H:%M:%S %Y")
@@ -856,24 +858,40 @@ class MboxrdEntry:
         )
 
     def feed(self, chunk: bytes) -> bytes:
-        data = self._rest + chunk
-        cut = data.rfind(b"\n") + 1  # a CRLF is never split: its CR comes before the cut
-        self._rest = data[cut:]
-        return self._quoted(data[:cut])
+        *lines, partial = (self._rest + chunk).split(b"\n")
+        self._rest = b""
+        out = bytearray()
+        for line in lines:
+            out += self._quote(line) + line.removesuffix(b"\r") + b"\n"
+            self._inside = False
+        if not self._inside and _may_become_from(partial):
+            self._rest = partial
+            return bytes(out)
+        if partial.endswith(b"\r"):
+            partial, self._rest = partial[:-1], b"\r"
+        if partial:
+            out += self._quote(partial) + partial
+            self._inside = True
+        return bytes(out)
 
     def end(self) -> bytes:
         tail, self._rest = self._rest, b""
-        return (self._quoted(tail + b"\n") if tail else b"") + b"\n"
+        last = b""
+        if tail or self._inside:  # a message whose last line has no line end
+            last = self._quote(tail) + tail.removesuffix(b"\r") + b"\n"
+        self._inside = False
+        return last + b"\n"
 
-    @staticmethod
-    def _quoted(lines: bytes) -> bytes:
-        """Whole lines (each ending in LF), CRLFs made LF and `From ` lines quoted."""
-        out = bytearray()
-        for line in lines.replace(b"\r\n", b"\n").split(b"\n")[:-1]:
-            if line.lstrip(b">").startswith(b"From "):
-                out += b">"
-            out += line + b"\n"
-        return bytes(out)
+    def _quote(self, line: bytes) -> bytes:
+        """The `>` a line's start takes: one more if it is a `From ` line after any `>`s."""
+        starts = not self._inside and line.lstrip(b">").startswith(b"From ")
+        return b">" if starts else b""
+
+
+def _may_become_from(start: bytes) -> bool:
+    """Whether the start of a line, as far as it has come, may still be a `From ` line."""
+    rest = start.lstrip(b">")
+    return len(rest) < 5 and b"From "[: len(rest)] == rest
 
 
 # ---------------------------------------------------------------- jobs the worker left open
@@ -889,8 +907,7 @@ async def fail_abandoned_jobs(now: datetime | None = None) -> int:
     never reached the queue would otherwise stay open for ever: an open scheduled run keeps
     its department from being scheduled again. A worker that merely died leaves its job on
     the queue, and another runs it again once its claim lapses (`job_lease_seconds`): that
-    one is alive and left alone. Returns how many
-    were ended.
+    one is alive and left alone. Returns how many were ended.
     """
     now = now or datetime.now(UTC)
     ended = 0

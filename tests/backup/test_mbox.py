@@ -41,6 +41,17 @@ def test_an_entry_is_the_same_however_its_message_is_cut_into_chunks() -> None:
         assert entry(pieces) == entry([message]) == entry([bytes([b]) for b in message]), path
 
 
+def test_a_message_of_one_long_line_is_given_out_as_it_comes_not_held_back() -> None:
+    """Only an undecided line start and a CR are held between chunks: memory holds a chunk,
+    not the message, whatever its line ends (CR only, or none)."""
+    mbox = MboxrdEntry(WHEN, "INBOX", [])
+    chunk = b"x" * 1_000_000 + b"\r"
+    given = [mbox.feed(chunk) for _ in range(5)]
+    assert [len(g) for g in given] == [1_000_000, 1_000_001, 1_000_001, 1_000_001, 1_000_001]
+    assert mbox.end() == b"\n\n"  # the last CR taken for the line's end, then the blank line
+    assert entry([b">>Fr", b"om x"]) == entry([b">>From x"]) != entry([b">>Fro x"])
+
+
 @pytest.mark.usefixtures("mail_stack")
 async def test_an_export_streams_a_message_larger_than_a_frame_whole(seed, storage, corpus) -> None:
     mailbox = await seed.mailbox("pw-1234567890")
