@@ -150,6 +150,20 @@ async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    malformed = next((e for e in exc.errors() if e.get("type") == "json_invalid"), None)
+    if malformed is not None:  # not JSON at all: the request, not a value in it, is wrong
+        message = f"the body is not JSON: {malformed.get('ctx', {}).get('error', 'invalid')}"
+        return problem_response(
+            400,
+            {
+                "type": "https://mailops.dev/problems/malformed_json",
+                "title": "The body is not JSON",
+                "status": 400,
+                "detail": message,
+                "code": "malformed_json",
+                "errors": [{"field": "body", "message": message}],
+            },
+        )
     errors = [
         {"field": _field_name(e.get("loc", ())), "message": e.get("msg", "invalid")}
         for e in exc.errors()

@@ -76,7 +76,7 @@ async def test_wrong_role_is_403_and_admin_is_always_allowed(api_key_for) -> Non
     assert allowed.status_code == 200
 
 
-async def test_invalid_body_is_422_naming_the_field(api_key_for) -> None:
+async def test_invalid_body_is_422_naming_the_field_and_a_body_not_json_400(api_key_for) -> None:
     key = await api_key_for("operator")
     async with _client() as client:
         wrong_value = await client.post(
@@ -96,8 +96,12 @@ async def test_invalid_body_is_422_naming_the_field(api_key_for) -> None:
         assert response.status_code == 422
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["errors"][0]["field"] == "quota_bytes"
-    assert not_json.status_code == 422
+    assert not_json.status_code == 400
     assert not_json.headers["content-type"] == "application/problem+json"
+    assert (not_json.json()["code"], not_json.json()["errors"][0]["field"]) == (
+        "malformed_json",
+        "body",
+    )
 
 
 async def test_api_keys_are_stored_only_as_hashes(api_key_for, db_session) -> None:
