@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.errors import install_error_handlers
@@ -19,6 +19,15 @@ from shared.observability import (
 )
 from shared.queue import close_pool
 from shared.settings import get_settings
+
+# Set in the scope of a HEAD request served as a GET: see `is_head`.
+_HEAD = "mailops.head"
+
+
+def is_head(request: Request) -> bool:
+    """Whether the request is a HEAD, served by its GET route: one whose body is costly to
+    make (a streamed export) is then not made at all."""
+    return bool(request.scope.get(_HEAD))
 
 
 class _HeadAsGet:
@@ -40,7 +49,7 @@ class _HeadAsGet:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, without_body)
+        await self.app({**scope, "method": "GET", _HEAD: True}, receive, without_body)
 
 
 def create_service_app(

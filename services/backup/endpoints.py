@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
@@ -10,6 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from services.backup import repository, service
 from services.backup import schemas as s
+from shared.app import is_head
 from shared.auth import Principal, SessionDep, require
 from shared.errors import NotFound, problem_responses
 from shared.models import Role
@@ -59,6 +61,8 @@ async def list_snapshots(
         Query(description="The next page: snapshots older than this one (see the Link header)"),
     ] = None,
 ) -> list[s.SnapshotOut]:
+    if mailbox_id is not None and await repository.mailbox(session, mailbox_id) is None:
+        raise NotFound(f"no mailbox {mailbox_id}", field="mailbox_id")
     after = None if before is None else await repository.snapshot(session, before)
     if before is not None and after is None:
         raise NotFound(f"no snapshot {before}", field="before")
@@ -122,6 +126,8 @@ async def search_messages(
     offset: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
 ) -> list[s.MessageOut]:
     snap = await service.get_snapshot(session, snapshot_id=snapshot_id)
+    if folder:  # as a restore or an export of it would say
+        service.check_folders(await repository.snapshot_folder_names(session, snap), [folder])
     rows = await repository.snapshot_messages(
         session,
         snap,
@@ -168,6 +174,7 @@ class MboxResponse(StreamingResponse):
     },
 )
 async def export_snapshot(
+    request: Request,
     snapshot_id: uuid.UUID,
     _: Operator,
     format: Annotated[s.ExportFormat, Query()] = "mbox",
@@ -175,10 +182,19 @@ async def export_snapshot(
 ) -> MboxResponse:
     stream = service.export_mbox(snapshot_id, folder)
     await anext(stream)  # the snapshot pinned and found, or a 4xx or 503 before anything is sent
+    body: AsyncIterator[bytes] = stream
+    if is_head(request):  # the headers a GET would have, without reading the snapshot
+        await stream.aclose()
+        body = _nothing()
     return MboxResponse(
-        stream,
+        body,
         headers={"Content-Disposition": f'attachment; filename="snapshot-{snapshot_id}.mbox"'},
     )
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    for _ in ():
+        yield b""
 
 
 @router.post(

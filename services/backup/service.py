@@ -9,7 +9,7 @@ import hashlib
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeGuard, TypeVar
@@ -337,21 +337,20 @@ async def request_restore(
                 field="at",
             )
         snap = found
-    target = source
+    target, target_field = source, "mailbox_id"
     if data.target.mode is RestoreMode.MAILBOX:
         assert data.target.mailbox_id is not None
-        target = await _mailbox(session, data.target.mailbox_id, "target.mailbox_id")
-        if target.status not in repository.BACKED_UP_STATUSES:
-            raise Unprocessable(
-                f"mailbox {target.id} is {target.status}; it cannot receive mail",
-                field="target.mailbox_id",
-            )
+        target_field = "target.mailbox_id"
+        target = await _mailbox(session, data.target.mailbox_id, target_field)
+    if target.status not in repository.BACKED_UP_STATUSES:
+        raise Unprocessable(
+            f"mailbox {target.id} is {target.status}; it cannot receive mail", field=target_field
+        )
     _authorise_restore(actor, data, source, target)
+    names: set[str] = set()
     if data.folders or data.target.folder is not None:
         names = await repository.snapshot_folder_names(session, snap)
-        _check_folders(names, data.folders, "folders")
-        if data.target.folder is not None:
-            _check_target_folders(names, data.folders, data.target.folder)
+        check_folders(names, data.folders, "folders")
     if data.message_ids:
         found_ids = await repository.snapshot_message_ids(
             session, snap, folders=data.folders, message_ids=data.message_ids
@@ -363,6 +362,15 @@ async def request_restore(
                 f"messages not in {where}snapshot {snap.id}: {missing[:10]}",
                 field="message_ids",
             )
+    if data.target.folder is not None:  # only the folders the restore will make
+        chosen = data.folders
+        if data.message_ids and not chosen:
+            chosen = list(
+                await repository.snapshot_message_counts(
+                    session, snap, message_ids=data.message_ids
+                )
+            )
+        _check_target_folders(names, chosen, data.target.folder)
     # A selection larger than the whole quota can never fit: say so now, not after a
     # failed job. One that fits the quota but not the room left fails saying so (TargetFull).
     needed = await repository.snapshot_message_bytes(
@@ -372,7 +380,7 @@ async def request_restore(
         raise Unprocessable(
             f"the restore needs {needed} bytes and mailbox {target.id} has a quota of "
             f"{target.quota_bytes} bytes: raise its quota, or restore fewer folders or messages",
-            field="target.mailbox_id" if data.target.mode is RestoreMode.MAILBOX else "mailbox_id",
+            field=target_field,
         )
     job = RestoreJob(
         status=JobStatus.QUEUED.value,
@@ -393,7 +401,7 @@ async def request_restore(
     return job
 
 
-def _check_folders(names: set[str], folders: list[str] | None, field: str) -> None:
+def check_folders(names: set[str], folders: list[str] | None, field: str = "folder") -> None:
     """Unprocessable, naming `field`, if one of the folders is not among the snapshot's
     folder `names`."""
     for name in folders or ():
@@ -786,7 +794,7 @@ _exports = asyncio.Semaphore(EXPORTS_AT_ONCE)
 
 async def export_mbox(
     snapshot_id: uuid.UUID, folders: list[str] | None, storage: PackStorage | None = None
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The snapshot as an mboxrd stream, a page of messages at a time, the snapshot pinned
     against prune until the stream ends. The first chunk, empty, comes once it is pinned
     and found (NotFound if it is not, Unprocessable if it lacks one of the folders,
@@ -810,7 +818,7 @@ async def export_mbox(
         async with transaction_on(connection) as session:
             snap = await get_snapshot(session, snapshot_id=snapshot_id)
             if folders:
-                _check_folders(
+                check_folders(
                     await repository.snapshot_folder_names(session, snap), folders, "folder"
                 )
         yield b""

@@ -11,7 +11,8 @@ from sqlalchemy import select
 from services.backup import service
 from services.backup.engine.backup import backup_mailbox
 from shared import queue
-from shared.models import AuditEvent, MailboxStatus
+from shared.db import unit_of_work
+from shared.models import AuditEvent, Mailbox, MailboxStatus
 from shared.models.backup import BackupRun
 from shared.settings import get_settings
 from tests.backup import helpers
@@ -152,6 +153,20 @@ async def test_bad_backup_and_restore_input_is_a_4xx_naming_the_field(
     )
     assert too_long.status_code == 422 and problem_field(too_long) == "target.folder"
     assert "Z" * 200 in too_long.json()["detail"]
+    inbox = await api.get(
+        f"/v1/snapshots/{long_snapshot.id}/messages", params={"folder": "INBOX"}, headers=auth(key)
+    )
+    picked = await api.post(
+        "/v1/restores",
+        json={
+            "mailbox_id": str(other.id),
+            "snapshot_id": str(long_snapshot.id),
+            "message_ids": [inbox.json()[0]["id"]],
+            "target": {"mode": "folder", "folder": "R" * 100},
+        },
+        headers=auth(key),
+    )
+    assert picked.status_code == 202, "the long folder is not one the restore makes"
     wrong_folder = await api.post(
         "/v1/restores",
         json={
@@ -370,3 +385,49 @@ async def test_snapshots_list_a_page_at_a_time_with_a_link_to_the_next(
         "/v1/snapshots", params={"before": str(uuid.uuid4())}, headers=auth(key)
     )
     assert unknown.status_code == 404 and problem_field(unknown) == "before"
+
+
+async def test_unknown_mailboxes_and_folders_in_reads_are_a_4xx_naming_them(
+    api, api_key_for, seed, storage, corpus
+) -> None:
+    key = await api_key_for("operator")
+    _, snapshot = await helpers.backed_up(seed, storage, {"INBOX": corpus(1, seed=123)})
+    unknown = await api.get(f"/v1/snapshots?mailbox_id={uuid.uuid4()}", headers=auth(key))
+    assert unknown.status_code == 404 and problem_field(unknown) == "mailbox_id"
+    no_folder = await api.get(
+        f"/v1/snapshots/{snapshot.id}/messages", params={"folder": "Nope"}, headers=auth(key)
+    )
+    assert no_folder.status_code == 422 and problem_field(no_folder) == "folder"
+
+
+async def test_a_restore_into_a_mailbox_that_cannot_receive_mail_is_a_422_in_every_mode(
+    api, api_key_for, seed, storage, corpus
+) -> None:
+    key = await api_key_for("operator")
+    mailbox, snapshot = await helpers.backed_up(seed, storage, {"INBOX": corpus(1, seed=124)})
+    async with unit_of_work() as session:
+        row = await session.get(Mailbox, mailbox.id)
+        assert row is not None
+        row.status = MailboxStatus.PURGED.value
+    for target in ({"mode": "original"}, {"mode": "folder", "folder": "Restored"}):
+        refused = await api.post(
+            "/v1/restores",
+            json={"mailbox_id": str(mailbox.id), "snapshot_id": str(snapshot.id), "target": target},
+            headers=auth(key),
+        )
+        assert refused.status_code == 422 and problem_field(refused) == "mailbox_id", target
+        assert "purged" in refused.json()["detail"]
+
+
+async def test_head_on_an_export_answers_its_headers_without_reading_the_snapshot(
+    api, api_key_for, seed, storage, corpus
+) -> None:
+    key = await api_key_for("operator")
+    mailbox, snapshot = await helpers.backed_up(seed, storage, {"INBOX": corpus(1, seed=125)})
+    with helpers.corrupted(storage, await helpers.message_blob(mailbox.id)):  # a GET would stop
+        head = await api.head(f"/v1/snapshots/{snapshot.id}/export", headers=auth(key))
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"].startswith("application/mbox")
+    assert head.headers["content-disposition"] == (
+        f'attachment; filename="snapshot-{snapshot.id}.mbox"'
+    )
