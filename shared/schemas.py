@@ -5,12 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 
 # PostgreSQL's bigint: a larger id or offset is a 422 naming the field, not an overflow in the
 # driver (a 500).
 BIGINT_MAX = 2**63 - 1
 RowId = Annotated[int, Field(ge=1, le=BIGINT_MAX)]
+# In a request body a number or a boolean is taken only as JSON writes it: "3600" or true
+# for a count is a 422 naming the field, not 3600 or 1 (a `keep_last` of true would keep
+# one snapshot). Body models use pydantic's StrictInt, StrictBool and StrictFloat, and this
+# for ids; a URL's query and path values are text, and stay as lax as RowId.
+RowIdIn = Annotated[StrictInt, Field(ge=1, le=BIGINT_MAX)]
 
 # PostgreSQL's text cannot hold a NUL character: a string with one is a 422 naming the field.
 NO_NUL = r"^[^\x00]*$"
@@ -37,7 +42,8 @@ UtcTime = Annotated[datetime, AfterValidator(_as_utc)]
 
 class Strict(BaseModel):
     """A request body: an unknown field is a 422 naming it, not silently ignored (a typo in
-    an HR script must not pass as a default)."""
+    an HR script must not pass as a default); its numbers and booleans are StrictInt,
+    StrictBool, StrictFloat (see RowIdIn)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -7,11 +7,20 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
 
 from services.backup.engine import utf7
 from shared.models.backup import RestoreMode
-from shared.schemas import NO_NUL, FromRow, RowId, Strict, representable
+from shared.schemas import NO_NUL, FromRow, RowIdIn, Strict, representable
 
 # Dovecot's Maildir++ keeps a folder as one directory named by a dot and the whole name,
 # modified UTF-7: 254 bytes at most (measured on Dovecot 2.3: 255 is refused). A folder to
@@ -57,7 +66,7 @@ TargetFolder = Annotated[
 class BackupRequest(Strict):
     mailbox_id: uuid.UUID | None = None
     department_id: uuid.UUID | None = None
-    all: bool = False
+    all: StrictBool = False
 
     @model_validator(mode="after")
     def _one_scope(self) -> BackupRequest:
@@ -173,7 +182,7 @@ class RestoreRequest(Strict):
     folders: list[Annotated[str, Field(min_length=1, max_length=1000)]] | None = Field(
         default=None, min_length=1, max_length=1000
     )
-    message_ids: list[RowId] | None = Field(default=None, min_length=1, max_length=100_000)
+    message_ids: list[RowIdIn] | None = Field(default=None, min_length=1, max_length=100_000)
     target: RestoreTarget
 
     @model_validator(mode="after")
@@ -202,11 +211,11 @@ class RestoreOut(FromRow):
 
 
 class PolicyIn(Strict):
-    interval_seconds: int = Field(ge=60, le=366 * 86400)
-    keep_last: int = Field(ge=1, le=10_000)
-    keep_daily: int = Field(default=0, ge=0, le=10_000)
-    keep_weekly: int = Field(default=0, ge=0, le=10_000)
-    keep_monthly: int = Field(default=0, ge=0, le=10_000)
+    interval_seconds: StrictInt = Field(ge=60, le=366 * 86400)
+    keep_last: StrictInt = Field(ge=1, le=10_000)
+    keep_daily: StrictInt = Field(default=0, ge=0, le=10_000)
+    keep_weekly: StrictInt = Field(default=0, ge=0, le=10_000)
+    keep_monthly: StrictInt = Field(default=0, ge=0, le=10_000)
 
 
 class PolicyOut(BaseModel):
@@ -220,7 +229,7 @@ class PolicyOut(BaseModel):
 
 
 class VerifyRequest(Strict):
-    fraction: float = Field(default=1.0, gt=0.0, le=1.0)
+    fraction: StrictFloat = Field(default=1.0, gt=0.0, le=1.0)
 
 
 class VerifyOut(FromRow):

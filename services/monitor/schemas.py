@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, StrictBool, StrictInt
 
 from shared.models.monitor import IncidentState, ReportKind
 from shared.schemas import FromRow, Strict
@@ -115,9 +115,9 @@ class ReportOut(ReportSummary):
 
 
 class MaintenanceRunIn(Strict):
-    dry_run: bool = True
+    dry_run: StrictBool = True
     # deferred-cleanup only: how long a message may sit deferred before it goes.
-    older_than_days: int = Field(default=7, ge=1, le=3650)
+    older_than_days: StrictInt = Field(default=7, ge=1, le=3650)
 
 
 class MaintenanceRunOut(FromRow):
@@ -132,10 +132,10 @@ class MaintenanceRunOut(FromRow):
 
 
 class MaintenanceSettingsIn(Strict):
-    trash_retention_days: int = Field(default=30, ge=1, le=3650)
-    junk_retention_days: int = Field(default=30, ge=1, le=3650)
-    unread_followup_days: int = Field(default=14, ge=1, le=3650)
-    expunge_enabled: bool = False
+    trash_retention_days: StrictInt = Field(default=30, ge=1, le=3650)
+    junk_retention_days: StrictInt = Field(default=30, ge=1, le=3650)
+    unread_followup_days: StrictInt = Field(default=14, ge=1, le=3650)
+    expunge_enabled: StrictBool = False
 
 
 class MaintenanceSettingsOut(MaintenanceSettingsIn, FromRow):

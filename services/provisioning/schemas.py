@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, StrictBool, StrictInt, model_validator
 
 from services.provisioning.rules import Rule
 from shared.models import Role
@@ -46,7 +46,7 @@ DomainName = Annotated[
     Field(min_length=1, max_length=253, json_schema_extra={"format": "hostname"}),
     AfterValidator(normalise_domain),
 ]
-Bytes = Annotated[int, Field(gt=0, le=2**62, description="A size in bytes, > 0")]
+Bytes = Annotated[StrictInt, Field(gt=0, le=2**62, description="A size in bytes, > 0")]
 Targets = Annotated[list[Address], Field(min_length=1, max_length=50)]
 
 
@@ -64,10 +64,10 @@ class DepartmentCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
     domain: DomainName
     capacity_bytes: Bytes
-    max_mailboxes: int = Field(gt=0, le=1_000_000)
+    max_mailboxes: StrictInt = Field(gt=0, le=1_000_000)
     default_quota_bytes: Bytes
-    confidential: bool = False
-    external_forwarding: bool = False
+    confidential: StrictBool = False
+    external_forwarding: StrictBool = False
 
     @model_validator(mode="after")
     def _default_fits(self) -> DepartmentCreate:
@@ -79,10 +79,10 @@ class DepartmentCreate(Strict):
 class DepartmentUpdate(Strict):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     capacity_bytes: Bytes | None = None
-    max_mailboxes: int | None = Field(default=None, gt=0, le=1_000_000)
+    max_mailboxes: StrictInt | None = Field(default=None, gt=0, le=1_000_000)
     default_quota_bytes: Bytes | None = None
-    confidential: bool | None = None
-    external_forwarding: bool | None = None
+    confidential: StrictBool | None = None
+    external_forwarding: StrictBool | None = None
 
 
 class Usage(BaseModel):
@@ -142,7 +142,7 @@ class MailboxPage(BaseModel):
 
 class Forwarding(Strict):
     targets: Annotated[list[Address], Field(max_length=50)]
-    keep_copy: bool = True
+    keep_copy: StrictBool = True
 
 
 class PickedUpCredential(BaseModel):

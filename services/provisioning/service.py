@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, StrictInt, ValidationError
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -837,7 +837,7 @@ class _QuotaChange(_MailboxRef):
 
 class _AllocationChange(Strict):
     capacity_bytes: s.Bytes | None = None
-    max_mailboxes: int | None = None
+    max_mailboxes: StrictInt | None = None
     default_quota_bytes: s.Bytes | None = None
 
 

@@ -431,3 +431,35 @@ async def test_head_on_an_export_answers_its_headers_without_reading_the_snapsho
     assert head.headers["content-disposition"] == (
         f'attachment; filename="snapshot-{snapshot.id}.mbox"'
     )
+
+
+async def test_numbers_and_booleans_of_another_json_type_are_a_422_not_converted(
+    api, api_key_for, seed
+) -> None:
+    """A `keep_last` of true would keep one snapshot; an `all` of "yes" back up everything."""
+    key = await api_key_for("operator")
+    department = await seed.department()
+    mailbox = await seed.mailbox("pw-1234567890", department=department)
+    policy = f"/v1/departments/{department.id}/backup-policy"
+    for body, field in (
+        ({"interval_seconds": 3600, "keep_last": True}, "keep_last"),
+        ({"interval_seconds": "3600", "keep_last": 3}, "interval_seconds"),
+        ({"interval_seconds": 3600.0, "keep_last": 3}, "interval_seconds"),
+    ):
+        refused = await api.put(policy, json=body, headers=auth(key))
+        assert refused.status_code == 422 and problem_field(refused) == field, body
+    everything = await api.post("/v1/backups", json={"all": "yes"}, headers=auth(key))
+    assert everything.status_code == 422 and problem_field(everything) == "all"
+    fraction = await api.post("/v1/verify", json={"fraction": True}, headers=auth(key))
+    assert fraction.status_code == 422 and problem_field(fraction) == "fraction"
+    ids = await api.post(
+        "/v1/restores",
+        json={
+            "mailbox_id": str(mailbox.id),
+            "at": "2030-01-01T00:00:00Z",
+            "message_ids": [True],
+            "target": {"mode": "original"},
+        },
+        headers=auth(key),
+    )
+    assert ids.status_code == 422 and problem_field(ids) == "message_ids.0"

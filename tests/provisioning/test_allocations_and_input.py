@@ -153,14 +153,15 @@ async def test_an_internationalised_address_is_accepted(admin: Api) -> None:
     assert mailbox["status"] == "active", mailbox
 
 
-async def test_a_body_that_is_not_json_is_422_not_500(admin: Api) -> None:
+async def test_a_body_that_is_not_json_is_400_not_500(admin: Api) -> None:
     response = await admin.client.post(
         "/v1/mailboxes",
         content=b"address=x",
         headers={"Authorization": f"Bearer {admin.key}", "Content-Type": "application/json"},
     )
-    assert response.status_code == 422
+    assert response.status_code == 400
     assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["field"] == "body"
 
 
 async def test_a_department_in_an_unknown_domain_is_422(admin: Api) -> None:
