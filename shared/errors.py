@@ -78,14 +78,31 @@ class Unprocessable(DomainError):
 
 
 class Unavailable(DomainError):
+    """503. `location`: where what was saved anyway can be looked up (a job's status)."""
+
     status, code, title = 503, "unavailable", "Service unavailable"
 
-    def __init__(self, detail: str, *, retry_after: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after: int | None = None,
+        location: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if location is not None:
+            kwargs["location"] = location
         super().__init__(detail, **kwargs)
         self.retry_after = retry_after  # seconds
+        self.location = location
 
     def headers(self) -> dict[str, str] | None:
-        return None if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        headers = {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
+        if self.location is not None:
+            headers["Location"] = self.location
+        return headers or None
 
 
 _PROBLEM_SCHEMA: dict[str, Any] = {

@@ -100,9 +100,11 @@ def enqueue_after_commit(
     function: str,
     *,
     job_id: str,
+    location: str | None = None,
     **kwargs: Any,
 ) -> None:
-    """Enqueue the job once `session` commits, so a worker never sees uncommitted state."""
+    """Enqueue the job once `session` commits, so a worker never sees uncommitted state.
+    `location`: where the caller looks the request up (not a job argument)."""
     serialize(kwargs)  # fail now, inside the transaction, if the arguments are not JSON
 
     async def send() -> None:
@@ -110,13 +112,16 @@ def enqueue_after_commit(
             await enqueue(service, function, job_id=job_id, **kwargs)
         except (RedisError, OSError) as exc:
             # Committed, not queued: the request's row stands, and each worker's sweep takes
-            # up work whose job never came. The caller hears it now, not as a 500.
+            # up work whose job never came. The caller hears it now, not as a 500, and where
+            # to look, so that trying again is not a second request.
+            where = f" at {location}" if location else ""
             raise Unavailable(
                 "the request was saved, but the job queue cannot be reached "
                 f"({type(exc).__name__}): the worker's five-minute sweep queues its work again "
-                "or ends it failed; look it up before trying again",
+                f"or ends it failed; look it up{where} before trying again",
                 code="queue_unavailable",
                 retry_after=30,
+                location=location,
             ) from exc
 
     after_commit(session, send)

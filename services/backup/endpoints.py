@@ -26,19 +26,23 @@ router = APIRouter(prefix="/v1", responses=problem_responses(400, 401, 403, 404,
 
 
 @router.post(
-    "/backups", status_code=status.HTTP_202_ACCEPTED, response_model=s.Accepted, tags=["backups"]
+    "/backups",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=s.Accepted,
+    responses=problem_responses(503),
+    tags=["backups"],
 )
 async def request_backup(
     body: s.BackupRequest, session: SessionDep, actor: Operator, response: Response
 ) -> s.Accepted:
     run = await service.request_backup(session, actor=actor, data=body)
-    return _accepted(response, "backups", run.id, run.status)
+    return _accepted(response, run)
 
 
-def _accepted(response: Response, jobs: str, job_id: uuid.UUID, job_status: str) -> s.Accepted:
+def _accepted(response: Response, job: service.Job) -> s.Accepted:
     """A 202's body, its Location the job's status to follow."""
-    response.headers["Location"] = f"/v1/{jobs}/{job_id}"
-    return s.Accepted(id=job_id, status=job_status)
+    response.headers["Location"] = service.job_location(job)
+    return s.Accepted(id=job.id, status=job.status)
 
 
 @router.get("/backups/{run_id}", response_model=s.BackupRunOut, tags=["backups"])
@@ -198,13 +202,17 @@ async def _nothing() -> AsyncIterator[bytes]:
 
 
 @router.post(
-    "/restores", status_code=status.HTTP_202_ACCEPTED, response_model=s.Accepted, tags=["restores"]
+    "/restores",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=s.Accepted,
+    responses=problem_responses(503),
+    tags=["restores"],
 )
 async def request_restore(
     body: s.RestoreRequest, session: SessionDep, actor: Restorer, response: Response
 ) -> s.Accepted:
     job = await service.request_restore(session, actor=actor, data=body)
-    return _accepted(response, "restores", job.id, job.status)
+    return _accepted(response, job)
 
 
 @router.get("/restores/{restore_id}", response_model=s.RestoreOut, tags=["restores"])
@@ -237,13 +245,17 @@ async def list_policies(session: SessionDep, _: Reader) -> list[s.PolicyOut]:
 
 
 @router.post(
-    "/verify", status_code=status.HTTP_202_ACCEPTED, response_model=s.Accepted, tags=["verify"]
+    "/verify",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=s.Accepted,
+    responses=problem_responses(503),
+    tags=["verify"],
 )
 async def request_verify(
     session: SessionDep, actor: Operator, response: Response, body: s.VerifyRequest | None = None
 ) -> s.Accepted:
     run = await service.request_verify(session, actor=actor, data=body or s.VerifyRequest())
-    return _accepted(response, "verify", run.id, run.status)
+    return _accepted(response, run)
 
 
 @router.get("/verify/{verify_id}", response_model=s.VerifyOut, tags=["verify"])

@@ -151,6 +151,12 @@ def _end_failed(row: Job, reason: str) -> None:
     row.finished_at = datetime.now(UTC)
 
 
+def job_location(row: Job) -> str:
+    """Where the API answers a job's status."""
+    jobs = {RestoreJob: "restores", VerifyRun: "verify"}.get(type(row), "backups")
+    return f"/v1/{jobs}/{row.id}"
+
+
 def queue_job_id(row: Job) -> str:
     """The arq job id that carries out a row: one per row, so enqueueing it twice is one job."""
     if isinstance(row, RestoreJob):
@@ -216,7 +222,12 @@ async def create_run(
     session.add(run)
     await session.flush()
     enqueue_after_commit(
-        session, "backup", "run_backup", job_id=queue_job_id(run), run_id=str(run.id)
+        session,
+        "backup",
+        "run_backup",
+        job_id=queue_job_id(run),
+        location=job_location(run),
+        run_id=str(run.id),
     )
     return run
 
@@ -396,7 +407,12 @@ async def request_restore(
     session.add(job)
     await session.flush()
     enqueue_after_commit(
-        session, "backup", "run_restore", job_id=queue_job_id(job), restore_id=str(job.id)
+        session,
+        "backup",
+        "run_restore",
+        job_id=queue_job_id(job),
+        location=job_location(job),
+        restore_id=str(job.id),
     )
     return job
 
@@ -467,7 +483,12 @@ async def request_verify(
     session.add(run)
     await session.flush()
     enqueue_after_commit(
-        session, "backup", "run_verify", job_id=queue_job_id(run), verify_id=str(run.id)
+        session,
+        "backup",
+        "run_verify",
+        job_id=queue_job_id(run),
+        location=job_location(run),
+        verify_id=str(run.id),
     )
     return run
 

@@ -360,7 +360,11 @@ async def test_a_request_whose_job_cannot_be_queued_is_a_503_and_its_run_is_reco
     assert answer.status_code == 503 and answer.headers["retry-after"] == "30"
     assert answer.json()["code"] == "queue_unavailable"
     runs = await db_session.scalars(select(BackupRun).where(BackupRun.mailbox_id == mailbox.id))
-    assert [run.status for run in runs] == ["queued"]  # the sweep ends it: its job is gone
+    [run] = runs
+    assert run.status == "queued"  # the sweep ends it: its job is gone
+    # Where to look it up, so that trying again is not a second backup.
+    assert answer.headers["location"] == answer.json()["location"] == f"/v1/backups/{run.id}"
+    assert f"look it up at /v1/backups/{run.id}" in answer.json()["detail"]
 
 
 async def test_snapshots_list_a_page_at_a_time_with_a_link_to_the_next(
