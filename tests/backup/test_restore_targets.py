@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.backup import service
 from services.backup.engine import utf7
 from services.backup.engine.imap import master_connection
 from tests.backup import helpers
@@ -52,3 +53,22 @@ async def test_the_folders_a_restore_creates_are_subscribed_the_one_it_goes_unde
         answer = await imap.command(b'LSUB "" "Wieder*"')
     subscribed = {utf7.decode(bytes(r.data[-1]).decode()) for r in answer.of("LSUB")}
     assert {"Wieder", "Wieder/INBOX", "Wieder/Projekte/Übersicht"} <= subscribed
+
+
+async def test_a_restore_run_again_reports_its_progress_as_it_skips(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    mailbox, snapshot = await helpers.backed_up(seed, storage, {"INBOX": corpus(4, seed=126)})
+    assert (await helpers.restore(mailbox.id, snapshot.id)).skipped == 4
+    monkeypatch.setattr(service, "RESTORE_PAGE", 2)
+    reported: list[int] = []
+    record = service._record_progress
+
+    def watched(job, progress) -> None:  # type: ignore[no-untyped-def]
+        reported.append(progress.done)
+        record(job, progress)
+
+    monkeypatch.setattr(service, "_record_progress", watched)
+    again = await helpers.restore(mailbox.id, snapshot.id)
+    assert (again.status, again.skipped) == ("succeeded", 4)
+    assert reported[:2] == [2, 4], "each page skipped is reported as it is"

@@ -220,6 +220,8 @@ async def restore_folder(
                 progress.done += 1
             else:
                 pending.append(item)
+        if not pending:  # a page all there already: a rerun's progress moves too
+            await _report(on_progress)
         for batch in batches(pending, count=APPEND_BATCH, max_bytes=APPEND_BATCH_BYTES):
             answers = await imap.append_many(
                 encoded,
@@ -240,10 +242,14 @@ async def restore_folder(
                     raise ImapProtocolError(f"APPEND to {folder!r} failed: {answer.text}")
             progress.restored += len(batch)
             progress.done += len(batch)
-            if on_progress is not None:
-                result = on_progress()
-                if asyncio.iscoroutine(result):
-                    await result
+            await _report(on_progress)
+
+
+async def _report(on_progress: Callable[[], object] | None) -> None:
+    if on_progress is not None:
+        result = on_progress()
+        if asyncio.iscoroutine(result):
+            await result
 
 
 async def _chunks_of(storage: PackStorage, item: RestoreItem, folder: str) -> AsyncIterator[bytes]:
