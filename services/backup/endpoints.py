@@ -73,11 +73,16 @@ async def list_snapshots(
     rows = await repository.snapshots(
         session, mailbox_id=mailbox_id, held=held, limit=limit + 1, before=after
     )
-    if len(rows) > limit:  # RFC 8288: the body stays a list, the next page is a link
+    if len(rows) > limit:
         rows = rows[:limit]
-        following = request.url.include_query_params(before=str(rows[-1].id))
-        response.headers["Link"] = f'<{following}>; rel="next"'
+        _link_next(request, response, before=str(rows[-1].id))
     return [s.SnapshotOut.model_validate(r) for r in rows]
+
+
+def _link_next(request: Request, response: Response, **page: str) -> None:
+    """RFC 8288: the body stays a list, the next page is a link (the request's own query
+    with `page` in it)."""
+    response.headers["Link"] = f'<{request.url.include_query_params(**page)}>; rel="next"'
 
 
 @router.get("/snapshots/{snapshot_id}", response_model=s.SnapshotDetail, tags=["snapshots"])
@@ -118,6 +123,8 @@ async def release_snapshot(snapshot_id: uuid.UUID, session: SessionDep, actor: A
     tags=["snapshots"],
 )
 async def search_messages(
+    request: Request,
+    response: Response,
     snapshot_id: uuid.UUID,
     session: SessionDep,
     _: Restorer,
@@ -140,9 +147,12 @@ async def search_messages(
         sender=sender,
         since=since,
         until=until,
-        limit=limit,
+        limit=limit + 1,
         offset=offset,
     )
+    if len(rows) > limit:
+        rows = rows[:limit]
+        _link_next(request, response, offset=str(offset + limit))
     return [
         s.MessageOut(
             id=m.id,

@@ -467,3 +467,20 @@ async def test_numbers_and_booleans_of_another_json_type_are_a_422_not_converted
         headers=auth(key),
     )
     assert ids.status_code == 422 and problem_field(ids) == "message_ids.0"
+
+
+async def test_a_snapshots_messages_come_a_page_at_a_time_with_a_link_to_the_next(
+    api, api_key_for, seed, storage, corpus
+) -> None:
+    key = await api_key_for("support")
+    _, snapshot = await helpers.backed_up(seed, storage, {"INBOX": corpus(3, seed=127)})
+    first = await api.get(
+        f"/v1/snapshots/{snapshot.id}/messages", params={"limit": 2}, headers=auth(key)
+    )
+    assert len(first.json()) == 2
+    following = first.links["next"]["url"]
+    assert "offset=2" in following and "limit=2" in following
+    last = await api.get(following, headers=auth(key))
+    assert len(last.json()) == 1 and "link" not in last.headers
+    ids = [m["id"] for m in first.json() + last.json()]
+    assert len(set(ids)) == 3
