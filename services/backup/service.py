@@ -726,6 +726,13 @@ async def execute_restore(restore_id: uuid.UUID, storage: PackStorage | None = N
                 progress=progress,
                 on_progress=report,
             )
+        if progress.damaged:  # all the rest is restored: the job still did not do it all
+            raise LookupError(
+                f"{len(progress.damaged)} messages do not read from the backup store and were "
+                f"not restored, the {progress.restored + progress.skipped} others were: "
+                + "; ".join(list(progress.damaged.values())[:5])
+                + ". A verify reports the damage by mailbox and snapshot"
+            )
     except Exception as exc:
         reason = _reason(exc)
         async with unit_of_work() as session:

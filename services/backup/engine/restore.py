@@ -12,11 +12,12 @@ connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from services.backup.engine import utf7
@@ -92,10 +93,39 @@ def _is_deleted(flags: Sequence[str]) -> bool:
 
 
 @dataclass
-class RestoreProgress:
+class FolderProgress:
     done: int = 0
     restored: int = 0
     skipped: int = 0
+
+
+@dataclass
+class RestoreProgress:
+    """A restore's counts: each target folder's, and the messages that did not read from
+    the store (done with, not restored), by catalog id with the reason."""
+
+    folders: dict[str, FolderProgress] = field(default_factory=dict)
+    damaged: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def done(self) -> int:
+        return sum(f.done for f in self.folders.values()) + len(self.damaged)
+
+    @property
+    def restored(self) -> int:
+        return sum(f.restored for f in self.folders.values())
+
+    @property
+    def skipped(self) -> int:
+        return sum(f.skipped for f in self.folders.values())
+
+
+class MessageDamaged(BlobDamaged):
+    """A message to restore does not read from the store (its APPEND was cut off)."""
+
+    def __init__(self, message: str, blob_hash: bytes | None, message_id: int) -> None:
+        super().__init__(message, blob_hash)
+        self.message_id = message_id
 
 
 async def _create_folders(imap: ImapConnection, names: Sequence[str]) -> None:
@@ -204,17 +234,20 @@ async def restore_folder(
     folder: str,
     pages: ItemPages,
     storage: PackStorage,
-    progress: RestoreProgress,
+    progress: FolderProgress,
     on_progress: Callable[[], object] | None = None,
+    leave_out: Collection[int] = (),
 ) -> None:
     """Restore the pages' items into `folder` (a UTF-8 name, created already), skipping
-    messages already there."""
+    messages already there, and those of `leave_out` (catalog ids) not counted."""
     encoded = utf7.encode(folder)
     target = await _TargetFolder.listed(imap, await _examine(imap, encoded, folder))
     async for page in pages():
         await target.hash_sizes({item.size for item in page})
         pending: list[RestoreItem] = []
         for item in page:
+            if item.message_id in leave_out:
+                continue
             if target.take(item):
                 progress.skipped += 1
                 progress.done += 1
@@ -253,16 +286,16 @@ async def _report(on_progress: Callable[[], object] | None) -> None:
 
 
 async def _chunks_of(storage: PackStorage, item: RestoreItem, folder: str) -> AsyncIterator[bytes]:
-    """The item's bytes from the store; damage names the message, so that the rest of the
-    restore can be asked for without it."""
+    """The item's bytes from the store; damage names the message."""
     try:
         async for chunk in blob_chunks_in_thread(storage, item.blob):
             yield chunk
     except BlobDamaged as exc:
-        raise BlobDamaged(
+        raise MessageDamaged(
             f"message {item.message_id} (for {folder!r}) does not read from the backup store "
-            f"({exc}): request the restore again without it (message_ids), and run a verify",
+            f"({exc})",
             exc.blob_hash,
+            item.message_id,
         ) from exc
 
 
@@ -276,7 +309,11 @@ async def restore_messages(
     connections: int | None = None,
     settings: Settings | None = None,
 ) -> None:
-    """Restore into the mailbox, several folders at once on connections of their own."""
+    """Restore into the mailbox, several folders at once on connections of their own.
+
+    A message that does not read from the store (damage) is left out, named in
+    `progress.damaged`, and the rest restored: its APPEND, cut off, ended the connection,
+    so its folder is taken again on a new one, finding there what came before it."""
     settings = settings or get_settings()
     queue = list(folders.items())
     if not queue:
@@ -286,17 +323,36 @@ async def restore_messages(
     lanes = max(1, min(connections or settings.backup_imap_connections, len(queue)))
 
     async def lane() -> None:
-        async with master_connection(str(mailbox_id), settings) as imap:
+        async with contextlib.AsyncExitStack() as connection:
+            imap = await connection.enter_async_context(
+                master_connection(str(mailbox_id), settings)
+            )
             while queue:
                 folder, pages = queue.pop(0)
-                await restore_folder(
-                    imap,
-                    folder=folder,
-                    pages=pages,
-                    storage=storage,
-                    progress=progress,
-                    on_progress=on_progress,
-                )
+                earlier = 0  # what attempts that a damaged message stopped appended
+                while True:
+                    part = progress.folders[folder] = FolderProgress()
+                    try:
+                        await restore_folder(
+                            imap,
+                            folder=folder,
+                            pages=pages,
+                            storage=storage,
+                            progress=part,
+                            on_progress=on_progress,
+                            leave_out=progress.damaged,
+                        )
+                        break
+                    except MessageDamaged as exc:
+                        progress.damaged[exc.message_id] = str(exc)
+                        earlier += part.restored
+                        await connection.aclose()
+                        imap = await connection.enter_async_context(
+                            master_connection(str(mailbox_id), settings)
+                        )
+                # This attempt found what the earlier ones appended, and skipped it.
+                part.skipped -= earlier
+                part.restored += earlier
 
     async with asyncio.TaskGroup() as group:
         for _ in range(lanes):
