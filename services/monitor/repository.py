@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.models import Department, Domain, Mailbox, MailboxStatus
+from shared.models.backup import VerifyRun
 from shared.models.monitor import (
     CheckResult,
     CheckState,
@@ -126,7 +127,6 @@ async def mailbox_departments(session: AsyncSession) -> dict[str, uuid.UUID]:
 
 # --- backup service's tables (read only) ----------------------------------------------
 
-DEFAULT_BACKUP_INTERVAL_SECONDS = 86400
 
 _MAILBOX_BACKUP_AGE = f"""
     WITH last AS (
@@ -135,7 +135,7 @@ _MAILBOX_BACKUP_AGE = f"""
     )
     SELECT m.address, d.name AS department, last.completed_at,
            extract(epoch FROM now() - coalesce(last.completed_at, m.created_at)) AS age,
-           coalesce(p.interval_seconds, {DEFAULT_BACKUP_INTERVAL_SECONDS}) AS interval_seconds
+           coalesce(p.interval_seconds, :default_interval) AS interval_seconds
     FROM mailboxes m
     JOIN departments d ON d.id = m.department_id
     LEFT JOIN last ON last.mailbox_id = m.id
@@ -144,12 +144,13 @@ _MAILBOX_BACKUP_AGE = f"""
 """
 
 
-async def backup_ages(session: AsyncSession) -> list[dict[str, Any]]:
-    """Each watched mailbox's last committed snapshot, its age in seconds, and its interval.
+async def backup_ages(session: AsyncSession, default_interval: int) -> list[dict[str, Any]]:
+    """Each watched mailbox's last committed snapshot, its age in seconds, and its interval
+    (its department's policy's, else `default_interval`).
 
     A mailbox never backed up counts its age from its creation.
     """
-    rows = await session.execute(text(_MAILBOX_BACKUP_AGE))
+    rows = await session.execute(text(_MAILBOX_BACKUP_AGE), {"default_interval": default_interval})
     return [dict(row) for row in rows.mappings()]
 
 
@@ -158,29 +159,81 @@ class BackupStore:
     stored: int  # every pack, retired ones included until their file goes
     unused: int  # what no blob needs: what prune's repack and deletions give back
     older_key_blobs: int  # blobs under a key other than the current one: it is still needed
+    unreadable_blobs: int  # blobs under a key no longer configured: they cannot be read
     held_snapshots: int  # kept by a hold whatever retention says
     last_prune: float  # when a prune last succeeded, in Unix seconds; 0: never
+    oldest_snapshot: float  # when the oldest committed snapshot was completed; 0: none
 
 
-async def backup_store(session: AsyncSession, key_id: str) -> BackupStore:
-    """The backup store's size and use, `key_id` being the current backup key."""
+async def backup_store(
+    session: AsyncSession, key_id: str, configured_keys: Sequence[str]
+) -> BackupStore:
+    """The backup store's size and use, `key_id` being the current backup key and
+    `configured_keys` every key the settings hold (the current one and the previous)."""
     row = (
         await session.execute(
             text(
                 "SELECT (SELECT coalesce(sum(size), 0) FROM backup_packs) AS stored, "
                 "coalesce(sum(length), 0) AS live, "
                 "count(*) FILTER (WHERE key_id <> :key_id) AS older, "
+                "count(*) FILTER (WHERE NOT key_id = ANY(:keys)) AS unreadable, "
                 "(SELECT count(*) FROM snapshots WHERE held_at IS NOT NULL) AS held, "
                 "(SELECT extract(epoch FROM max(finished_at)) FROM backup_prune_runs "
-                "WHERE status = 'succeeded') AS last_prune "
+                "WHERE status = 'succeeded') AS last_prune, "
+                "(SELECT extract(epoch FROM min(completed_at)) FROM snapshots) AS oldest "
                 "FROM backup_blobs"
             ),
-            {"key_id": key_id},
+            {"key_id": key_id, "keys": list(configured_keys)},
         )
     ).one()
-    unused = max(0, int(row.stored) - int(row.live))
-    last_prune = float(row.last_prune or 0)
-    return BackupStore(int(row.stored), unused, int(row.older), int(row.held), last_prune)
+    return BackupStore(
+        stored=int(row.stored),
+        unused=max(0, int(row.stored) - int(row.live)),
+        older_key_blobs=int(row.older),
+        unreadable_blobs=int(row.unreadable),
+        held_snapshots=int(row.held),
+        last_prune=float(row.last_prune or 0),
+        oldest_snapshot=float(row.oldest or 0),
+    )
+
+
+@dataclass(frozen=True)
+class LastVerify:
+    finished_at: float  # Unix seconds
+    blobs_checked: int
+    blobs_damaged: int
+    mailboxes: list[str]  # the addresses of the mailboxes its damage affects
+
+
+async def last_verify(session: AsyncSession) -> LastVerify | None:
+    """The latest verify that ran to its end (damage found or not), if any."""
+    run = await session.scalar(
+        select(VerifyRun)
+        .where(VerifyRun.finished_at.is_not(None), VerifyRun.blobs_checked > 0)
+        .order_by(VerifyRun.finished_at.desc())
+        .limit(1)
+    )
+    if run is None or run.finished_at is None:
+        return None
+    affected = sorted(
+        {
+            str(m.get("address") or m.get("mailbox_id"))
+            for report in run.damage
+            for m in report.get("mailboxes", [])
+        }
+    )
+    return LastVerify(run.finished_at.timestamp(), run.blobs_checked, run.blobs_damaged, affected)
+
+
+async def failed_backup_run_count(session: AsyncSession, window_seconds: int) -> int:
+    count = await session.scalar(
+        text(
+            "SELECT count(*) FROM backup_runs WHERE status = 'failed' "
+            "AND coalesce(finished_at, started_at) > now() - make_interval(secs => :window)"
+        ),
+        {"window": window_seconds},
+    )
+    return int(count or 0)
 
 
 async def failed_backup_runs(session: AsyncSession, window_seconds: int) -> list[dict[str, Any]]:

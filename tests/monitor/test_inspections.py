@@ -1,4 +1,4 @@
-"""Quota and backup freshness, and the daily report that lists what needs follow-up."""
+"""Quota, backup freshness and integrity, and the daily report that lists what needs follow-up."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy import delete
 from services.monitor.checks import CHECKS, CheckContext
 from shared.db import unit_of_work
 from shared.imap import check, imap_session
-from shared.models.backup import BackupBlob, BackupPack, PruneRun, Snapshot
+from shared.models.backup import BackupBlob, BackupPack, PruneRun, Snapshot, VerifyRun
 from shared.settings import Settings
 from tests.mail import message
 from tests.monitor.conftest import Api
@@ -77,11 +77,11 @@ async def test_mailbox_whose_last_snapshot_is_older_than_its_policy_shows_as_sta
     assert [r["id"] for r in listed] == [report["id"]]
 
 
-async def test_backup_freshness_reports_the_store_its_older_keys_holds_and_last_prune(
+async def test_backup_integrity_reports_the_store_its_older_keys_holds_and_last_prune(
     settings: Settings, seed
 ) -> None:
     async def store() -> dict[str, float]:
-        outcome = (await CHECKS["backup_freshness"].run(CheckContext(settings))).outcome
+        outcome = (await CHECKS["backup_integrity"].run(CheckContext(settings))).outcome
         return {g.name: g.value for g in outcome.gauges}
 
     before = await store()
@@ -123,6 +123,60 @@ async def test_backup_freshness_reports_the_store_its_older_keys_holds_and_last_
     assert after[unused] - before[unused] == 200
     older = "mailops_backup_older_key_blobs"
     assert after[older] - before[older] == 1
+    unreadable = "mailops_backup_unreadable_key_blobs"  # "retired" is in no setting
+    assert after[unreadable] - before[unreadable] == 1
     async with unit_of_work() as session:  # rows with no pack file: no later prune's concern
         await session.execute(delete(BackupBlob).where(BackupBlob.pack_id == pack.id))
         await session.execute(delete(BackupPack).where(BackupPack.id == pack.id))
+
+
+async def test_an_hourly_departments_mailbox_is_stale_within_a_quarter_hour_of_its_interval(
+    settings: Settings, seed
+) -> None:
+    """Not after the whole hour's grace that a daily policy gets: one missed hourly backup
+    shows."""
+    department = await seed.department()
+    await seed.backup_policy(department)  # hourly
+    late = await seed.mailbox("pw-1234567890", department=department)
+    async with unit_of_work() as session:
+        completed = datetime.now(UTC) - timedelta(minutes=80)
+        session.add(Snapshot(mailbox_id=late.id, seq=1, status="committed", completed_at=completed))
+    outcome = (await CHECKS["backup_freshness"].run(CheckContext(settings))).outcome
+    assert late.address in [m["address"] for m in outcome.details["stale"]]
+
+
+async def test_backup_integrity_fails_naming_the_mailboxes_the_last_verify_found_damaged(
+    settings: Settings, seed
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    damage = [
+        {"blob": "00", "mailboxes": [{"mailbox_id": str(mailbox.id), "address": mailbox.address}]}
+    ]
+    async with unit_of_work() as session:
+        session.add(
+            VerifyRun(
+                status="failed",
+                finished_at=datetime.now(UTC) + timedelta(days=3650),  # the latest, whatever ran
+                blobs_checked=10,
+                blobs_damaged=1,
+                damage=damage,
+            )
+        )
+    outcome = (await CHECKS["backup_integrity"].run(CheckContext(settings))).outcome
+    assert outcome.status == "fail"
+    assert f"the last verify found 1 damaged blobs, in the backups of {mailbox.address}" in (
+        outcome.message
+    )
+    assert outcome.details["verify_damaged_mailboxes"] == [mailbox.address]
+    async with unit_of_work() as session:  # a clean verify after it clears it
+        session.add(
+            VerifyRun(
+                status="succeeded",
+                finished_at=datetime.now(UTC) + timedelta(days=3651),
+                blobs_checked=10,
+            )
+        )
+    outcome = (await CHECKS["backup_integrity"].run(CheckContext(settings))).outcome
+    assert outcome.details["verify_damaged_blobs"] == 0
+    async with unit_of_work() as session:  # later tests' verifies are the latest again
+        await session.execute(delete(VerifyRun).where(VerifyRun.finished_at > datetime.now(UTC)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.monitor.checks.backup_freshness import BackupFreshnessCheck
+from services.monitor.checks.backup_integrity import BackupIntegrityCheck
 from services.monitor.checks.base import Check, CheckContext, Gauge, Measurement, Outcome
 from services.monitor.checks.delivery import DeliveryCheck
 from services.monitor.checks.dns import DnsCheck
@@ -26,6 +27,7 @@ CHECKS: dict[str, Check] = {
         TlsCheck(),
         QuotaCheck(),
         BackupFreshnessCheck(),
+        BackupIntegrityCheck(),
         PlatformCheck(),
         DnsCheck(),
     )

@@ -1,11 +1,10 @@
 """`backup_freshness`: every mailbox has a committed snapshot within its policy interval.
 
-The interval is the department's `backup_policies.interval_seconds` (a day without a
-policy) plus a grace; a mailbox never backed up counts from its creation. Failed backup
-runs in the recent window make it warn. It also reports the backup store's size, and how much
-of it prune would give back, for capacity planning; and how many blobs are still sealed under
-an older key, which must stay configured until prune has re-sealed them (a key rotation is
-over at zero).
+The interval is the department's `backup_policies.interval_seconds` (the settings' default
+without a policy) plus a grace of at most a quarter of it: an hourly department's mailbox is
+stale after 75 minutes, not two hours. A mailbox never backed up counts from its creation.
+Failed backup runs in the recent window make it warn. The store itself is watched by
+`backup_integrity`.
 """
 
 from __future__ import annotations
@@ -27,23 +26,22 @@ class BackupFreshnessCheck(Check):
 
     async def probe(self, ctx: CheckContext) -> Outcome:
         settings = ctx.settings
+        window = settings.monitor_backup_failed_runs_window_seconds
         try:
             async with ctx.sessions() as session:
-                ages = await repository.backup_ages(session)
-                failed = await repository.failed_backup_runs(
-                    session, settings.monitor_backup_failed_runs_window_seconds
-                )
-                store = await repository.backup_store(session, settings.backup_key_id)
+                ages = await repository.backup_ages(session, settings.backup_interval_seconds)
+                failed = await repository.failed_backup_runs(session, window)
+                failed_count = await repository.failed_backup_run_count(session, window)
         except DBAPIError as exc:
             # The backup service's tables are missing or changed: this check cannot tell.
             return Outcome(Status.UNKNOWN, f"cannot read backup data: {describe(exc.orig or exc)}")
-        grace = settings.monitor_backup_grace_seconds
         stale: list[dict[str, Any]] = []
         oldest = 0.0
         for row in ages:
             age = float(row["age"])
             oldest = max(oldest, age)
-            if age > row["interval_seconds"] + grace:
+            interval = int(row["interval_seconds"])
+            if age > interval + min(settings.monitor_backup_grace_seconds, interval // 4):
                 stale.append(
                     {
                         "address": row["address"],
@@ -59,7 +57,7 @@ class BackupFreshnessCheck(Check):
         status = Status.FAIL if stale else Status.WARN if failed else Status.PASS
         message = f"{len(stale)} of {len(ages)} mailboxes without a fresh backup"
         if failed:
-            message += f"; {len(failed)} failed backup run(s) recently"
+            message += f"; {failed_count} failed backup run(s) recently"
         return Outcome(
             status,
             message,
@@ -69,21 +67,12 @@ class BackupFreshnessCheck(Check):
                 "mailboxes": len(ages),
                 "stale_count": len(stale),
                 "stale": stale[:LISTED],
+                "failed_run_count": failed_count,
                 "failed_runs": failed,
-                "store_bytes": store.stored,
-                "store_unused_bytes": store.unused,
-                "store_older_key_blobs": store.older_key_blobs,
-                "held_snapshots": store.held_snapshots,
-                "last_prune_timestamp": store.last_prune,
             },
             gauges=[
                 Gauge("mailops_backup_oldest_age_seconds", oldest),
                 Gauge("mailops_backup_stale_mailboxes", len(stale)),
-                Gauge("mailops_backup_failed_runs", len(failed)),
-                Gauge("mailops_backup_store_bytes", store.stored),
-                Gauge("mailops_backup_store_unused_bytes", store.unused),
-                Gauge("mailops_backup_older_key_blobs", store.older_key_blobs),
-                Gauge("mailops_backup_held_snapshots", store.held_snapshots),
-                Gauge("mailops_backup_last_prune_timestamp_seconds", store.last_prune),
+                Gauge("mailops_backup_failed_runs", failed_count),
             ],
         )
