@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -30,11 +31,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from cli import fail
 from shared.auth import Principal
 from shared.errors import DomainError, NotFound
-from shared.models import Department, Mailbox, Role
+from shared.models import Department, Mailbox, MailboxStatus, Role
 
 backup_app = typer.Typer(
-    help="Back up, restore and verify mailboxes; the backup worker does the work, this "
-    "follows it and shows progress.",
+    help="Back up, restore, export, hold, verify and prune mailbox backups; the backup "
+    "worker does backups, restores and verifies, this follows them and shows progress. "
+    "Start with `mailops backup now ADDRESS`, then `mailops backup snapshots ADDRESS`.",
     no_args_is_help=True,
 )
 
@@ -71,9 +73,29 @@ def _megabytes(count: int) -> str:
 
 
 async def _mailbox_id(session: AsyncSession, address: str) -> uuid.UUID:
-    found = await session.scalar(select(Mailbox.id).where(Mailbox.address == address.lower()))
-    if found is None:
+    """The mailbox of this address (or id): the one in use, else the one purged mailbox that
+    had it. A purged mailbox's address may be given again, and its backups stay: with
+    several former owners, it says which ids to choose from."""
+    try:
+        return (await _by_id(session, uuid.UUID(address))).id
+    except ValueError:
+        pass
+    rows = (await session.scalars(select(Mailbox).where(Mailbox.address == address.lower()))).all()
+    live = [m for m in rows if m.status != MailboxStatus.PURGED]
+    if live:
+        return live[0].id  # an address is unique among mailboxes in use
+    if len(rows) == 1:
+        return rows[0].id
+    if not rows:
         raise NotFound(f"no mailbox {address}")
+    former = ", ".join(f"{m.id} (created {m.created_at:%Y-%m-%d})" for m in rows)
+    raise NotFound(f"{address} was the address of several purged mailboxes: {former}; give its id")
+
+
+async def _by_id(session: AsyncSession, mailbox_id: uuid.UUID) -> Mailbox:
+    found = await session.get(Mailbox, mailbox_id)
+    if found is None:
+        raise NotFound(f"no mailbox {mailbox_id}")
     return found
 
 
@@ -107,6 +129,8 @@ async def _follow(
 
 def _run(work: Callable[[], Awaitable[str]]) -> None:
     """Run a command's work; domain errors and a missing worker end it with a hint."""
+    from services.backup.engine.storage import BlobDamaged
+    from services.backup.service import BackupKeyMismatch
     from shared.db import get_engine
 
     async def main() -> str:
@@ -130,8 +154,12 @@ def _run(work: Callable[[], Awaitable[str]]) -> None:
             "no backup worker took the job; start one with `mailops worker backup` (or "
             "`mailops up`): the job stays queued and runs once a worker is there"
         )
-    except (OSError, RedisError) as exc:
+    except (ConnectionError, TimeoutError, socket.gaierror, RedisError) as exc:
         fail(f"cannot reach the database or the job queue: {exc}")
+    except OSError as exc:  # the backup store's disk: full, unmounted, not writable
+        fail(f"the backup store: {exc}")
+    except (BackupKeyMismatch, BlobDamaged) as exc:
+        fail(str(exc))
     except DBAPIError as exc:
         fail(
             f"the database is not ready ({str(exc.orig).strip()}); "
@@ -489,7 +517,11 @@ def backup_prune(
 
     The backup worker also does this each night at 03:30; this runs here, not in the worker.
 
-    It re-seals blobs under an older key too, and says how many are left: at 0, it can go."""
+    It re-seals blobs under an older key too, and says how many are left.
+
+    At 0, and once the old pack files are gone (a prune after the 6-hour grace), it can go.
+
+    It needs the worker's backup key settings (MAILOPS_BACKUP_KEY, the previous keys)."""
 
     shown = 0.0
 
@@ -505,9 +537,10 @@ def backup_prune(
 
         result = await service.prune(progress=progress, lock_wait=timedelta(seconds=wait))
         if result.skipped:
-            raise _JobFailed(
-                f"nothing pruned: {result.skipped}; run it again later, or with a longer --wait"
+            later = (
+                "" if result.skipped == "another prune is running" else ", or with a longer --wait"
             )
+            raise _JobFailed(f"nothing pruned: {result.skipped}; run it again later{later}")
         hours = service.PACK_GRACE.total_seconds() / 3600
         said = (
             f"expired {result.snapshots} snapshot(s) and deleted {result.blobs} blob(s) no "

@@ -277,3 +277,7 @@ def down() -> None:
         pid_file.unlink()
     stack_down()
     typer.echo("mailops is down")
+
+
+if __name__ == "__main__":  # `python -m cli.main ...`, as from cron
+    app()

@@ -129,10 +129,11 @@ class Seed:
         status: MailboxStatus = MailboxStatus.ACTIVE,
         department: Department | None = None,
         quota_bytes: int = 10**8,
+        address: str | None = None,
     ) -> Mailbox:
         department = department or await self.department()
         mailbox = Mailbox(
-            address=f"u{uuid.uuid4().hex[:8]}@{self.domain_name}",
+            address=address or f"u{uuid.uuid4().hex[:8]}@{self.domain_name}",
             domain_id=department.domain_id,
             department_id=department.id,
             password_hash=hash_password(password),

@@ -522,6 +522,10 @@ KEY_SAMPLES = 3
 _keys_checked: set[tuple[str, bytes]] = set()
 
 
+class BackupKeyMismatch(RuntimeError):
+    """The configured backup secret does not open what is sealed under its key id."""
+
+
 async def _check_backup_key(storage: PackStorage) -> None:
     """Refuse to back up under a key id whose configured secret no longer opens what was
     sealed under it: a secret changed without a new id. Blobs sealed under both secrets
@@ -537,7 +541,7 @@ async def _check_backup_key(storage: PackStorage) -> None:
     if False not in opened or True in opened:  # one damaged blob is verify's to report
         _keys_checked.add(checked)
     else:
-        raise RuntimeError(
+        raise BackupKeyMismatch(
             f"MAILOPS_BACKUP_KEY does not open the blobs sealed under key id {key_id!r}: the "
             "secret was changed without a new id. Set the secret back, or give the new secret "
             "a new MAILOPS_BACKUP_KEY_ID and the old one in MAILOPS_BACKUP_PREVIOUS_KEYS"

@@ -15,6 +15,7 @@ from sqlalchemy import update
 from services.backup import service
 from services.backup.engine.backup import backup_mailbox, mailbox_lock
 from shared.db import unit_of_work
+from shared.models import Mailbox, MailboxStatus
 from shared.models.backup import BackupPack
 from tests.backup import helpers
 from tests.conftest import run_worker
@@ -201,3 +202,36 @@ async def test_export_writes_a_snapshots_folder_to_an_mbox_file_whole_or_not_at_
     assert nowhere.returncode == 1
     assert "cannot write" in nowhere.stderr and "No such file or directory" in nowhere.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case-12.mbox"]
+
+
+async def test_an_address_given_again_names_the_mailbox_in_use_and_an_id_the_former_one(
+    seed, storage, corpus
+) -> None:
+    """A purged mailbox's backups stay after its address is given to someone new."""
+    former, snapshot = await helpers.backed_up(seed, storage, {"INBOX": corpus(1, seed=128)})
+    async with unit_of_work() as session:
+        await session.execute(
+            update(Mailbox).where(Mailbox.id == former.id).values(status=MailboxStatus.PURGED)
+        )
+    assert str(snapshot.id) in backup_command("snapshots", former.address).stdout
+    successor = await seed.mailbox("pw-1234567890", address=former.address)
+    listed = backup_command("snapshots", former.address)
+    assert listed.returncode == 0 and str(snapshot.id) not in listed.stdout, listed.stderr
+    by_id = backup_command("snapshots", str(former.id))
+    assert str(snapshot.id) in by_id.stdout
+    assert successor.id != former.id
+
+
+async def test_a_prune_while_another_runs_says_to_try_later_and_not_to_wait_longer() -> None:
+    from services.backup import repository
+    from shared.db import get_engine
+
+    async with get_engine().connect() as first:
+        assert await repository.try_lock_prune(first)
+        try:
+            result = await asyncio.to_thread(backup_command, "prune")
+        finally:
+            await repository.unlock_prune(first)
+    assert result.returncode == 1
+    assert "another prune is running; run it again later" in result.stderr
+    assert "--wait" not in result.stderr
