@@ -73,3 +73,16 @@ def test_plain_headers_are_read_without_the_parser() -> None:
     plain = _plain_ascii_messages(30)
     assert all(_plain_fields(_header(data)) is not None for data in plain)
     assert envelope(plain[5])["to_addr"].count("@y.test") == 6
+
+
+def test_a_date_utc_cannot_carry_and_a_huge_message_id_do_not_reach_the_catalog_whole() -> None:
+    """The driver converts times to UTC (9999-12-31 23:00 -0100 overflows) and the catalog
+    indexes Message-IDs (an entry holds about 2.7 KB): either would fail every backup run of
+    the mailbox that received such a message."""
+    fields = envelope(
+        b"Date: Fri, 31 Dec 9999 23:00:00 -0100\r\nMessage-ID: <"
+        + "語".encode() * 2000
+        + b">\r\n\r\n"
+    )
+    assert fields["sent_at"] is None
+    assert 0 < len(fields["message_id"].encode()) <= 512 and fields["message_id"].startswith("<")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from services.backup.engine import imap
@@ -29,3 +31,21 @@ async def test_a_command_left_unanswered_fails_naming_it(seed, monkeypatch) -> N
         monkeypatch.setattr(imap, "COMMAND_TIMEOUT_SECONDS", 0.5)
         with pytest.raises(ImapProtocolError, match=r"IDLE got no answer in 0\.5 s"):
             await connection.command(b"IDLE")  # answered only after the client's DONE
+
+
+async def test_a_status_line_ending_in_what_looks_like_a_literal_is_read_as_text() -> None:
+    """A server may echo a folder's name in its NO: `Budget {2024}` there is no 2,024-byte
+    literal to wait for; in a data response it is one."""
+    reader = asyncio.StreamReader()
+    reader.feed_data(
+        b"* NO [ALERT] see {12}\r\n"
+        b"M1 NO Mailbox doesn't exist: Budget {2024}\r\n"
+        b"* 1 FETCH (UID 5 BODY[] {3}\r\nabc)\r\nM2 OK done\r\n"
+    )
+    reader.feed_eof()
+    connection = imap.ImapConnection(reader, None)  # type: ignore[arg-type]  # reads only
+    refused = await asyncio.wait_for(connection._read_until(b"M1"), 1)
+    assert (refused.status, refused.text) == ("NO", "Mailbox doesn't exist: Budget {2024}")
+    fetched = await asyncio.wait_for(connection._read_until(b"M2"), 1)
+    [response] = fetched.of("FETCH")
+    assert bytes(imap.fetch_items(response)["BODY[]"]) == b"abc"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.backup.engine import utf7
+from services.backup.engine import backup, imap, utf7
 from services.backup.engine.backup import MailboxBackup, backup_mailbox
 from services.backup.engine.imap import master_connection, quote
 from shared.models import MailboxStatus
@@ -167,6 +167,43 @@ async def test_messages_alike_but_for_their_envelope_are_not_taken_for_one_anoth
     snapshot, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     assert counters.messages_fetched == 1
     assert await helpers.snapshot_state(snapshot) == await helpers.server_content(mailbox.address)
+
+
+async def test_a_folder_made_again_between_the_listing_and_its_sync_is_read_as_new(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    """Its UIDs are not those the listed UIDVALIDITY stands for: read on as the old folder,
+    the snapshot would mix the two."""
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "Projekt", corpus(4, seed=129))
+    await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    await helpers.store_flags(mailbox.address, "Projekt", "1", "+FLAGS.SILENT (\\Flagged)")
+
+    async def made_again() -> None:
+        async with master_connection(mailbox.address) as imap:
+            await imap.command(b"DELETE Projekt")
+        await helpers.append(mailbox.address, "Projekt", corpus(6, seed=130))
+
+    after_the_listing(monkeypatch, made_again)
+    snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    assert await helpers.snapshot_state(snapshot) == await helpers.server_content(mailbox.address)
+
+
+async def test_a_sparse_folder_is_searched_in_uid_windows_its_answer_lines_kept_short(
+    seed, storage, monkeypatch
+) -> None:
+    mailbox = await seed.mailbox("pw-1234567890")
+    when = datetime(2024, 5, 6, tzinfo=UTC)
+    notes = [(b"Subject: note %d\r\n\r\nbody\r\n" % i, [], when) for i in range(1200)]
+    await helpers.append(mailbox.address, "INBOX", notes)
+    await helpers.delete_messages(
+        mailbox.address, "INBOX", uids=",".join(str(uid) for uid in range(2, 1201, 2))
+    )
+    # Every other UID gone: one answer listing the 600 left would be about 2,000 bytes.
+    monkeypatch.setattr(imap, "LINE_LIMIT", 1500)
+    monkeypatch.setattr(backup, "UID_WINDOW", 200)
+    snapshot, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    assert counters.messages_fetched == snapshot.message_count == 600
 
 
 async def test_suspended_and_deleting_mailboxes_are_still_backed_up(seed, storage, corpus) -> None:

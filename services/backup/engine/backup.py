@@ -83,6 +83,8 @@ IDENTITY_HEADER = b" BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]"
 STATUS_PROBES = 8
 FAST_PATH_CHUNK = 200
 CATALOG_CHUNK = 1000
+# UIDs one SEARCH or CHANGEDSINCE covers: a set of 50,000 lone UIDs of 7 digits is 400 KB.
+UID_WINDOW = 50_000
 ANALYZE_AFTER_ROWS = 10_000
 ANALYZE_SHARE = 0.1  # of the catalog's rows: autovacuum's default scale factor
 
@@ -184,6 +186,12 @@ def parsed_envelope(header: bytes) -> dict[str, Any]:
     return _envelope_from(BytesHeaderParser(policy=compat32).parsebytes(header).get)
 
 
+# A Message-ID longer than this (in UTF-8) is kept cut: the catalog indexes it, and an
+# index entry has a size limit (about 2.7 KB) that one odd message must not make every run
+# of its mailbox fail on.
+MESSAGE_ID_BYTES = 512
+
+
 def _envelope_from(get: Callable[[str], Any]) -> dict[str, Any]:
     sent_at: datetime | None = None
     raw_date = get("Date")
@@ -192,14 +200,17 @@ def _envelope_from(get: Callable[[str], Any]) -> dict[str, Any]:
             sent_at = parsedate_to_datetime(str(raw_date))
             if sent_at.tzinfo is None:
                 sent_at = sent_at.replace(tzinfo=UTC)
-        except (TypeError, ValueError, IndexError):
+            # As the driver will: a time UTC cannot carry (31 Dec 9999 23:00 -0100) is none.
+            sent_at.astimezone(UTC)
+        except (TypeError, ValueError, IndexError, OverflowError):
             sent_at = None
+    message_id = _header_text(get("Message-ID")).encode()[:MESSAGE_ID_BYTES]
     return {
         "sent_at": sent_at,
         "from_addr": _header_text(get("From")),
         "to_addr": _header_text(get("To")),
         "subject": _header_text(get("Subject")),
-        "message_id": _header_text(get("Message-ID")),
+        "message_id": message_id.decode("utf-8", "ignore"),
     }
 
 
@@ -259,6 +270,14 @@ def _flags(token: Any) -> list[str]:
     return sorted(sys.intern(as_str(f)) for f in items if as_str(f).lower() != "\\recent")
 
 
+def _uid_windows(first: int, last: int) -> Iterator[tuple[int, int]]:
+    """UID ranges of UID_WINDOW from `first` to `last`: what one SEARCH or CHANGEDSINCE asks
+    about, so that its answer line (a UID set, a VANISHED list) stays far below LINE_LIMIT
+    however sparse the folder's UIDs."""
+    for low in range(first, last + 1, UID_WINDOW):
+        yield low, min(low + UID_WINDOW - 1, last)
+
+
 def _chunks(uids: list[int]) -> Iterator[list[int]]:
     """UIDs CATALOG_CHUNK at a time: what one catalog transaction of a sync takes."""
     for start in range(0, len(uids), CATALOG_CHUNK):
@@ -292,6 +311,26 @@ def _folder_status(raw: str, values: dict[str, int]) -> _FolderStatus:
         uidnext=values.get("UIDNEXT", 0),
         highestmodseq=values.get("HIGHESTMODSEQ", 0),
     )
+
+
+_RESPONSE_CODE = re.compile(rb"^\[(UIDVALIDITY|UIDNEXT|HIGHESTMODSEQ) (\d+)\]")
+
+
+def _as_examined(listed: _FolderStatus, examined: Tagged) -> _FolderStatus:
+    """The folder as EXAMINE found it, if it is another folder than the one listed (deleted
+    and made again, or another renamed to its name, meanwhile): its UIDs are not those the
+    listing's UIDVALIDITY stands for, and it is read as a new folder, in its state now."""
+    codes = {}
+    for response in examined.of("OK"):
+        if match := _RESPONSE_CODE.match(bytes(response.data[0]) if response.data else b""):
+            codes[match.group(1).decode()] = int(match.group(2))
+    if codes.get("UIDVALIDITY", listed.uidvalidity) == listed.uidvalidity:
+        return listed
+    if "UIDNEXT" not in codes:
+        raise ImapProtocolError(
+            f"folder {listed.name!r} was made again during the run, and EXAMINE gave no UIDNEXT"
+        )
+    return _folder_status(listed.raw, codes)
 
 
 def _list_status(answer: Tagged) -> list[_FolderStatus | str]:
@@ -422,6 +461,7 @@ class MailboxBackup:
                 status=examined.status,
                 text=examined.text,
             )
+        status = _as_examined(status, examined)
         if previous is not None and previous.uidvalidity == status.uidvalidity:
             folder_id = int(previous.id)
             await self._sync_changes(imap, folder_id, previous.uidnext, previous.highestmodseq)
@@ -462,10 +502,11 @@ class MailboxBackup:
                 if 0 < uid < uidnext:
                     changed[uid] = _flags(items.get("FLAGS"))
 
-        await imap.command(
-            b"UID FETCH 1:%d (UID FLAGS) (CHANGEDSINCE %d VANISHED)" % (uidnext - 1, modseq),
-            each=take,
-        )
+        for low, high in _uid_windows(1, uidnext - 1):
+            await imap.command(
+                b"UID FETCH %d:%d (UID FLAGS) (CHANGEDSINCE %d VANISHED)" % (low, high, modseq),
+                each=take,
+            )
         for gone in _chunks(vanished):
             async with transaction_on(self.connection) as session:
                 await repository.close_messages(session, folder_id, gone, self.seq)
@@ -494,17 +535,19 @@ class MailboxBackup:
         since the listing is left to the next run: the folder's state recorded for this
         snapshot is the listed one, and a message above it would be taken for new again
         (a second row of one UID), its expunge never seen."""
-        last = uidnext - 1
-        answer = await imap.command(b"UID SEARCH RETURN (ALL) UID %d:%d" % (first_uid, last))
         uids: list[int] = []
-        for response in answer.of("ESEARCH"):
-            tokens = [as_str(t).upper() if not isinstance(t, list) else "" for t in response.data]
-            if "ALL" in tokens:
-                uids = [
-                    u
-                    for u in parse_uid_set(as_str(response.data[tokens.index("ALL") + 1]))
-                    if first_uid <= u <= last
+        for low, high in _uid_windows(first_uid, uidnext - 1):
+            answer = await imap.command(b"UID SEARCH RETURN (ALL) UID %d:%d" % (low, high))
+            for response in answer.of("ESEARCH"):
+                tokens = [
+                    as_str(t).upper() if not isinstance(t, list) else "" for t in response.data
                 ]
+                if "ALL" in tokens:
+                    uids += [
+                        u
+                        for u in parse_uid_set(as_str(response.data[tokens.index("ALL") + 1]))
+                        if low <= u <= high
+                    ]
         for start in range(0, len(uids), METADATA_BATCH):
             window = uids[start : start + METADATA_BATCH]
             metas = await self._fetch_metadata(imap, window)

@@ -23,6 +23,23 @@ from shared.settings import Settings, get_settings
 
 COMMAND_TIMEOUT_SECONDS = 300.0
 _LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")
+# The longest answer line read (besides literals, which are read whole whatever their
+# size). The engine asks in UID windows so that no line it asks for comes near it.
+LINE_LIMIT = 1 << 20
+_STATUS_WORDS = frozenset((b"OK", b"NO", b"BAD", b"BYE", b"PREAUTH"))
+
+
+def _holds_data(line: bytes) -> bool:
+    """Whether a response's first line may end in a literal: an untagged data response
+    (`* 3 FETCH`, `* LIST`); the free text of a status response (`M7 NO ... {2024}`, a
+    folder's name echoed) or of a continuation may end in what only looks like one."""
+    if not line.startswith(b"* "):
+        return False
+    words = line[2:].split(b" ", 2)
+    word = words[1] if words[0].isdigit() and len(words) > 1 else words[0]
+    return word.upper() not in _STATUS_WORDS
+
+
 _MONTHS = {
     m: i
     for i, m in enumerate(
@@ -253,11 +270,16 @@ class ImapConnection:
     async def connect(cls, host: str, port: int) -> ImapConnection:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
-                reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
-                connection = cls(reader, writer)
-                greeting = await reader.readuntil(b"\r\n")
+                reader, writer = await asyncio.open_connection(host, port, limit=LINE_LIMIT)
         except (OSError, TimeoutError) as exc:
             raise ImapProtocolError(f"IMAP server {host}:{port} unreachable: {exc!r}") from exc
+        connection = cls(reader, writer)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                greeting = await reader.readuntil(b"\r\n")
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            writer.close()  # the socket is open: it must not be left to the collector
+            raise ImapProtocolError(f"IMAP server {host}:{port} sent no greeting: {exc!r}") from exc
         if not greeting.startswith(b"* OK"):
             writer.close()
             raise ImapProtocolError(f"IMAP server refused the connection: {greeting!r}")
@@ -267,12 +289,24 @@ class ImapConnection:
         self._counter += 1
         return b"M%d" % self._counter
 
+    async def _read_line(self) -> bytes:
+        try:
+            return await self._reader.readuntil(b"\r\n")
+        except asyncio.LimitOverrunError as exc:
+            # The rest of the line is still unread: nothing more can be read in step.
+            self._writer.transport.abort()
+            self._aborted = True
+            raise ImapProtocolError(
+                f"an IMAP answer line is longer than {LINE_LIMIT} bytes"
+            ) from exc
+
     async def _read_response(self) -> tuple[bytes, list[bytes | Literal]]:
         """One response: its first line's start and its segments, literals read whole."""
         segments: list[bytes | Literal] = []
         while True:
-            line = await self._reader.readuntil(b"\r\n")
-            match = _LITERAL.search(line) if line.endswith(b"}\r\n") else None
+            line = await self._read_line()
+            literal = line.endswith(b"}\r\n") and (segments or _holds_data(line))
+            match = _LITERAL.search(line) if literal else None
             if match is None:
                 segments.append(line)
                 break
