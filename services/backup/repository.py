@@ -73,6 +73,15 @@ def in_snapshot(model: type[BackupMessage] | type[BackupFolder], seq: int) -> Co
 # ---------------------------------------------------------------- mailboxes and policies
 
 
+async def addresses(
+    session: AsyncSession, mailbox_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    rows = await session.execute(
+        select(Mailbox.id, Mailbox.address).where(Mailbox.id == _any(mailbox_ids, UUID))
+    )
+    return {mailbox_id: address for mailbox_id, address in rows}
+
+
 async def mailbox(session: AsyncSession, mailbox_id: uuid.UUID) -> Mailbox | None:
     return await session.get(Mailbox, mailbox_id)
 

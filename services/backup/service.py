@@ -559,7 +559,7 @@ async def execute_backup_run(run_id: uuid.UUID, storage: PackStorage | None = No
             return "nothing to do"
         run.mailboxes_done = run.mailboxes_failed = 0
         run.messages_fetched = run.bytes_read = run.bytes_stored = 0
-    failures: list[str] = []
+    failures: dict[uuid.UUID, str] = {}
 
     async def record(outcomes: list[MailboxOutcome]) -> None:
         async with unit_of_work() as session:
@@ -567,7 +567,7 @@ async def execute_backup_run(run_id: uuid.UUID, storage: PackStorage | None = No
             assert row is not None
             for outcome in outcomes:
                 if outcome.error is not None:
-                    failures.append(f"{outcome.mailbox_id}: {outcome.error}")
+                    failures[outcome.mailbox_id] = outcome.error
                     row.mailboxes_failed += 1
                 else:
                     row.mailboxes_done += 1
@@ -598,9 +598,10 @@ async def execute_backup_run(run_id: uuid.UUID, storage: PackStorage | None = No
                 f"the run stopped after backing up {row.mailboxes_done} mailboxes: {stopped}"
             )
         if failures:
+            named = await repository.addresses(session, list(failures)[:5])
             reasons.append(
                 f"{len(failures)} of {row.mailboxes_total} mailboxes failed: "
-                + "; ".join(failures[:5])
+                + "; ".join(f"{named.get(m, m)}: {why}" for m, why in list(failures.items())[:5])
             )
         if reasons:
             _end_failed(row, "; ".join(reasons))

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from services.backup import repository, service
+from services.backup.engine import backup as engine_backup
 from services.backup.engine.backup import MailboxOutcome, backup_mailbox, backup_mailboxes
 from services.backup.engine.imap import ImapConnection, ImapProtocolError
 from services.backup.engine.storage import LocalPackStorage, PackStorage, PackWriter
@@ -312,3 +313,31 @@ async def test_a_pack_that_does_not_read_is_reported_by_verify_as_damage(
     [report] = [d for d in damaged.damage if d["blob"] == bytes(blob.hash).hex()]
     assert "does not read" in report["error"]
     assert [m["mailbox_id"] for m in report["mailboxes"]] == [str(mailbox.id)]
+
+
+async def test_a_runs_reason_names_the_mailboxes_that_failed_by_address(
+    seed, storage, monkeypatch
+) -> None:
+    department = await seed.department()
+    fine = await seed.mailbox("pw-1234567890", department=department)
+    broken = await seed.mailbox("pw-1234567890", department=department)
+    original = engine_backup.backup_mailbox
+
+    async def refusing(*, mailbox_id: uuid.UUID, **rest: object):  # type: ignore[no-untyped-def]
+        if mailbox_id == broken.id:
+            raise ImapProtocolError("LOGIN refused")
+        return await original(mailbox_id=mailbox_id, **rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine_backup, "backup_mailbox", refusing)
+    async with unit_of_work() as session:
+        run = await service.create_run(
+            session, scope=BackupScope.DEPARTMENT, department_id=department.id
+        )
+    assert await service.execute_backup_run(run.id, storage) == "failed"
+    async with unit_of_work() as session:
+        ended = await repository.backup_run(session, run.id)
+    assert ended is not None and ended.reason is not None
+    assert f"1 of 2 mailboxes failed: {broken.address}: ImapProtocolError: LOGIN refused" in (
+        ended.reason
+    )
+    assert fine.address not in ended.reason
