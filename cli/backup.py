@@ -488,7 +488,11 @@ def backup_verify(
         async def load(session: AsyncSession) -> VerifyRun:
             return await service.get_verify(session, verify_id=verify_id)
 
-        done = await _follow("verify", load, lambda _: "verifying", worker_wait)
+        def checking(run: VerifyRun) -> str:
+            found = f", {run.blobs_damaged} damaged" if run.blobs_damaged else ""
+            return f"verify {run.id}: {run.blobs_checked:,} blobs checked{found}"
+
+        done = await _follow("verify", load, checking, worker_wait)
         if not done.damage and done.status == "succeeded":
             return f"{done.blobs_checked:,} blobs checked, no damage"
         lines = [str(done.reason)]

@@ -968,6 +968,9 @@ async def fail_abandoned_jobs(now: datetime | None = None) -> int:
 # ---------------------------------------------------------------- verify and prune
 
 
+VERIFY_PAGE = 200  # blobs a verify reads a page of, and reports its progress after
+
+
 async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = None) -> str:
     """Re-read stored blobs (all, or a fraction) and report damage by mailbox and snapshot."""
     storage = storage or default_storage()
@@ -984,7 +987,11 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
     start = secrets.randbelow(65536)
     while True:
         async with unit_of_work() as session:
-            page = await repository.blob_page(session, after, 200, fraction, start)
+            if checked:  # the progress a follower (`mailops backup verify`) shows
+                row = await repository.verify_run(session, verify_id)
+                assert row is not None
+                row.blobs_checked, row.blobs_damaged = checked, len(damage)
+            page = await repository.blob_page(session, after, VERIFY_PAGE, fraction, start)
         if not page:
             break
         after = page[-1].hash

@@ -341,3 +341,27 @@ async def test_a_runs_reason_names_the_mailboxes_that_failed_by_address(
         ended.reason
     )
     assert fine.address not in ended.reason
+
+
+async def test_a_verify_reports_its_progress_page_by_page(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    await helpers.backed_up(seed, storage, {"INBOX": corpus(3, seed=131)})
+    monkeypatch.setattr(service, "VERIFY_PAGE", 1)
+    async with unit_of_work() as session:
+        run = VerifyRun(status=JobStatus.QUEUED.value, fraction=1.0)
+        session.add(run)
+        await session.flush()
+        verify_id = run.id
+    shown: list[int] = []
+    page = repository.blob_page
+
+    async def watched(session, *arguments):  # type: ignore[no-untyped-def]
+        row = await repository.verify_run(session, verify_id)
+        assert row is not None
+        shown.append(row.blobs_checked)
+        return await page(session, *arguments)
+
+    monkeypatch.setattr(repository, "blob_page", watched)
+    await service.execute_verify(verify_id, storage)
+    assert shown[:3] == [0, 1, 2]
