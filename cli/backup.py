@@ -106,18 +106,33 @@ async def _follow(
     worker_wait: float,
 ) -> JobT:
     """Poll the job (a `kind`: run, restore, verify) until it ends, printing its progress
-    when it changes."""
+    when it changes. A job still queued after `worker_wait` ends the command if no worker
+    is alive (by its heartbeat), and is waited for if one is (busy with other jobs); a job
+    whose worker stops meanwhile is said to be waiting for one."""
     from shared.db import unit_of_work
+    from shared.queue import HEARTBEAT_STALE_SECONDS, heartbeat_age
 
-    started, last = time.monotonic(), ""
+    started, last, looked = time.monotonic(), "", time.monotonic()
+    worker_gone = False
     while True:
         async with unit_of_work() as session:
             job = await load(session)
         if job.status in ("succeeded", "failed"):
             return job
-        if job.status == "queued":
-            if time.monotonic() - started > worker_wait:
-                raise _NoWorker
+        if time.monotonic() - looked > 30 or (
+            job.status == "queued" and time.monotonic() - started > worker_wait
+        ):
+            looked = time.monotonic()
+            age = await heartbeat_age("backup")
+            worker_gone = age is None or age > HEARTBEAT_STALE_SECONDS
+        if job.status == "queued" and time.monotonic() - started > worker_wait and worker_gone:
+            raise _NoWorker
+        if worker_gone:
+            line = (
+                f"{kind} {job.id} {job.status}: no backup worker is running (no heartbeat); "
+                "it goes on once one runs (`mailops worker backup`)"
+            )
+        elif job.status == "queued":
             line = f"{kind} {job.id} queued, waiting for the backup worker"
         else:
             line = describe(job)

@@ -162,6 +162,18 @@ def heartbeat_key(service: str) -> str:
     return f"{get_settings().queue_prefix}:worker:{service}:heartbeat"
 
 
+# A worker stamps its heartbeat once a minute: three minutes without one, it is gone (or
+# its event loop is stuck).
+HEARTBEAT_STALE_SECONDS = 180
+
+
+async def heartbeat_age(service: str) -> float | None:
+    """Seconds since the service's worker last stamped its heartbeat; None if never (or
+    not for ten minutes)."""
+    beat = await (await get_pool()).get(heartbeat_key(service))
+    return time.time() - float(beat) if beat else None
+
+
 def _heartbeat(service: str) -> Any:
     async def record_heartbeat(ctx: dict[str, Any]) -> None:
         """Stamp the time: the monitor reads it to tell a live worker from a dead one."""

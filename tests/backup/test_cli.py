@@ -14,6 +14,7 @@ from sqlalchemy import update
 
 from services.backup import service
 from services.backup.engine.backup import backup_mailbox, mailbox_lock
+from shared import queue
 from shared.db import unit_of_work
 from shared.models import Mailbox, MailboxStatus
 from shared.models.backup import BackupPack
@@ -235,3 +236,31 @@ async def test_a_prune_while_another_runs_says_to_try_later_and_not_to_wait_long
     assert result.returncode == 1
     assert "another prune is running; run it again later" in result.stderr
     assert "--wait" not in result.stderr
+
+
+async def test_a_job_queued_behind_a_busy_worker_is_waited_for_not_given_up(seed, corpus) -> None:
+    """A worker alive (its heartbeat fresh) but busy: giving up would invite a second
+    request of the same work."""
+    mailbox = await seed.mailbox("pw-1234567890")
+    await helpers.append(mailbox.address, "INBOX", corpus(1, seed=132))
+    pool = await queue.get_pool()
+    await pool.set(queue.heartbeat_key("backup"), str(time.time()), ex=600)
+    try:
+        command = subprocess.Popen(
+            [sys.executable, "-m", "cli", "backup", "now", mailbox.address, "--worker-wait", "1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+        )
+        await asyncio.sleep(4)
+        assert command.poll() is None, "it gave up on a job a live worker will take"
+        deadline = time.monotonic() + 60
+        while command.poll() is None and time.monotonic() < deadline:
+            await run_worker("backup")
+            await asyncio.sleep(0.2)
+        stdout, stderr = command.communicate(timeout=10)
+    finally:
+        await pool.delete(queue.heartbeat_key("backup"))
+    assert command.returncode == 0, stderr
+    assert "1 of 1 mailboxes backed up" in stdout

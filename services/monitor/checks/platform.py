@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,10 @@ from services.monitor.checks.base import (
     describe,
     worst,
 )
-from shared.queue import SERVICES, get_pool, heartbeat_key, queue_name
+from shared.queue import HEARTBEAT_STALE_SECONDS, SERVICES, get_pool, heartbeat_age, queue_name
 from shared.settings import Settings
 
 # A worker stamps its heartbeat every minute; three missed minutes mean it is gone.
-HEARTBEAT_STALE_SECONDS = 180
 
 
 def readyz_urls(settings: Settings) -> list[str]:
@@ -63,11 +61,9 @@ async def _queues() -> tuple[dict[str, Any], list[Gauge], list[Status], list[str
             service = names.get(result.get("q", ""))
             if service is not None and not result.get("s", True):
                 failed[service] += 1
-    now = time.time()
     for service in SERVICES:
         depth = int(await pool.zcard(queue_name(service)))
-        beat = await pool.get(heartbeat_key(service))
-        age = now - float(beat) if beat else None
+        age = await heartbeat_age(service)
         findings[service] = {
             "queued_jobs": depth,
             "failed_jobs_last_hour": failed[service],
