@@ -261,7 +261,7 @@ def run_out(run: BackupRun) -> s.BackupRunOut:
 async def get_run(session: AsyncSession, *, run_id: uuid.UUID) -> BackupRun:
     run = await repository.backup_run(session, run_id)
     if run is None:
-        raise NotFound(f"no backup {run_id}", field="id")
+        raise NotFound(f"no backup {run_id}", field="run_id")
     return run
 
 
@@ -472,7 +472,7 @@ def _authorise_restore(
 async def get_restore(session: AsyncSession, *, restore_id: uuid.UUID) -> RestoreJob:
     job = await repository.restore_job(session, restore_id)
     if job is None:
-        raise NotFound(f"no restore {restore_id}", field="id")
+        raise NotFound(f"no restore {restore_id}", field="restore_id")
     return job
 
 
@@ -496,7 +496,7 @@ async def request_verify(
 async def get_verify(session: AsyncSession, *, verify_id: uuid.UUID) -> VerifyRun:
     run = await repository.verify_run(session, verify_id)
     if run is None:
-        raise NotFound(f"no verify run {verify_id}", field="id")
+        raise NotFound(f"no verify run {verify_id}", field="verify_id")
     return run
 
 

@@ -190,7 +190,13 @@ async def test_bad_backup_and_restore_input_is_a_4xx_naming_the_field(
         headers=auth(key),
     )
     assert nowhere.status_code == 404
-    assert (await api.get(f"/v1/restores/{uuid.uuid4()}", headers=auth(key))).status_code == 404
+    for jobs, parameter in (
+        ("backups", "run_id"),
+        ("restores", "restore_id"),
+        ("verify", "verify_id"),
+    ):
+        unknown = await api.get(f"/v1/{jobs}/{uuid.uuid4()}", headers=auth(key))
+        assert unknown.status_code == 404 and problem_field(unknown) == parameter
     no_export = await api.get(f"/v1/snapshots/{uuid.uuid4()}/export", headers=auth(key))
     assert no_export.status_code == 404 and problem_field(no_export) == "snapshot_id"
     assert no_export.headers["content-type"] == "application/problem+json"
