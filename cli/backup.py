@@ -194,7 +194,9 @@ def backup_now(
     everything: Annotated[bool, typer.Option("--all", help="Back up every mailbox")] = False,
     worker_wait: WorkerWait = 30.0,
 ) -> None:
-    """Back up one mailbox, a department or everything now, and follow the run."""
+    """Back up one mailbox, a department or everything now, and follow the run.
+
+    Example: mailops backup now ada@example.com (or --department Finance, or --all)."""
     if sum([address is not None, department is not None, everything]) != 1:
         fail("give exactly one of ADDRESS, --department NAME or --all")
 
@@ -250,7 +252,9 @@ def backup_now(
 def backup_snapshots(
     address: Annotated[str, typer.Argument(help="The mailbox whose snapshots to list")],
 ) -> None:
-    """List a mailbox's snapshots, newest first: what `restore --snapshot` takes."""
+    """List a mailbox's snapshots, newest first: what `restore --snapshot` takes.
+
+    Example: mailops backup snapshots ada@example.com (a former owner's mailbox: its id)."""
 
     async def work() -> str:
         from services.backup import repository
@@ -286,7 +290,9 @@ def backup_hold(
 ) -> None:
     """Keep a snapshot from prune whatever retention says, for a legal or audit request.
 
-    The hold lasts until `mailops backup release` ends it."""
+    The hold lasts until `mailops backup release` ends it.
+
+    Example: mailops backup hold SNAPSHOT --reason "audit 2026-14"."""
 
     async def work() -> str:
         from services.backup import schemas as s
@@ -414,6 +420,7 @@ def backup_restore(
         datetime | None,
         typer.Option(
             help="Restore the mailbox as it was at this time, UTC (the snapshot before it)",
+            metavar="2026-05-01T14:00",
             formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M"],
         ),
     ] = None,
@@ -431,6 +438,8 @@ def backup_restore(
     Messages already there with the same bytes are skipped: running it twice adds nothing.
 
     Flags and received dates come back as they were.
+
+    Example: mailops backup restore ada@example.com --at 2026-05-01T14:00 --folder INBOX.
     """
     if snapshot is not None and at is not None:
         fail("give --snapshot or --at, not both")
@@ -486,7 +495,9 @@ def backup_verify(
     ] = 1.0,
     worker_wait: WorkerWait = 30.0,
 ) -> None:
-    """Re-read stored backup data and check every hash; name the mailboxes of any damage."""
+    """Re-read stored backup data and check every hash; name the mailboxes of any damage.
+
+    Example: mailops backup verify --fraction 0.1 (a tenth, from a random start: runs add up)."""
 
     async def work() -> str:
         from services.backup import schemas as s

@@ -32,6 +32,9 @@ HELP = {
     "mailops_mailbox_quota_usage_max_ratio": "The fullest mailbox's usage over its quota",
     "mailops_mail_storage_used_bytes": "Mail stored across all watched mailboxes",
     "mailops_backup_oldest_age_seconds": "Age of the oldest last backup among mailboxes",
+    "mailops_backup_oldest_last_success_timestamp_seconds": (
+        "When the mailbox backed up longest ago was last backed up (or created)"
+    ),
     "mailops_backup_stale_mailboxes": "Mailboxes without a snapshot within their policy",
     "mailops_backup_failed_runs": "Failed backup runs in the recent window",
     "mailops_backup_store_bytes": "Size of the backup store's pack files",

@@ -49,3 +49,21 @@ async def test_a_status_line_ending_in_what_looks_like_a_literal_is_read_as_text
     fetched = await asyncio.wait_for(connection._read_until(b"M2"), 1)
     [response] = fetched.of("FETCH")
     assert bytes(imap.fetch_items(response)["BODY[]"]) == b"abc"
+
+
+class _Sink:
+    """A writer that takes what the client sends: for answers fed to its reader beforehand."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+
+async def test_a_body_answered_nil_is_no_message_not_three_bytes() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"* 1 FETCH (UID 5 BODY[]<0> NIL)\r\nM1 OK done\r\n")
+    reader.feed_eof()
+    connection = imap.ImapConnection(reader, _Sink())  # type: ignore[arg-type]
+    assert [chunk async for chunk in connection.body_chunks(5, 1000)] == []

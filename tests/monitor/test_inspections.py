@@ -70,6 +70,12 @@ async def test_mailbox_whose_last_snapshot_is_older_than_its_policy_shows_as_sta
     assert entry["interval_seconds"] == 3600 and entry["age_seconds"] >= 7200
     oldest = [g for g in outcome.gauges if g.name == "mailops_backup_oldest_age_seconds"]
     assert oldest and oldest[0].value >= 7200
+    [stamp] = [
+        g.value
+        for g in outcome.gauges
+        if g.name == "mailops_backup_oldest_last_success_timestamp_seconds"
+    ]
+    assert stamp <= (datetime.now(UTC) - timedelta(hours=2)).timestamp() + 1
 
     report = (await operator.post("/v1/reports", {"kind": "weekly"})).json()
     assert stale.address in [m["address"] for m in report["body"]["stale_backups"]]

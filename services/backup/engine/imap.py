@@ -463,7 +463,10 @@ class ImapConnection:
             chunk = b""
             for response in answer.of("FETCH"):
                 items = fetch_items(response)
-                if int(items.get("UID", 0)) == uid and items.get("BODY[]") is not None:
+                # A string: a bare NIL (the protocol allows it for a body) is no message.
+                if int(items.get("UID", 0)) == uid and isinstance(
+                    items.get("BODY[]"), Literal | Quoted
+                ):
                     chunk = bytes(items["BODY[]"])
             if not chunk:
                 return

@@ -9,6 +9,7 @@ Failed backup runs in the recent window make it warn. The store itself is watche
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -72,6 +73,8 @@ class BackupFreshnessCheck(Check):
             },
             gauges=[
                 Gauge("mailops_backup_oldest_age_seconds", oldest),
+                # The same as a time: `time() - it` stays right when this check stops running.
+                Gauge("mailops_backup_oldest_last_success_timestamp_seconds", time.time() - oldest),
                 Gauge("mailops_backup_stale_mailboxes", len(stale)),
                 Gauge("mailops_backup_failed_runs", failed_count),
             ],
