@@ -63,8 +63,8 @@ async def test_a_running_job_is_claimed_for_the_lease_and_released_when_it_ends(
 
 
 async def test_non_json_arguments_are_refused_before_commit() -> None:
-    with pytest.raises(TypeError):
-        async with unit_of_work() as session:
+    async with unit_of_work() as session:
+        with pytest.raises(TypeError):  # at the call, not once the transaction has committed
             queue.enqueue_after_commit(session, "monitor", "noop", job_id="x", when=object())
 
 

@@ -3,6 +3,7 @@ empty it; read a snapshot's content from the catalog; request and carry out a re
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -10,7 +11,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from services.backup import repository, service
 from services.backup import schemas as s
@@ -28,6 +31,7 @@ from shared.auth import Principal
 from shared.db import unit_of_work
 from shared.models import Department, Mailbox, Role
 from shared.models.backup import BackupBlob, BackupMessage, BackupRun, RestoreJob, Snapshot
+from shared.settings import get_settings
 
 DEFAULT_FOLDERS = {"INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive"}
 OPERATOR = Principal(id=uuid.uuid4(), name="test-operator", role=Role.OPERATOR)
@@ -320,3 +324,27 @@ def problem_field(response: Any) -> str:
     """The field a problem+json response names."""
     assert response.headers["content-type"].startswith("application/problem+json")
     return str(response.json()["errors"][0]["field"])
+
+
+# An advisory lock's requests, as PostgreSQL's lock table has them: (mode, granted).
+LOCK_REQUESTS = text(
+    "SELECT mode, granted FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1"
+    " AND ((classid::bigint << 32) | objid::bigint) = hashtext(:key)::bigint"
+)
+
+
+async def until_lock_waits(mode: str, key: str = repository.STORE_LOCK) -> None:
+    """Return once a request for the advisory lock `key` (the store lock unless named) in
+    `mode` is waiting. Looks on a connection of its own: the pool may have none left."""
+    observer = create_async_engine(get_settings().database_url, poolclass=NullPool)
+    try:
+        async with observer.connect() as connection:
+            for _ in range(500):
+                rows = await connection.execute(LOCK_REQUESTS, {"key": key})
+                await connection.rollback()
+                if (mode, False) in {tuple(row) for row in rows}:
+                    return
+                await asyncio.sleep(0.01)
+    finally:
+        await observer.dispose()
+    raise AssertionError(f"no {mode} request for the lock {key!r} is waiting")

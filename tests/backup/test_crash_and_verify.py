@@ -14,7 +14,12 @@ from sqlalchemy import func, select
 
 from services.backup import repository, service
 from services.backup.engine import backup as engine_backup
-from services.backup.engine.backup import MailboxOutcome, backup_mailbox, backup_mailboxes
+from services.backup.engine.backup import (
+    MailboxOutcome,
+    backup_mailbox,
+    backup_mailboxes,
+    mailbox_lock,
+)
 from services.backup.engine.imap import ImapConnection, ImapProtocolError
 from services.backup.engine.storage import LocalPackStorage, PackStorage, PackWriter
 from shared.db import unit_of_work
@@ -213,8 +218,10 @@ async def test_an_outcome_that_cannot_be_reported_stops_every_mailbox_backup(
     ids = [small.id, *(m.id for m in large)]
     with pytest.raises(RuntimeError, match="unreachable"):
         await backup_mailboxes(mailbox_ids=ids, run_id=None, storage=storage, on_done=on_done)
-    await asyncio.sleep(2)  # what went on in the background would be done by now
-    assert [o.mailbox_id for o in reported] == [small.id]
+    for mailbox_id in ids:  # a backup still going on would hold its mailbox's lock
+        async with mailbox_lock(mailbox_id):
+            pass
+    assert len(reported) == 1, "the first outcome's report failed: no other came after it"
     async with unit_of_work() as session:
         committed = await session.scalar(
             select(func.count())
@@ -357,11 +364,12 @@ async def test_a_verify_reports_its_progress_page_by_page(
     page = repository.blob_page
 
     async def watched(session, *arguments):  # type: ignore[no-untyped-def]
-        row = await repository.verify_run(session, verify_id)
-        assert row is not None
-        shown.append(row.blobs_checked)
+        async with unit_of_work() as follower:  # what `mailops backup verify` reads
+            row = await repository.verify_run(follower, verify_id)
+            assert row is not None
+            shown.append(row.blobs_checked)
         return await page(session, *arguments)
 
     monkeypatch.setattr(repository, "blob_page", watched)
     await service.execute_verify(verify_id, storage)
-    assert shown[:3] == [0, 1, 2]
+    assert shown[:4] == [0, 0, 1, 2], "committed a page behind the one being read"

@@ -6,11 +6,14 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import select
 
 from services.backup.engine import backup, imap, utf7
 from services.backup.engine.backup import MailboxBackup, backup_mailbox
 from services.backup.engine.imap import master_connection, quote
+from shared.db import unit_of_work
 from shared.models import MailboxStatus
+from shared.models.backup import BackupFolder
 from tests.backup import helpers
 from tests.backup.conftest import enmime_corpus
 
@@ -49,6 +52,17 @@ async def test_flag_changes_and_expunges_are_recorded_without_fetching_bodies(
     assert second.message_count == 8
     # The earlier snapshot still reads as it was.
     assert first.message_count == 10 and len((await helpers.snapshot_state(first))["INBOX"]) == 10
+
+
+async def uidvalidities(mailbox_id, folder: str) -> set[int]:  # type: ignore[no-untyped-def]
+    """The UIDVALIDITYs the catalog has had the folder under."""
+    async with unit_of_work() as session:
+        rows = await session.scalars(
+            select(BackupFolder.uidvalidity).where(
+                BackupFolder.mailbox_id == mailbox_id, BackupFolder.name == folder
+            )
+        )
+        return set(rows)
 
 
 def after_the_listing(monkeypatch, change: Callable[[], Awaitable[object]]) -> None:
@@ -127,6 +141,7 @@ async def test_uidvalidity_change_rescans_without_fetching_stored_bodies(
     snapshot, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     assert counters.messages_fetched == 0
     assert snapshot.message_count == 6
+    assert len(await uidvalidities(mailbox.id, "Projekt")) == 2, "rescanned as a new folder"
 
 
 async def test_a_rescan_fetches_no_stored_body_of_messages_without_a_message_id(
@@ -141,6 +156,7 @@ async def test_a_rescan_fetches_no_stored_body_of_messages_without_a_message_id(
     await helpers.append(mailbox.address, "Projekt", messages)  # a new UIDVALIDITY
     snapshot, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     assert counters.messages_fetched == 0
+    assert len(await uidvalidities(mailbox.id, "Projekt")) == 2, "rescanned as a new folder"
     assert await helpers.snapshot_state(snapshot) == await helpers.server_content(mailbox.address)
 
 

@@ -18,8 +18,6 @@ from datetime import timedelta
 import anyio
 import pytest
 from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from services.backup import repository, service
 from services.backup import schemas as s
@@ -35,33 +33,9 @@ from shared.models.backup import (
     Snapshot,
     VerifyRun,
 )
-from shared.settings import get_settings
 from tests.backup import helpers
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
-
-# An advisory lock's requests, as PostgreSQL's lock table has them: (mode, granted).
-LOCK_REQUESTS = text(
-    "SELECT mode, granted FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1"
-    " AND ((classid::bigint << 32) | objid::bigint) = hashtext(:key)::bigint"
-)
-
-
-async def _until_lock_waits(mode: str, key: str = repository.STORE_LOCK) -> None:
-    """Return once a request for the advisory lock `key` (the store lock unless named) in
-    `mode` is waiting. Looks on a connection of its own: the pool may have none left."""
-    observer = create_async_engine(get_settings().database_url, poolclass=NullPool)
-    try:
-        async with observer.connect() as connection:
-            for _ in range(500):
-                rows = await connection.execute(LOCK_REQUESTS, {"key": key})
-                await connection.rollback()
-                if (mode, False) in {tuple(row) for row in rows}:
-                    return
-                await asyncio.sleep(0.01)
-    finally:
-        await observer.dispose()
-    raise AssertionError(f"no {mode} request for the lock {key!r} is waiting")
 
 
 async def _last_prune() -> PruneRun:
@@ -88,12 +62,12 @@ async def test_prune_waits_for_the_backups_in_progress_and_backups_started_meanw
         assert (recorded.status, recorded.reason) == ("skipped", short.skipped)
 
         pruning = asyncio.create_task(service.prune(storage, lock_wait=timedelta(seconds=60)))
-        await _until_lock_waits("ExclusiveLock")
+        await helpers.until_lock_waits("ExclusiveLock")
         backing_up = asyncio.create_task(
             backup_mailbox(mailbox_id=other.id, run_id=None, storage=storage)
         )
         # Only shares are held, yet the new backup queues behind the waiting prune.
-        await _until_lock_waits("ShareLock")
+        await helpers.until_lock_waits("ShareLock")
         assert not pruning.done() and not backing_up.done()
 
     pruned = await pruning
@@ -114,13 +88,13 @@ async def test_prune_ends_while_the_backups_waiting_behind_it_hold_every_pooled_
 ) -> None:
     async with mailbox_lock(uuid.uuid4()):  # a backup in progress
         pruning = asyncio.create_task(service.prune(storage, lock_wait=timedelta(seconds=60)))
-        await _until_lock_waits("ExclusiveLock")
+        await helpers.until_lock_waits("ExclusiveLock")
         # As many backups as the pool has connections start behind it: the pool is empty.
         waiting = [
             asyncio.create_task(_backup_in_progress(uuid.uuid4()))
             for _ in range(POOL_SIZE + MAX_OVERFLOW)
         ]
-        await _until_lock_waits("ShareLock")
+        await helpers.until_lock_waits("ShareLock")
     try:
         assert (await asyncio.wait_for(pruning, 20)).skipped is None
         await asyncio.wait_for(asyncio.gather(*waiting), 20)
@@ -266,7 +240,7 @@ async def test_a_restore_requested_while_prune_deletes_its_snapshot_waits_then_f
 
     async with _prune_deleting(first.id):
         requested = asyncio.create_task(request())
-        await _until_lock_waits("ShareLock", f"snapshot:{first.id}")
+        await helpers.until_lock_waits("ShareLock", f"snapshot:{first.id}")
     with pytest.raises(Unprocessable) as refused:  # none left at or before that time
         await requested
     assert refused.value.field == "at"
@@ -319,7 +293,7 @@ async def test_an_export_asked_for_while_prune_deletes_its_snapshot_waits_then_f
     )
     async with _prune_deleting(first.id):
         export = asyncio.create_task(anext(service.export_mbox(first.id, None, storage)))
-        await _until_lock_waits("ShareLock", f"snapshot:{first.id}")
+        await helpers.until_lock_waits("ShareLock", f"snapshot:{first.id}")
     with pytest.raises(NotFound):
         await export
 
@@ -351,7 +325,7 @@ async def test_an_export_cancelled_mid_stream_unpins_its_snapshot(
         await reading.wait()
         group.cancel_scope.cancel()  # the client went away
     async with unit_of_work() as session:
-        pins = await session.execute(LOCK_REQUESTS, {"key": f"snapshot:{first.id}"})
+        pins = await session.execute(helpers.LOCK_REQUESTS, {"key": f"snapshot:{first.id}"})
         assert pins.all() == []
     # It was unlocked, not dropped by the pool for a release cut short: it serves on.
     assert await _backend_pid() == backend
@@ -403,11 +377,18 @@ async def test_a_prune_stopped_before_a_mailboxs_catalog_rows_go_keeps_its_snaps
     await helpers.delete_messages(mailbox.address, "INBOX")
     await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
 
-    async def stopped(*_: object) -> int:
+    reached: list[uuid.UUID] = []
+    delete_rows = repository.delete_unreferenced_rows
+
+    async def stopped(session, mailbox_id):  # type: ignore[no-untyped-def]
+        if mailbox_id != mailbox.id:  # other tests' mailboxes go as ever
+            return await delete_rows(session, mailbox_id)
+        reached.append(mailbox_id)
         raise ConnectionError("the database went away")
 
     monkeypatch.setattr(repository, "delete_unreferenced_rows", stopped)
     with pytest.raises(ConnectionError):
         await service.prune(storage)
+    assert reached == [mailbox.id]
     async with unit_of_work() as session:
         assert await session.get(Snapshot, first.id) is not None

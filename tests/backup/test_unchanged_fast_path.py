@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from sqlalchemy import select
 
-from services.backup import service
+from services.backup import repository, service
 from services.backup.engine import backup as engine
 from services.backup.engine.backup import (
     backup_mailboxes,
@@ -22,6 +22,7 @@ from shared.models.backup import (
     JobStatus,
     Snapshot,
     SnapshotStatus,
+    backup_lock_key,
 )
 from tests.backup import helpers
 
@@ -40,12 +41,27 @@ async def three_backed_up_mailboxes(seed, storage, corpus):
     return department, mailboxes
 
 
+def full_path_calls(monkeypatch) -> list:  # type: ignore[type-arg]
+    """The mailboxes `backup_mailbox` (the full path) is called for from now on: an
+    unchanged one must not be (the fast path's failure falls back to it, quietly)."""
+    called = []
+    full = engine.backup_mailbox
+
+    async def watched(*, mailbox_id, **rest):  # type: ignore[no-untyped-def]
+        called.append(mailbox_id)
+        return await full(mailbox_id=mailbox_id, **rest)
+
+    monkeypatch.setattr(engine, "backup_mailbox", watched)
+    return called
+
+
 async def test_unchanged_mailboxes_get_new_snapshots_together_without_bodies_or_rows(
-    seed, storage, corpus
+    seed, storage, corpus, monkeypatch
 ) -> None:
     _, mailboxes = await three_backed_up_mailboxes(seed, storage, corpus)
     ids = [m.id for m in mailboxes]
     rows = await helpers.catalog_rows(*ids)
+    full_path = full_path_calls(monkeypatch)
 
     fast = await backup_unchanged(mailbox_ids=ids, run_id=None)
     assert set(fast) == set(ids)
@@ -54,6 +70,7 @@ async def test_unchanged_mailboxes_get_new_snapshots_together_without_bodies_or_
     assert {snap.message_count for snap in fast.values()} == {8}
 
     again = await backup_mailboxes(mailbox_ids=ids, run_id=None, storage=storage)
+    assert full_path == [], "every mailbox is unchanged: none takes the full path"
     assert sorted(o.snapshot.seq for o in again if o.snapshot) == [3, 3, 3]
     assert sum(o.counters.messages_fetched + o.counters.bytes_stored for o in again) == 0
     assert await helpers.catalog_rows(*ids) == rows
@@ -126,7 +143,7 @@ async def test_a_mailbox_locked_by_a_run_in_progress_is_left_to_the_full_path(
         waiting = asyncio.create_task(
             backup_mailboxes(mailbox_ids=[busy.id], run_id=None, storage=storage)
         )
-        await asyncio.sleep(0.3)
+        await helpers.until_lock_waits("ExclusiveLock", backup_lock_key(busy.id))
         assert not waiting.done()
     (outcome,) = await waiting
     assert outcome.error is None and outcome.snapshot is not None
@@ -151,9 +168,10 @@ async def test_a_mailbox_with_an_interrupted_snapshot_is_left_to_the_full_path(
 
 
 async def test_a_department_run_reports_every_mailbox_of_the_fast_path(
-    seed, storage, corpus
+    seed, storage, corpus, monkeypatch
 ) -> None:
     department, mailboxes = await three_backed_up_mailboxes(seed, storage, corpus)
+    full_path = full_path_calls(monkeypatch)
     async with unit_of_work() as session:
         run = BackupRun(
             status=JobStatus.QUEUED.value,
@@ -170,6 +188,7 @@ async def test_a_department_run_reports_every_mailbox_of_the_fast_path(
         assert row.messages_fetched == 0
         snaps = (await session.scalars(select(Snapshot).where(Snapshot.run_id == run_id))).all()
         assert sorted(x.mailbox_id for x in snaps) == sorted(m.id for m in mailboxes)
+    assert full_path == []
 
 
 async def test_the_fast_path_commits_many_mailboxes_a_chunk_at_a_time(
@@ -177,6 +196,15 @@ async def test_the_fast_path_commits_many_mailboxes_a_chunk_at_a_time(
 ) -> None:
     _, mailboxes = await three_backed_up_mailboxes(seed, storage, corpus)
     monkeypatch.setattr(engine, "FAST_PATH_CHUNK", 2)
+    chunks: list[int] = []
+    try_lock_all = repository.try_lock_all
+
+    async def watched(session, keys):  # type: ignore[no-untyped-def]
+        chunks.append(len(keys))
+        return await try_lock_all(session, keys)
+
+    monkeypatch.setattr(repository, "try_lock_all", watched)
     fast = await backup_unchanged(mailbox_ids=[m.id for m in mailboxes], run_id=None)
+    assert chunks == [2, 1], "a transaction (and its locks) per chunk"
     assert set(fast) == {m.id for m in mailboxes}
     assert {snap.seq for snap in fast.values()} == {2}
