@@ -295,9 +295,11 @@ async def delete_alias(alias_id: uuid.UUID, session: SessionDep, actor: Operator
 # ---------------------------------------------------------------- configuration requests
 
 
-async def _request_out(session: SessionDep, request: ProvisioningRequest) -> s.RequestOut:
+async def _request_out(
+    session: SessionDep, request: ProvisioningRequest, viewer: Principal
+) -> s.RequestOut:
     out = s.RequestOut.model_validate(request)
-    credential = await service.request_credential(session, request)
+    credential = await service.request_credential(session, request, viewer)
     if out.result and credential:
         out.result = {**out.result, "credential": credential}
     return out
@@ -313,7 +315,8 @@ async def _request_out(session: SessionDep, request: ProvisioningRequest) -> s.R
 async def file_request(
     body: s.RequestCreate, session: SessionDep, actor: Requester
 ) -> s.RequestOut:
-    return await _request_out(session, await service.file_request(session, actor=actor, data=body))
+    filed = await service.file_request(session, actor=actor, data=body)
+    return await _request_out(session, filed, actor)
 
 
 @router.get("/requests", response_model=list[s.RequestOut], tags=["requests"])
@@ -326,16 +329,15 @@ async def list_requests(
     rows = await repository.requests(
         session, departments=service.visible_departments(principal), status=status_, limit=limit
     )
-    return [await _request_out(session, r) for r in rows]
+    return [await _request_out(session, r, principal) for r in rows]
 
 
 @router.get("/requests/{request_id}", response_model=s.RequestOut, tags=["requests"])
 async def get_request(
     request_id: uuid.UUID, session: SessionDep, principal: Reader
 ) -> s.RequestOut:
-    return await _request_out(
-        session, await service.get_request(session, principal=principal, request_id=request_id)
-    )
+    found = await service.get_request(session, principal=principal, request_id=request_id)
+    return await _request_out(session, found, principal)
 
 
 @router.post("/requests/{request_id}/approve", response_model=s.RequestOut, tags=["requests"])
@@ -351,6 +353,7 @@ async def approve_request(
             approve=True,
             reason=body.reason if body else "",
         ),
+        actor,
     )
 
 
@@ -363,6 +366,7 @@ async def reject_request(
         await service.decide_request(
             session, actor=actor, request_id=request_id, approve=False, reason=body.reason
         ),
+        actor,
     )
 
 

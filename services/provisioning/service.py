@@ -290,11 +290,21 @@ def _room_check(
         )
 
 
-def _credential(mailbox: Mailbox, expires_at: datetime) -> s.CredentialOut:
-    return s.CredentialOut(
-        pickup_token=credentials.pickup_token(mailbox.id, mailbox.credential_generation),
-        expires_at=expires_at,
-    )
+# The credential generation a mailbox is created with; each password reset makes the next.
+FIRST_GENERATION = 1
+
+
+async def first_credential(session: AsyncSession, mailbox: Mailbox) -> s.CredentialOut | None:
+    """The credential the mailbox was created with, while it waits to be picked up: what
+    its creator may be shown again. A password reset since made another, for whoever reset
+    it: it is not the creator's to see."""
+    if mailbox.credential_generation != FIRST_GENERATION:
+        return None
+    token = credentials.pickup_token(mailbox.id, FIRST_GENERATION)
+    pickup = await session.get(CredentialPickup, credentials.token_hash(token))
+    if pickup is None or pickup.picked_up_at is not None:
+        return None
+    return s.CredentialOut(pickup_token=token, expires_at=pickup.expires_at)
 
 
 def mailbox_out(mailbox: Mailbox, credential: s.CredentialOut | None = None) -> s.MailboxOut:
@@ -365,12 +375,7 @@ async def _replay(
         )
     mailbox = await repository.mailbox(session, record.mailbox_id)
     assert mailbox is not None
-    pickup = await session.get(
-        CredentialPickup,
-        credentials.token_hash(credentials.pickup_token(mailbox.id, mailbox.credential_generation)),
-    )
-    credential = _credential(mailbox, pickup.expires_at) if pickup else None
-    return mailbox_out(mailbox, credential)
+    return mailbox_out(mailbox, await first_credential(session, mailbox))
 
 
 async def create_mailbox(
@@ -984,16 +989,19 @@ async def carry_out(
 
 
 async def request_credential(
-    session: AsyncSession, request: ProvisioningRequest
+    session: AsyncSession, request: ProvisioningRequest, viewer: Principal
 ) -> dict[str, Any] | None:
-    """For a completed create request: the new mailbox's pickup token, for the approver."""
+    """For a completed create request: the new mailbox's pickup token, for whoever filed or
+    approved it, until it is picked up; not for other readers of requests, and not a
+    credential a password reset made since."""
     result = request.result or {}
     if request.kind != RequestKind.CREATE_MAILBOX or "mailbox_id" not in result:
         return None
-    mailbox = await repository.mailbox(session, uuid.UUID(result["mailbox_id"]))
-    if mailbox is None:
+    if viewer.id not in (request.requested_by, request.decided_by):
         return None
-    return {"pickup_token": credentials.pickup_token(mailbox.id, mailbox.credential_generation)}
+    mailbox = await repository.mailbox(session, uuid.UUID(result["mailbox_id"]))
+    credential = None if mailbox is None else await first_credential(session, mailbox)
+    return None if credential is None else {"pickup_token": credential.pickup_token}
 
 
 # ---------------------------------------------------------------- API keys

@@ -138,3 +138,41 @@ async def test_a_request_with_a_bad_payload_is_422_naming_the_payload_field(
     assert response.json()["errors"][0]["field"] == "payload.address"
     unknown = await manager.post("/v1/requests", {"kind": "make_coffee", "payload": {}})
     assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "kind"
+
+
+@pytest.mark.usefixtures("mail_stack")
+async def test_a_created_mailboxs_pickup_token_is_shown_to_its_filer_and_approver_only_until_reset(
+    as_role: Any, department: Any
+) -> None:
+    """Other readers of requests never see it; and a password reset makes a credential that
+    is for whoever reset it, not for the request's people."""
+    dept = await department()
+    manager = await as_role("manager", [uuid.UUID(dept["id"])])
+    operator = await as_role("operator")
+    viewer = await as_role("viewer")
+    other_operator = await as_role("operator")
+    filed = await manager.post(
+        "/v1/requests",
+        {
+            "kind": "create_mailbox",
+            "payload": {"address": address_in(dept), "department_id": dept["id"]},
+        },
+    )
+    request = f"/v1/requests/{filed.json()['id']}"
+    await operator.post(f"{request}/approve")
+    await run_worker()
+
+    def token_of(answer: Any) -> Any:
+        return (answer.json()["result"] or {}).get("credential")
+
+    assert token_of(await manager.get(request)) is not None
+    assert token_of(await operator.get(request)) is not None
+    for reader in (viewer, other_operator):
+        assert token_of(await reader.get(request)) is None
+        listed = (await reader.get("/v1/requests")).json()
+        assert all((r["result"] or {}).get("credential") is None for r in listed)
+    mailbox_id = (await operator.get(request)).json()["result"]["mailbox_id"]
+    reset = await other_operator.post(f"/v1/mailboxes/{mailbox_id}/reset-password")
+    assert reset.status_code == 200, reset.text
+    assert token_of(await manager.get(request)) is None
+    assert token_of(await operator.get(request)) is None
