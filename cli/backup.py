@@ -329,7 +329,8 @@ def _whole_file(path: Path) -> Iterator[Callable[[bytes], None]]:
     removed if anything stops it."""
     partial = path.with_name(path.name + ".part")
     with _disk_errors(partial):
-        out = partial.open("xb")
+        # Someone's mail, decrypted: for whoever runs the export only.
+        out = os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
     def write(data: bytes) -> None:
         with _disk_errors(partial):
@@ -396,7 +397,7 @@ def backup_export(
             )
         total, written, size, shown = sum(counts.values()), 0, 0, time.monotonic()
         with _whole_file(path) as write:
-            async for chunk in service.export_mbox(snapshot, folder or None):
+            async for chunk in service.export_mbox(snapshot, folder or None, actor=_actor()):
                 write(chunk)
                 size += len(chunk)
                 # Only an entry's first chunk starts with `From `: in a message's lines

@@ -17,11 +17,18 @@ from typing import Annotated
 
 import httpx
 import typer
+from sqlalchemy.engine import make_url
 
 from cli import fail
 from cli.backup import backup_app
 from shared import mailstack
 from shared.settings import get_settings
+
+
+def _without_password(url: str) -> str:
+    """A database URL as it may be printed."""
+    return make_url(url).render_as_string(hide_password=True)
+
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="The shared PostgreSQL schema.", no_args_is_help=True)
@@ -52,7 +59,8 @@ def db_upgrade() -> None:
         upgrade(get_settings().database_url)
     except OSError as exc:
         fail(
-            f"cannot reach PostgreSQL at {get_settings().database_url}: {exc}; "
+            f"cannot reach PostgreSQL at {_without_password(get_settings().database_url)}: "
+            f"{exc}; "
             "is it running? set MAILOPS_DATABASE_URL to point elsewhere"
         )
     typer.echo("database is at the newest schema")

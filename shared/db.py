@@ -49,6 +49,9 @@ def get_engine() -> AsyncEngine:
         pool_size=POOL_SIZE,
         max_overflow=MAX_OVERFLOW,
         pool_pre_ping=True,
+        # A database error's text goes to logs and to failed jobs' reasons: without the
+        # statement's values (password hashes, token hashes, mail subjects).
+        hide_parameters=True,
     )
 
 

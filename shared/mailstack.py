@@ -118,6 +118,19 @@ def template_values(settings: Settings) -> dict[str, str]:
     }
 
 
+def _write(path: Path, text: str, mode: int) -> None:
+    """Replace the file with `text`, never readable beyond `mode`: written beside it with
+    that mode from its creation, then renamed over it (a chmod after the write would leave
+    a moment in which any user could read the database password)."""
+    partial = path.with_name(path.name + ".new")
+    partial.unlink(missing_ok=True)
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text)
+    os.chmod(partial, mode)  # the umask may have taken bits the daemons need
+    os.replace(partial, path)
+
+
 def render(settings: Settings) -> StackPaths:
     """Write the stack's Dovecot and Postfix configuration into its state directory."""
     paths = StackPaths(settings.resolved_state_dir)
@@ -143,14 +156,18 @@ def render(settings: Settings) -> StackPaths:
         directory.mkdir(parents=True, exist_ok=True)
     for template, target in targets.items():
         text = render_template((TEMPLATE_DIR / template).read_text(), values)
-        target.write_text(text)
         # Configs hold the database password: readable by root and the daemons' groups only.
-        target.chmod(0o644 if target.name in {"main.cf", "master.cf", "dovecot.conf"} else 0o640)
+        _write(
+            target,
+            text,
+            0o644 if target.name in {"main.cf", "master.cf", "dovecot.conf"} else 0o640,
+        )
     master_users = paths.root / "dovecot" / "master-users"
-    master_users.write_text(
-        f"{settings.master_user}:{hash_password(settings.master_password.get_secret_value())}\n"
+    _write(
+        master_users,
+        f"{settings.master_user}:{hash_password(settings.master_password.get_secret_value())}\n",
+        0o640,
     )
-    master_users.chmod(0o640)
     paths.mail_root.mkdir(exist_ok=True)
     data_dir = paths.root / "postfix" / "data"
     data_dir.mkdir(exist_ok=True)

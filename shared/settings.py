@@ -39,7 +39,11 @@ def _default_mail_gid() -> int:
 class Settings(BaseSettings):
     """One settings object; each field is `MAILOPS_<NAME>` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="MAILOPS_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a refused setting's error would print the environment it was
+    # read from, secrets included (a too-short backup key showed most of itself).
+    model_config = SettingsConfigDict(
+        env_prefix="MAILOPS_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     environment: Literal["development", "test", "production"] = "development"
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/mailops"

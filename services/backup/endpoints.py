@@ -190,11 +190,11 @@ class MboxResponse(StreamingResponse):
 async def export_snapshot(
     request: Request,
     snapshot_id: uuid.UUID,
-    _: Operator,
+    actor: Operator,
     format: Annotated[s.ExportFormat, Query()] = "mbox",
     folder: Annotated[list[str] | None, Query(max_length=1000)] = None,
 ) -> MboxResponse:
-    stream = service.export_mbox(snapshot_id, folder)
+    stream = service.export_mbox(snapshot_id, folder, actor=actor)
     await anext(stream)  # the snapshot pinned and found, or a 4xx or 503 before anything is sent
     body: AsyncIterator[bytes] = stream
     if is_head(request):  # the headers a GET would have, without reading the snapshot

@@ -406,6 +406,22 @@ async def request_restore(
     )
     session.add(job)
     await session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action="restore.request",
+        target_type="mailbox",
+        target_id=source.id,
+        after={
+            "restore_id": str(job.id),
+            "snapshot_id": str(snap.id),
+            "target": data.target.mode.value,
+            "target_mailbox_id": str(target.id),
+            "target_folder": data.target.folder,
+            "folders": data.folders or "all",
+            "messages": len(data.message_ids) if data.message_ids else "all",
+        },
+    )
     enqueue_after_commit(
         session,
         "backup",
@@ -826,13 +842,18 @@ _exports = asyncio.Semaphore(EXPORTS_AT_ONCE)
 
 
 async def export_mbox(
-    snapshot_id: uuid.UUID, folders: list[str] | None, storage: PackStorage | None = None
+    snapshot_id: uuid.UUID,
+    folders: list[str] | None,
+    storage: PackStorage | None = None,
+    *,
+    actor: Principal,
 ) -> AsyncGenerator[bytes, None]:
     """The snapshot as an mboxrd stream, a page of messages at a time, the snapshot pinned
     against prune until the stream ends. The first chunk, empty, comes once it is pinned
     and found (NotFound if it is not, Unprocessable if it lacks one of the folders,
-    Unavailable if EXPORTS_AT_ONCE are streaming): a caller awaiting it before it answers
-    can still answer with the error."""
+    Unavailable if EXPORTS_AT_ONCE are streaming), and the export is in the audit trail
+    (someone's mail leaves the platform whole): a caller awaiting it before it answers can
+    still answer with the error."""
     storage = storage or default_storage()
     if _exports.locked():
         raise Unavailable(
@@ -854,6 +875,14 @@ async def export_mbox(
                 check_folders(
                     await repository.snapshot_folder_names(session, snap), folders, "folder"
                 )
+            audit.record(
+                session,
+                actor=actor,
+                action="snapshot.export",
+                target_type="snapshot",
+                target_id=snap.id,
+                after={"mailbox_id": str(snap.mailbox_id), "folders": folders or "all"},
+            )
         yield b""
         after: tuple[str, int] | None = None
         while True:  # the snapshot pinned: each page reads it as found

@@ -133,7 +133,8 @@ async def purge_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
         if not await repository.lock_out_backups(session, mailbox.id):
             return "not due: a backup of it is running"
         try:
-            await _empty_mailbox(mailbox.address)
+            # By id, as every engine login: an internationalised address cannot log in.
+            await _empty_mailbox(str(mailbox.id))
         except ImapError as exc:
             mailbox.status_reason = f"purge failed (try {ctx.get('job_try', 1)}): {exc}"
             await session.commit()
@@ -144,8 +145,8 @@ async def purge_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
     return "purged"
 
 
-async def _empty_mailbox(address: str) -> None:
-    async with imap_session(address) as client:
+async def _empty_mailbox(login: str) -> None:
+    async with imap_session(login) as client:
         listing = check(await client.list('""', "*"), "LIST")
         for line in listing.lines:
             if not isinstance(line, bytes) or not line.startswith(b"("):

@@ -63,7 +63,7 @@ async def test_exports_beyond_those_a_process_streams_at_once_are_told_to_retry(
     await helpers.append(mailbox.address, "INBOX", corpus(2))
     snap, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     key = await api_key_for("operator")
-    streaming = service.export_mbox(snap.id, None, storage)
+    streaming = service.export_mbox(snap.id, None, storage, actor=helpers.OPERATOR)
     assert await anext(streaming) == b""
 
     busy = await api.get(f"/v1/snapshots/{snap.id}/export", headers=auth(key))
@@ -490,3 +490,37 @@ async def test_a_snapshots_messages_come_a_page_at_a_time_with_a_link_to_the_nex
     assert len(last.json()) == 1 and "link" not in last.headers
     ids = [m["id"] for m in first.json() + last.json()]
     assert len(set(ids)) == 3
+
+
+async def test_restores_and_exports_are_in_the_audit_trail(
+    api, api_key_for, seed, storage, corpus, db_session
+) -> None:
+    """Someone's mail, put back or leaving the platform whole: who asked, and for what."""
+    key = await api_key_for("operator")
+    mailbox, snapshot = await helpers.backed_up(seed, storage, {"INBOX": corpus(1, seed=133)})
+    restored = await api.post(
+        "/v1/restores",
+        json={
+            "mailbox_id": str(mailbox.id),
+            "snapshot_id": str(snapshot.id),
+            "target": {"mode": "folder", "folder": "Restored"},
+        },
+        headers=auth(key),
+    )
+    assert restored.status_code == 202
+    exported = await api.get(
+        f"/v1/snapshots/{snapshot.id}/export", params={"folder": "INBOX"}, headers=auth(key)
+    )
+    assert exported.status_code == 200
+    events = {
+        e.action: e
+        for e in await db_session.scalars(
+            select(AuditEvent).where(AuditEvent.action.in_(["restore.request", "snapshot.export"]))
+        )
+        if e.target_id in (str(mailbox.id), str(snapshot.id))
+    }
+    request, export = events["restore.request"], events["snapshot.export"]
+    assert request.after["restore_id"] == restored.json()["id"]
+    assert (request.after["target"], request.after["target_folder"]) == ("folder", "Restored")
+    assert export.after == {"mailbox_id": str(mailbox.id), "folders": ["INBOX"]}
+    assert request.actor_name == export.actor_name != "system"

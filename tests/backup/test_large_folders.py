@@ -140,7 +140,12 @@ async def test_an_export_paged_across_folders_holds_every_message_once_in_order(
     snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
 
     async def folders_of(chosen: list[str] | None) -> list[str]:
-        mbox = b"".join([chunk async for chunk in service.export_mbox(snapshot.id, chosen)])
+        mbox = b"".join(
+            [
+                chunk
+                async for chunk in service.export_mbox(snapshot.id, chosen, actor=helpers.OPERATOR)
+            ]
+        )
         return [
             line.removeprefix(b"X-Mailops-Folder: ").decode()
             for line in mbox.split(b"\n")

@@ -59,7 +59,10 @@ async def test_an_export_streams_a_message_larger_than_a_frame_whole(seed, stora
     large = small + b"\r\nFrom a line to quote\r\n" + (b"z" * 76 + b"\r\n") * 70_000
     await helpers.append(mailbox.address, "INBOX", [(large, [], when)])
     snapshot, _ = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
-    chunks = [chunk async for chunk in service.export_mbox(snapshot.id, None, storage)]
+    chunks = [
+        chunk
+        async for chunk in service.export_mbox(snapshot.id, None, storage, actor=helpers.OPERATOR)
+    ]
     assert len(chunks) > 2  # the empty first chunk, then the entry in more than one piece
     mbox = MboxrdEntry(when, "INBOX", [])
     assert b"".join(chunks) == mbox.start() + mbox.feed(large) + mbox.end()

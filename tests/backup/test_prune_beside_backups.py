@@ -272,7 +272,7 @@ async def test_a_snapshot_an_export_streams_outlives_its_retention_until_the_str
     _, mailbox, first, second = await helpers.mostly_expired(
         seed, storage, messages, deleted_uids="1:4"
     )
-    stream = service.export_mbox(first.id, None, storage)
+    stream = service.export_mbox(first.id, None, storage, actor=helpers.OPERATOR)
     assert await anext(stream) == b""  # pinned and found
     head = await anext(stream)  # a message begun; the client reads the rest slowly
 
@@ -292,7 +292,9 @@ async def test_an_export_asked_for_while_prune_deletes_its_snapshot_waits_then_f
         seed, storage, corpus(3, seed=66), deleted_uids="1"
     )
     async with _prune_deleting(first.id):
-        export = asyncio.create_task(anext(service.export_mbox(first.id, None, storage)))
+        export = asyncio.create_task(
+            anext(service.export_mbox(first.id, None, storage, actor=helpers.OPERATOR))
+        )
         await helpers.until_lock_waits("ShareLock", f"snapshot:{first.id}")
     with pytest.raises(NotFound):
         await export
@@ -315,7 +317,7 @@ async def test_an_export_cancelled_mid_stream_unpins_its_snapshot(
     monkeypatch.setattr(service, "blob_chunks_in_thread", slow_read)
 
     async def consume() -> None:
-        async for _ in service.export_mbox(first.id, None, storage):
+        async for _ in service.export_mbox(first.id, None, storage, actor=helpers.OPERATOR):
             pass
 
     await get_engine().dispose()  # no idle connection but the one the export will take
