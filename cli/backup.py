@@ -10,6 +10,7 @@ here.
 from __future__ import annotations
 
 import asyncio
+import errno
 import getpass
 import os
 import socket
@@ -142,6 +143,10 @@ async def _follow(
         await asyncio.sleep(0.5)
 
 
+# What a connection that cannot be made fails with (beside ConnectionError's own errnos).
+_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+
+
 def _run(work: Callable[[], Awaitable[str]]) -> None:
     """Run a command's work; domain errors and a missing worker end it with a hint."""
     from services.backup.engine.storage import BlobDamaged
@@ -171,8 +176,10 @@ def _run(work: Callable[[], Awaitable[str]]) -> None:
         )
     except (ConnectionError, TimeoutError, socket.gaierror, RedisError) as exc:
         fail(f"cannot reach the database or the job queue: {exc}")
-    except OSError as exc:  # the backup store's disk: full, unmounted, not writable
-        fail(f"the backup store: {exc}")
+    except OSError as exc:
+        if exc.errno in _UNREACHABLE or exc.errno is None:  # None: asyncpg's "Multiple exceptions"
+            fail(f"cannot reach the database or the job queue: {exc}")
+        fail(f"the backup store: {exc}")  # its disk: full, unmounted, not writable
     except (BackupKeyMismatch, BlobDamaged) as exc:
         fail(str(exc))
     except DBAPIError as exc:

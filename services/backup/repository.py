@@ -567,6 +567,27 @@ async def close_messages(
     return list(rows.all())
 
 
+async def current_uid_windows(
+    session: AsyncSession, folder_id: int, size: int
+) -> list[tuple[int, int]]:
+    """The folder's current UIDs in the catalog as ranges of `size` UIDs each (the last
+    fewer), lowest first: what a sync asks the server about a window at a time."""
+    numbered = (
+        select(
+            BackupMessage.uid,
+            ((func.row_number().over(order_by=BackupMessage.uid) - 1) / size).label("window"),
+        )
+        .where(BackupMessage.folder_id == folder_id, BackupMessage.until_seq.is_(None))
+        .subquery()
+    )
+    rows = await session.execute(
+        select(func.min(numbered.c.uid), func.max(numbered.c.uid))
+        .group_by(numbered.c.window)
+        .order_by(func.min(numbered.c.uid))
+    )
+    return [(int(low), int(high)) for low, high in rows]
+
+
 async def current_flags(
     session: AsyncSession, folder_id: int, uids: Sequence[int]
 ) -> dict[int, list[str]]:

@@ -207,9 +207,13 @@ class LastVerify:
 
 async def last_verify(session: AsyncSession) -> LastVerify | None:
     """The latest verify that ran to its end (damage found or not), if any."""
+    # Through to the end: succeeded, or failed for the damage it found. One stopped (its
+    # timeout, a crash) has written its progress, but says nothing of the blobs it did not
+    # reach.
+    went_through = (VerifyRun.status == "succeeded") | (VerifyRun.blobs_damaged > 0)
     run = await session.scalar(
         select(VerifyRun)
-        .where(VerifyRun.finished_at.is_not(None), VerifyRun.blobs_checked > 0)
+        .where(VerifyRun.finished_at.is_not(None), VerifyRun.blobs_checked > 0, went_through)
         .order_by(VerifyRun.finished_at.desc())
         .limit(1)
     )

@@ -109,7 +109,8 @@ async def purge_mailbox(ctx: dict[str, Any], mailbox_id: str) -> str:
     """After retention, and once its final backup has succeeded: delete every folder and
     message over IMAP, then free the address. Until that backup succeeds the mailbox stays
     `deleting`, its reason says why, and its final backup is asked for again (the sweep
-    retries the purge every five minutes)."""
+    asks for the purge every five minutes; arq takes the same job id again once the last
+    one's result has expired, an hour on)."""
     async with unit_of_work() as session:
         mailbox = await repository.mailbox(session, uuid.UUID(mailbox_id), lock=True)
         if mailbox is None or mailbox.status != MailboxStatus.DELETING:

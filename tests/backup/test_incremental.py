@@ -220,6 +220,46 @@ async def test_a_sparse_folder_is_searched_in_uid_windows_its_answer_lines_kept_
     monkeypatch.setattr(backup, "UID_WINDOW", 200)
     snapshot, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     assert counters.messages_fetched == snapshot.message_count == 600
+    # And the sync of what changed: 300 expunged (one VANISHED list of them would be about
+    # 1,700 bytes) and 100 flagged, asked about 200 of the catalog's UIDs at a time.
+    await helpers.delete_messages(
+        mailbox.address, "INBOX", uids=",".join(str(uid) for uid in range(1, 1201, 4))
+    )
+    await helpers.store_flags(mailbox.address, "INBOX", "1:400", "+FLAGS.SILENT (\\Seen)")
+    synced, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
+    assert counters.messages_fetched == 0
+    assert await helpers.snapshot_state(synced) == await helpers.server_content(mailbox.address)
+
+
+class _UidsOnly:
+    """An IMAP connection to a folder of these UIDs that answers UID SEARCH, counting them."""
+
+    def __init__(self, uids: list[int]) -> None:
+        self.uids, self.commands = uids, 0
+
+    async def command(self, command: bytes) -> imap.Tagged:
+        self.commands += 1
+        returned, _, window = command.removeprefix(b"UID SEARCH RETURN ").partition(b" UID ")
+        low, high = (int(n) for n in window.split(b":"))
+        found = [u for u in self.uids if low <= u <= high]
+        items: list[bytes] = [b"UID"]
+        if found and returned == b"(ALL)":
+            items += [b"ALL", ",".join(map(str, found)).encode()]
+        elif found:
+            items += [b"MIN", b"%d" % min(found), b"MAX", b"%d" % max(found)]
+            items += [b"COUNT", b"%d" % len(found)]
+        return imap.Tagged("OK", "done", [imap.Untagged("ESEARCH", None, items)])
+
+
+async def test_a_folder_of_far_apart_uids_is_searched_in_few_commands() -> None:
+    """UIDs near 2^32 (kept by a migration) cost a count and a listing, not a command per
+    window of the range."""
+    folder = _UidsOnly([5, 9, 4_000_000_000])
+    assert await backup._search_uids(folder, 1, 2**32 - 1) == [5, 9, 4_000_000_000]  # type: ignore[arg-type]
+    assert folder.commands == 2
+    crowded = _UidsOnly(list(range(1, 120_001)))
+    assert await backup._search_uids(crowded, 1, 120_000) == crowded.uids  # type: ignore[arg-type]
+    assert crowded.commands <= 7  # halved until each listing holds at most UID_WINDOW
 
 
 async def test_suspended_and_deleting_mailboxes_are_still_backed_up(seed, storage, corpus) -> None:

@@ -4,11 +4,15 @@ folders only would show no restored mail), the one a restore goes under included
 
 from __future__ import annotations
 
+import hashlib
+from datetime import UTC, datetime
+
 import pytest
 
 from services.backup import service
-from services.backup.engine import utf7
-from services.backup.engine.imap import master_connection
+from services.backup.engine import restore, utf7
+from services.backup.engine.imap import Literal, Tagged, Untagged, master_connection
+from services.backup.engine.storage import StoredBlob
 from tests.backup import helpers
 
 pytestmark = pytest.mark.usefixtures("mail_stack")
@@ -72,3 +76,29 @@ async def test_a_restore_run_again_reports_its_progress_as_it_skips(
     again = await helpers.restore(mailbox.id, snapshot.id)
     assert (again.status, again.skipped) == ("succeeded", 4)
     assert reported[:2] == [2, 4], "each page skipped is reported as it is"
+
+
+class _Answers:
+    """An IMAP connection whose every command gets this answer."""
+
+    def __init__(self, *responses: Untagged) -> None:
+        self.responses = list(responses)
+
+    async def command(self, command: bytes) -> Tagged:
+        return Tagged("OK", "done", self.responses)
+
+
+async def test_a_flag_change_another_session_makes_meanwhile_is_no_copy_in_the_target() -> None:
+    """With QRESYNC on, Dovecot slips `* n FETCH (UID u FLAGS (...))` of any message into
+    an answer: no body, and maybe not one of the messages asked about."""
+    body = b"Subject: s\r\n\r\nx\r\n"
+    server = _Answers(
+        Untagged("FETCH", 1, [[b"UID", b"1", b"BODY[]", Literal(body)]]),
+        Untagged("FETCH", 7, [[b"UID", b"9", b"FLAGS", [b"\\Seen"]]]),  # not asked about
+        Untagged("FETCH", 1, [[b"UID", b"1", b"FLAGS", [b"\\Seen"]]]),  # after its body
+    )
+    target = restore._TargetFolder(server, {len(body): [restore._Listed(1, len(body), False)]})  # type: ignore[arg-type]
+    await target.hash_sizes({len(body)})
+    blob = StoredBlob(hashlib.sha256(body).digest(), len(body), ())
+    item = restore.RestoreItem(1, blob, [], datetime.now(UTC))
+    assert target.take(item), "the copy there is found, its body not taken for empty"

@@ -168,6 +168,14 @@ async def test_backup_integrity_fails_naming_the_mailboxes_the_last_verify_found
                 damage=damage,
             )
         )
+        session.add(  # one stopped after (its timeout): it did not read everything
+            VerifyRun(
+                status="failed",
+                reason="abandoned while running: its job is gone",
+                finished_at=datetime.now(UTC) + timedelta(days=3650, hours=1),
+                blobs_checked=3,
+            )
+        )
     outcome = (await CHECKS["backup_integrity"].run(CheckContext(settings))).outcome
     assert outcome.status == "fail"
     assert f"the last verify found 1 damaged blobs, in the backups of {mailbox.address}" in (

@@ -83,7 +83,8 @@ IDENTITY_HEADER = b" BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]"
 STATUS_PROBES = 8
 FAST_PATH_CHUNK = 200
 CATALOG_CHUNK = 1000
-# UIDs one SEARCH or CHANGEDSINCE covers: a set of 50,000 lone UIDs of 7 digits is 400 KB.
+# UIDs one SEARCH or CHANGEDSINCE answer lists at most: 50,000 lone UIDs of 10 digits are
+# 550 KB, half of the line limit.
 UID_WINDOW = 50_000
 ANALYZE_AFTER_ROWS = 10_000
 ANALYZE_SHARE = 0.1  # of the catalog's rows: autovacuum's default scale factor
@@ -270,12 +271,42 @@ def _flags(token: Any) -> list[str]:
     return sorted(sys.intern(as_str(f)) for f in items if as_str(f).lower() != "\\recent")
 
 
-def _uid_windows(first: int, last: int) -> Iterator[tuple[int, int]]:
-    """UID ranges of UID_WINDOW from `first` to `last`: what one SEARCH or CHANGEDSINCE asks
-    about, so that its answer line (a UID set, a VANISHED list) stays far below LINE_LIMIT
-    however sparse the folder's UIDs."""
-    for low in range(first, last + 1, UID_WINDOW):
-        yield low, min(low + UID_WINDOW - 1, last)
+def _esearch(answer: Tagged) -> dict[str, str]:
+    """An ESEARCH answer's items (`ALL`, `MIN`, `MAX`, `COUNT`) by name; none for no UID."""
+    items: dict[str, str] = {}
+    for response in answer.of("ESEARCH"):
+        # `* ESEARCH (TAG "M3") UID MIN 4 MAX 9 COUNT 2`: the (TAG ...) list left out.
+        tokens = [as_str(t) for t in response.data if not isinstance(t, list)]
+        if tokens and tokens[0].upper() == "UID":
+            tokens = tokens[1:]
+        pairs = zip(tokens[::2], tokens[1::2], strict=False)  # an odd one out is no item
+        items.update((name.upper(), value) for name, value in pairs)
+    return items
+
+
+async def _search_uids(imap: ImapConnection, low: int, high: int) -> list[int]:
+    """The folder's UIDs from `low` to `high`, each answer listing at most UID_WINDOW of
+    them (its line far below LINE_LIMIT however sparse the UIDs): a range that may hold
+    more is counted first, and halved between its lowest and highest UID until it does
+    not. A range of a few new UIDs is one command, as ever."""
+    if high < low:
+        return []
+    if high - low >= UID_WINDOW:
+        counted = _esearch(
+            await imap.command(b"UID SEARCH RETURN (MIN MAX COUNT) UID %d:%d" % (low, high))
+        )
+        if int(counted.get("COUNT", 0)) == 0:
+            return []
+        low, high = int(counted["MIN"]), int(counted["MAX"])
+        if int(counted["COUNT"]) > UID_WINDOW:
+            middle = (low + high) // 2
+            return await _search_uids(imap, low, middle) + await _search_uids(
+                imap, middle + 1, high
+            )
+    found = _esearch(await imap.command(b"UID SEARCH RETURN (ALL) UID %d:%d" % (low, high)))
+    if "ALL" not in found:
+        return []
+    return [u for u in parse_uid_set(found["ALL"]) if low <= u <= high]
 
 
 def _chunks(uids: list[int]) -> Iterator[list[int]]:
@@ -502,7 +533,13 @@ class MailboxBackup:
                 if 0 < uid < uidnext:
                     changed[uid] = _flags(items.get("FLAGS"))
 
-        for low, high in _uid_windows(1, uidnext - 1):
+        # Windows of the UIDs the catalog holds (one, up to UID_WINDOW of them): a VANISHED
+        # answer lists at most a window's UIDs, and the gaps between windows cost nothing.
+        windows = [(1, uidnext - 1)]
+        if uidnext - 1 > UID_WINDOW:
+            async with transaction_on(self.connection) as session:
+                windows = await repository.current_uid_windows(session, folder_id, UID_WINDOW)
+        for low, high in windows:
             await imap.command(
                 b"UID FETCH %d:%d (UID FLAGS) (CHANGEDSINCE %d VANISHED)" % (low, high, modseq),
                 each=take,
@@ -535,19 +572,7 @@ class MailboxBackup:
         since the listing is left to the next run: the folder's state recorded for this
         snapshot is the listed one, and a message above it would be taken for new again
         (a second row of one UID), its expunge never seen."""
-        uids: list[int] = []
-        for low, high in _uid_windows(first_uid, uidnext - 1):
-            answer = await imap.command(b"UID SEARCH RETURN (ALL) UID %d:%d" % (low, high))
-            for response in answer.of("ESEARCH"):
-                tokens = [
-                    as_str(t).upper() if not isinstance(t, list) else "" for t in response.data
-                ]
-                if "ALL" in tokens:
-                    uids += [
-                        u
-                        for u in parse_uid_set(as_str(response.data[tokens.index("ALL") + 1]))
-                        if low <= u <= high
-                    ]
+        uids = await _search_uids(imap, first_uid, uidnext - 1)
         for start in range(0, len(uids), METADATA_BATCH):
             window = uids[start : start + METADATA_BATCH]
             metas = await self._fetch_metadata(imap, window)

@@ -25,6 +25,8 @@ from services.backup.engine.imap import (
     AppendItem,
     ImapConnection,
     ImapProtocolError,
+    Literal,
+    Quoted,
     Untagged,
     as_str,
     batches,
@@ -197,10 +199,13 @@ class _TargetFolder:
             answer = await self._imap.command(
                 b"UID FETCH %s (UID BODY.PEEK[])" % uid_set(deleted).encode()
             )
+            # Only the batch's bodies: another session's flag change comes as an unsolicited
+            # FETCH of UID and FLAGS, of any message, between them.
             bodies = {
-                int(items["UID"]): bytes(items.get("BODY[]") or b"")
+                int(items["UID"]): bytes(items["BODY[]"])
                 for items in map(fetch_items, answer.of("FETCH"))
-                if "UID" in items
+                if int(items.get("UID", 0)) in deleted
+                and isinstance(items.get("BODY[]"), Literal | Quoted)
             }
             hashes = await asyncio.to_thread(_sha256_each, bodies)
             self._present.update((digest, deleted[uid]) for uid, digest in hashes.items())
