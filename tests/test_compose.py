@@ -54,25 +54,28 @@ def test_api_ports_match_the_cli_defaults_and_the_published_ports() -> None:
         command = spec["command"]
         port = int(command[command.index("--port") + 1])
         assert port == default_port
-        assert spec["ports"] == [f"{port}:{port}"]
+        assert spec["ports"] == [f"127.0.0.1:{port}:{port}"]
         assert str(port) in spec["healthcheck"]["test"][-1]
 
 
 def test_mail_ports_match_the_settings_given_to_every_container() -> None:
     env = COMPOSE["x-mailops-env"]
     assert SERVICES["dovecot"]["ports"] == [
-        f"{env['MAILOPS_IMAP_PORT']}:{env['MAILOPS_IMAP_PORT']}"
+        f"127.0.0.1:{env['MAILOPS_IMAP_PORT']}:{env['MAILOPS_IMAP_PORT']}"
     ]
     assert SERVICES["postfix"]["ports"] == [
-        f"{env['MAILOPS_SMTP_PORT']}:{env['MAILOPS_SMTP_PORT']}"
+        f"127.0.0.1:{env['MAILOPS_SMTP_PORT']}:{env['MAILOPS_SMTP_PORT']}"
     ]
     assert env["MAILOPS_MAIL_HOST"] == "dovecot"
     assert env["MAILOPS_SMTP_HOST"] == "postfix"
 
 
-def test_published_host_ports_are_unique() -> None:
-    published = [p.split(":")[0] for s in SERVICES.values() for p in s.get("ports", [])]
+def test_published_host_ports_are_unique_and_on_loopback_only() -> None:
+    """The placeholder master password opens every mailbox: nothing the containers serve
+    may be reachable from the network before real secrets are set."""
+    published = [p.rsplit(":", 1)[0] for s in SERVICES.values() for p in s.get("ports", [])]
     assert len(published) == len(set(published))
+    assert all(p.startswith("127.0.0.1:") for p in published)
 
 
 def test_every_named_volume_is_declared_and_mounted_at_the_state_dir() -> None:
