@@ -6,6 +6,7 @@ Start with `mailops up` (everything on this machine) or the individual commands 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import signal
 import subprocess
@@ -66,16 +67,33 @@ def db_upgrade() -> None:
     typer.echo("database is at the newest schema")
 
 
-async def _create_api_key(name: str, role: str, departments: list[uuid.UUID]) -> str:
-    from shared.auth import new_api_key
-    from shared.db import get_engine, unit_of_work
-    from shared.models import Role
+async def _create_api_key(
+    name: str, role: str, departments: list[uuid.UUID], *, replacing: bool = False
+) -> str:
+    """A new key, as the API makes one (checked, audited, by the CLI's user); `replacing`:
+    the unrevoked keys of that name are revoked first."""
+    from sqlalchemy import select
 
-    created = new_api_key(name=name, role=Role(role), department_ids=departments)
-    async with unit_of_work() as session:
-        session.add(created.row)
-    await get_engine().dispose()
-    return created.key
+    from services.provisioning import schemas as s
+    from services.provisioning import service
+    from shared.auth import Principal
+    from shared.db import get_engine, unit_of_work
+    from shared.models import ApiKey, Role
+
+    actor = Principal(id=uuid.UUID(int=0), name=f"cli:{getpass.getuser()}", role=Role.ADMIN)
+    try:
+        async with unit_of_work() as session:
+            if replacing:
+                earlier = await session.scalars(
+                    select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
+                )
+                for key_id in list(earlier):
+                    await service.revoke_api_key(session, actor=actor, key_id=key_id)
+            data = s.ApiKeyCreate(name=name, role=Role(role), department_ids=departments)
+            _, key = await service.create_api_key(session, actor=actor, data=data)
+    finally:
+        await get_engine().dispose()
+    return key
 
 
 @apikey_app.command("create")
@@ -92,21 +110,18 @@ def apikey_create(
     ] = None,
 ) -> None:
     """Create an API key; the key is printed once, as the last line of output."""
-    from shared.auth import SCOPED_ROLES
+    from shared.errors import DomainError
     from shared.models import Role
 
     roles = [r.value for r in Role]
     if role not in roles:
         fail(f"unknown role {role!r}; choose one of: {', '.join(roles)}")
-    departments = department or []
-    if role == Role.MANAGER and len(departments) != 1:
-        fail("a manager key needs exactly one --department")
-    if departments and Role(role) not in SCOPED_ROLES:
-        fail(
-            f"a {role} key acts in every department; "
-            "only manager and onboarding keys take --department"
-        )
-    key = asyncio.run(_create_api_key(name, role, departments))
+    try:
+        key = asyncio.run(_create_api_key(name, role, department or []))
+    except DomainError as exc:  # as the API would answer: a manager's one department, say
+        detail = exc.detail.replace("department_ids", "--department")
+        named = exc.field != "department_ids" or "--department" in detail
+        fail(detail if named else f"{detail} (--department)")
     typer.echo(f"created {role} key {name!r}; store it now, it is not shown again:")
     typer.echo(key)
 
@@ -269,8 +284,8 @@ def up() -> None:
         if not _wait_ready(url):
             fail(f"the {service} API did not become ready at {url}; see {logs}/api-{service}.log")
         typer.echo(f"   {service:13} {url}  (docs: {url}/docs)")
-    typer.echo("4/4 creating a first admin API key")
-    key = asyncio.run(_create_api_key("first-admin", "admin", []))
+    typer.echo("4/4 creating an admin API key (the one an earlier `mailops up` made is revoked)")
+    key = asyncio.run(_create_api_key("first-admin", "admin", [], replacing=True))
     typer.echo(f"mailops is up; logs in {logs}. Stop it with `mailops down`.")
     typer.echo("admin API key (shown once):")
     typer.echo(key)

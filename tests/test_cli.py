@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,3 +81,26 @@ def test_stack_status_shows_each_daemon_and_port() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "dovecot" in result.stdout and "postfix" in result.stdout
     assert "imap" in result.stdout and "answers" in result.stdout
+
+
+async def test_each_mailops_up_admin_key_revokes_the_one_before_and_all_are_audited(
+    db_session,
+) -> None:
+    from cli.main import _create_api_key
+    from shared.models import AuditEvent
+
+    name = f"first-admin-{uuid.uuid4().hex[:8]}"
+    first = await _create_api_key(name, "admin", [], replacing=True)
+    second = await _create_api_key(name, "admin", [], replacing=True)
+    rows = {
+        row.key_hash: row
+        for row in await db_session.scalars(select(ApiKey).where(ApiKey.name == name))
+    }
+    assert rows[hash_api_key(first)].revoked_at is not None
+    assert rows[hash_api_key(second)].revoked_at is None
+    actions = await db_session.scalars(
+        select(AuditEvent.action).where(
+            AuditEvent.target_id.in_([str(r.id) for r in rows.values()])
+        )
+    )
+    assert sorted(actions) == ["apikey.create", "apikey.create", "apikey.revoke"]
