@@ -64,18 +64,35 @@ async def list_snapshots(
         uuid.UUID | None,
         Query(description="The next page: snapshots older than this one (see the Link header)"),
     ] = None,
+    before_time: Annotated[
+        UtcTime | None,
+        Query(
+            description="With `before`, when that snapshot was completed: the page follows "
+            "even if prune has deleted the snapshot since (the Link header gives both)"
+        ),
+    ] = None,
 ) -> list[s.SnapshotOut]:
     if mailbox_id is not None and await repository.mailbox(session, mailbox_id) is None:
         raise NotFound(f"no mailbox {mailbox_id}", field="mailbox_id")
-    after = None if before is None else await repository.snapshot(session, before)
-    if before is not None and after is None:
-        raise NotFound(f"no snapshot {before}", field="before")
+    after = None
+    if before is not None:
+        anchor = await repository.snapshot(session, before)
+        if anchor is not None and anchor.completed_at is not None:
+            after = (anchor.completed_at, anchor.id)
+        elif before_time is not None:  # pruned since the page before was read
+            after = (before_time, before)
+        else:
+            raise NotFound(f"no snapshot {before}", field="before")
     rows = await repository.snapshots(
         session, mailbox_id=mailbox_id, held=held, limit=limit + 1, before=after
     )
     if len(rows) > limit:
         rows = rows[:limit]
-        _link_next(request, response, before=str(rows[-1].id))
+        last = rows[-1]
+        assert last.completed_at is not None  # committed
+        _link_next(
+            request, response, before=str(last.id), before_time=last.completed_at.isoformat()
+        )
     return [s.SnapshotOut.model_validate(r) for r in rows]
 
 

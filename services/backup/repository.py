@@ -244,18 +244,17 @@ async def snapshots(
     mailbox_id: uuid.UUID | None,
     held: bool | None,
     limit: int,
-    before: Snapshot | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[Snapshot]:
-    """Committed snapshots, newest first (ties by id): a page of `limit`, after `before`."""
+    """Committed snapshots, newest first (ties by id): a page of `limit`, after the one
+    completed at `before` (its time and id)."""
     query = select(Snapshot).where(Snapshot.status == SnapshotStatus.COMMITTED.value)
     if mailbox_id is not None:
         query = query.where(Snapshot.mailbox_id == mailbox_id)
     if held is not None:
         query = query.where(Snapshot.held_at.is_not(None) if held else Snapshot.held_at.is_(None))
     if before is not None:
-        query = query.where(
-            tuple_(Snapshot.completed_at, Snapshot.id) < tuple_(before.completed_at, before.id)
-        )
+        query = query.where(tuple_(Snapshot.completed_at, Snapshot.id) < tuple_(*before))
     query = query.order_by(Snapshot.completed_at.desc(), Snapshot.id.desc()).limit(limit)
     return list((await session.scalars(query)).all())
 
