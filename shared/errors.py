@@ -160,6 +160,16 @@ def _field_name(location: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+def _error_field(error: Any) -> str:
+    """The field a validation error is about: its location, and within it the field a check
+    across fields names (shared.schemas.field_error)."""
+    where = _field_name(error.get("loc", ()))
+    named = (error.get("ctx") or {}).get("field")
+    if not named:
+        return where
+    return str(named) if where == "body" else f"{where}.{named}"
+
+
 async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
     return problem_response(exc.status, exc.problem(), exc.headers())
@@ -181,10 +191,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
                 "errors": [{"field": "body", "message": message}],
             },
         )
-    errors = [
-        {"field": _field_name(e.get("loc", ())), "message": e.get("msg", "invalid")}
-        for e in exc.errors()
-    ]
+    errors = [{"field": _error_field(e), "message": e.get("msg", "invalid")} for e in exc.errors()]
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return problem_response(
         422,

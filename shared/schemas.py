@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
+from pydantic_core import PydanticCustomError
 
 # PostgreSQL's bigint: a larger id or offset is a 422 naming the field, not an overflow in the
 # driver (a 500).
@@ -38,6 +39,13 @@ def _as_utc(value: datetime) -> datetime:
 
 # A time a client gives; without a timezone it is UTC.
 UtcTime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+def field_error(field: str, message: str) -> PydanticCustomError:
+    """The error of a check across fields (a model validator's), naming the field it is
+    about: such an error has no location of its own, and the problem+json answer names the
+    field from this (`target.folder` for a check of the `target` object)."""
+    return PydanticCustomError("field_check", message, {"field": field})
 
 
 class Strict(BaseModel):

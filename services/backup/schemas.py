@@ -20,7 +20,7 @@ from pydantic import (
 
 from services.backup.engine import utf7
 from shared.models.backup import RestoreMode
-from shared.schemas import NO_NUL, FromRow, RowIdIn, Strict, representable
+from shared.schemas import NO_NUL, FromRow, RowIdIn, Strict, field_error, representable
 
 # Dovecot's Maildir++ keeps a folder as one directory named by a dot and the whole name,
 # modified UTF-7: 254 bytes at most (measured on Dovecot 2.3: 255 is refused). A folder to
@@ -70,9 +70,20 @@ class BackupRequest(Strict):
 
     @model_validator(mode="after")
     def _one_scope(self) -> BackupRequest:
-        given = [self.mailbox_id is not None, self.department_id is not None, self.all]
-        if sum(given) != 1:
-            raise ValueError("give exactly one of mailbox_id, department_id, or all: true")
+        given = [
+            name
+            for name, value in (
+                ("mailbox_id", self.mailbox_id is not None),
+                ("department_id", self.department_id is not None),
+                ("all", self.all),
+            )
+            if value
+        ]
+        if len(given) != 1:  # none: name the first way; more: the one beyond the first
+            raise field_error(
+                given[1] if given else "mailbox_id",
+                "give exactly one of mailbox_id, department_id, or all: true",
+            )
         return self
 
 
@@ -164,14 +175,18 @@ class RestoreTarget(Strict):
     @model_validator(mode="after")
     def _fields_of_mode(self) -> RestoreTarget:
         if self.mode is RestoreMode.FOLDER and self.folder is None:
-            raise ValueError("mode 'folder' needs a folder")
+            raise field_error("folder", "mode 'folder' needs a folder")
         if self.mode is RestoreMode.MAILBOX and self.mailbox_id is None:
-            raise ValueError("mode 'mailbox' needs a mailbox_id")
+            raise field_error("mailbox_id", "mode 'mailbox' needs a mailbox_id")
         # A field another mode takes is a mistake to say, not to guess at.
         if self.mode is RestoreMode.ORIGINAL and self.folder is not None:
-            raise ValueError("mode 'original' takes no folder (mode 'folder' restores under one)")
+            raise field_error(
+                "folder", "mode 'original' takes no folder (mode 'folder' restores under one)"
+            )
         if self.mode is not RestoreMode.MAILBOX and self.mailbox_id is not None:
-            raise ValueError(f"mode {self.mode.value!r} takes no mailbox_id (mode 'mailbox' does)")
+            raise field_error(
+                "mailbox_id", f"mode {self.mode.value!r} takes no mailbox_id (mode 'mailbox' does)"
+            )
         return self
 
 
@@ -188,7 +203,8 @@ class RestoreRequest(Strict):
     @model_validator(mode="after")
     def _one_point(self) -> RestoreRequest:
         if (self.snapshot_id is None) == (self.at is None):
-            raise ValueError("give exactly one of snapshot_id or at")
+            field = "snapshot_id" if self.snapshot_id is None else "at"  # missing, or extra
+            raise field_error(field, "give exactly one of snapshot_id or at")
         return self
 
 

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, Field, StrictBool, StrictInt, mo
 from services.provisioning.rules import Rule
 from shared.models import Role
 from shared.models.provisioning import RequestKind
-from shared.schemas import FromRow, Strict
+from shared.schemas import FromRow, Strict, field_error
 
 
 def normalise_address(value: str) -> str:
@@ -72,7 +72,9 @@ class DepartmentCreate(Strict):
     @model_validator(mode="after")
     def _default_fits(self) -> DepartmentCreate:
         if self.default_quota_bytes > self.capacity_bytes:
-            raise ValueError("default_quota_bytes is larger than capacity_bytes")
+            raise field_error(
+                "default_quota_bytes", "default_quota_bytes is larger than capacity_bytes"
+            )
         return self
 
 
@@ -175,7 +177,7 @@ class RulesIn(Strict):
     @model_validator(mode="after")
     def _exactly_one(self) -> RulesIn:
         if (self.script is None) == (self.rules is None):
-            raise ValueError("give either script (Sieve) or rules (the JSON rule form)")
+            raise field_error("script", "give either script (Sieve) or rules (the JSON rule form)")
         return self
 
 

@@ -118,16 +118,27 @@ async def test_bad_backup_and_restore_input_is_a_4xx_naming_the_field(
     none_yet = await restore(at="2000-01-01T00:00:00Z")
     assert none_yet.status_code == 422 and problem_field(none_yet) == "at"
     neither = await restore()
-    assert neither.status_code == 422
+    assert neither.status_code == 422 and problem_field(neither) == "snapshot_id"
+    both = await restore(snapshot_id=str(others_snapshot.id), at="2024-05-01T12:00:00Z")
+    assert both.status_code == 422 and problem_field(both) == "at"
     naive = await restore(at="2024-05-01T12:00:00")
     assert naive.status_code == 422 and problem_field(naive) == "at"
-    for target in (
-        {"mode": "original", "folder": "Restored"},
-        {"mode": "folder", "folder": "Restored", "mailbox_id": str(other.id)},
+    for target, field in (
+        ({"mode": "original", "folder": "Restored"}, "target.folder"),
+        (
+            {"mode": "folder", "folder": "Restored", "mailbox_id": str(other.id)},
+            "target.mailbox_id",
+        ),
+        ({"mode": "folder"}, "target.folder"),
     ):
         mixed = await restore(snapshot_id=str(others_snapshot.id), target=target)
-        assert mixed.status_code == 422 and problem_field(mixed) == "target", target
-        assert "takes no" in mixed.json()["detail"]
+        assert mixed.status_code == 422 and problem_field(mixed) == field, target
+    scopes = await api.post("/v1/backups", json={}, headers=auth(key))
+    assert scopes.status_code == 422 and problem_field(scopes) == "mailbox_id"
+    two = await api.post(
+        "/v1/backups", json={"all": True, "mailbox_id": str(one.id)}, headers=auth(key)
+    )
+    assert two.status_code == 422 and problem_field(two) == "all"
     for bad in ("a.b", "/x", "a//b", "~x", "x\x01y", "", "z" * 300):
         rejected = await api.post(
             "/v1/restores",

@@ -179,6 +179,21 @@ async def test_a_department_in_an_unknown_domain_is_422(admin: Api) -> None:
     assert response.json()["errors"][0]["field"] == "domain"
 
 
+async def test_a_default_quota_over_the_capacity_names_the_default_quota(admin: Api) -> None:
+    response = await admin.post(
+        "/v1/departments",
+        {
+            "name": "x",
+            "domain": "nowhere.test",
+            "capacity_bytes": 10,
+            "max_mailboxes": 1,
+            "default_quota_bytes": 11,
+        },
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "default_quota_bytes"
+
+
 async def test_a_domain_in_use_cannot_be_deleted(admin: Api, department: Any) -> None:
     dept = await department()
     domain = next(d for d in (await admin.get("/v1/domains")).json() if d["name"] == dept["domain"])
