@@ -78,9 +78,13 @@ async def _mailbox_id(session: AsyncSession, address: str) -> uuid.UUID:
     had it. A purged mailbox's address may be given again, and its backups stay: with
     several former owners, it says which ids to choose from."""
     try:
-        return (await _by_id(session, uuid.UUID(address))).id
-    except ValueError:
+        by_id = await session.get(Mailbox, uuid.UUID(address))
+    except ValueError:  # an address
         pass
+    else:
+        if by_id is None:
+            raise NotFound(f"no mailbox {address}")
+        return by_id.id
     rows = (await session.scalars(select(Mailbox).where(Mailbox.address == address.lower()))).all()
     live = [m for m in rows if m.status != MailboxStatus.PURGED]
     if live:
@@ -92,12 +96,6 @@ async def _mailbox_id(session: AsyncSession, address: str) -> uuid.UUID:
     former = ", ".join(f"{m.id} (created {m.created_at:%Y-%m-%d})" for m in rows)
     raise NotFound(f"{address} was the address of several purged mailboxes: {former}; give its id")
 
-
-async def _by_id(session: AsyncSession, mailbox_id: uuid.UUID) -> Mailbox:
-    found = await session.get(Mailbox, mailbox_id)
-    if found is None:
-        raise NotFound(f"no mailbox {mailbox_id}")
-    return found
 
 
 async def _follow(

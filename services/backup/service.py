@@ -151,21 +151,50 @@ def _end_failed(row: Job, reason: str) -> None:
     row.finished_at = datetime.now(UTC)
 
 
+@dataclass(frozen=True)
+class _JobKind:
+    """How a kind of job row is carried out and looked up."""
+
+    function: str  # the worker's task (services/backup/tasks.py)
+    argument: str  # the task's argument naming the row
+    ids: str  # the arq job id's prefix
+    path: str  # the API's collection
+
+
+_JOB_KINDS: dict[type, _JobKind] = {
+    BackupRun: _JobKind("run_backup", "run_id", "backup-run", "backups"),
+    RestoreJob: _JobKind("run_restore", "restore_id", "restore", "restores"),
+    VerifyRun: _JobKind("run_verify", "verify_id", "verify", "verify"),
+}
+
+
 def job_location(row: Job) -> str:
     """Where the API answers a job's status."""
-    jobs = {RestoreJob: "restores", VerifyRun: "verify"}.get(type(row), "backups")
-    return f"/v1/{jobs}/{row.id}"
+    return f"/v1/{_JOB_KINDS[type(row)].path}/{row.id}"
 
 
 def queue_job_id(row: Job) -> str:
     """The arq job id that carries out a row: one per row, so enqueueing it twice is one job."""
-    if isinstance(row, RestoreJob):
-        return f"restore:{row.id}"
-    if isinstance(row, VerifyRun):
-        return f"verify:{row.id}"
-    if row.scope == BackupScope.FINAL.value and row.mailbox_id is not None:
+    if (
+        isinstance(row, BackupRun)
+        and row.scope == BackupScope.FINAL.value
+        and row.mailbox_id is not None
+    ):
         return final_backup_job_id(row.mailbox_id)
-    return f"backup-run:{row.id}"
+    return f"{_JOB_KINDS[type(row)].ids}:{row.id}"
+
+
+def _enqueue(session: AsyncSession, row: Job) -> None:
+    """Queue the row's job once the session commits (the row flushed: it has its id)."""
+    kind = _JOB_KINDS[type(row)]
+    enqueue_after_commit(
+        session,
+        "backup",
+        kind.function,
+        job_id=queue_job_id(row),
+        location=job_location(row),
+        **{kind.argument: str(row.id)},
+    )
 
 
 # ---------------------------------------------------------------- requests
@@ -221,14 +250,7 @@ async def create_run(
     )
     session.add(run)
     await session.flush()
-    enqueue_after_commit(
-        session,
-        "backup",
-        "run_backup",
-        job_id=queue_job_id(run),
-        location=job_location(run),
-        run_id=str(run.id),
-    )
+    _enqueue(session, run)
     return run
 
 
@@ -422,14 +444,7 @@ async def request_restore(
             "messages": len(data.message_ids) if data.message_ids else "all",
         },
     )
-    enqueue_after_commit(
-        session,
-        "backup",
-        "run_restore",
-        job_id=queue_job_id(job),
-        location=job_location(job),
-        restore_id=str(job.id),
-    )
+    _enqueue(session, job)
     return job
 
 
@@ -498,14 +513,7 @@ async def request_verify(
     run = VerifyRun(status=JobStatus.QUEUED.value, fraction=data.fraction, requested_by=actor.name)
     session.add(run)
     await session.flush()
-    enqueue_after_commit(
-        session,
-        "backup",
-        "run_verify",
-        job_id=queue_job_id(run),
-        location=job_location(run),
-        verify_id=str(run.id),
-    )
+    _enqueue(session, run)
     return run
 
 

@@ -229,35 +229,39 @@ async def last_verify(session: AsyncSession) -> LastVerify | None:
     return LastVerify(run.finished_at.timestamp(), run.blobs_checked, run.blobs_damaged, affected)
 
 
-async def failed_backup_run_count(session: AsyncSession, window_seconds: int) -> int:
-    count = await session.scalar(
-        text(
-            "SELECT count(*) FROM backup_runs WHERE status = 'failed' "
-            "AND coalesce(finished_at, started_at) > now() - make_interval(secs => :window)"
-        ),
-        {"window": window_seconds},
+async def failed_backup_runs(
+    session: AsyncSession, window_seconds: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """How many backup runs failed within the window, and the latest 50 of them."""
+    rows = (
+        (
+            await session.execute(
+                text(
+                    """
+                SELECT r.id::text AS id, r.reason, m.address, r.started_at, r.finished_at,
+                       count(*) OVER () AS failed
+                FROM backup_runs r LEFT JOIN mailboxes m ON m.id = r.mailbox_id
+                WHERE r.status = 'failed'
+                  AND coalesce(r.finished_at, r.started_at) > now() - make_interval(secs => :window)
+                ORDER BY coalesce(r.finished_at, r.started_at) DESC
+                LIMIT 50
+                """
+                ),
+                {"window": window_seconds},
+            )
+        )
+        .mappings()
+        .all()
     )
-    return int(count or 0)
-
-
-async def failed_backup_runs(session: AsyncSession, window_seconds: int) -> list[dict[str, Any]]:
-    rows = await session.execute(
-        text(
-            """
-            SELECT r.id::text AS id, r.reason, m.address, r.started_at, r.finished_at
-            FROM backup_runs r LEFT JOIN mailboxes m ON m.id = r.mailbox_id
-            WHERE r.status = 'failed'
-              AND coalesce(r.finished_at, r.started_at) > now() - make_interval(secs => :window)
-            ORDER BY coalesce(r.finished_at, r.started_at) DESC
-            LIMIT 50
-            """
-        ),
-        {"window": window_seconds},
-    )
-    return [
-        {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
-        for row in rows.mappings()
+    listed = [
+        {
+            k: (v.isoformat() if isinstance(v, datetime) else v)
+            for k, v in row.items()
+            if k != "failed"
+        }
+        for row in rows
     ]
+    return (int(rows[0]["failed"]) if rows else 0), listed
 
 
 # --- check results and states ---------------------------------------------------------

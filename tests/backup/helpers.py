@@ -130,6 +130,11 @@ async def delete_messages(address: str, folder: str, *, uids: str = "1:*") -> No
             await imap.command(b"EXPUNGE")
 
 
+async def delete_folder(address: str, folder: str) -> None:
+    async with master_connection(address) as imap:
+        await imap.command(b"DELETE " + quote(utf7.encode(folder)))
+
+
 async def empty(address: str) -> None:
     """Delete every message, and every folder but the default ones."""
     async with master_connection(address) as imap:

@@ -22,6 +22,13 @@ from tests.conftest import run_worker
 pytestmark = pytest.mark.usefixtures("mail_stack")
 
 
+def request_restore(api, key: str, mailbox_id, *, target=None, **fields):  # type: ignore[no-untyped-def]
+    """POST /v1/restores as `key` for the mailbox: into its own folders unless `target`
+    says otherwise; `fields` (snapshot_id, at, folders, message_ids) as JSON gives them."""
+    body = {"mailbox_id": str(mailbox_id), "target": target or {"mode": "original"}, **fields}
+    return api.post("/v1/restores", json=body, headers=auth(key))
+
+
 async def test_backup_request_runs_and_reports_counts(api, api_key_for, seed, corpus) -> None:
     mailbox = await seed.mailbox("pw-1234567890")
     await helpers.append(mailbox.address, "INBOX", corpus(7))
@@ -108,8 +115,7 @@ async def test_bad_backup_and_restore_input_is_a_4xx_naming_the_field(
     others_snapshot, _ = await backup_mailbox(mailbox_id=other.id, run_id=None, storage=storage)
 
     def restore(**fields):
-        body = {"mailbox_id": str(one.id), "target": {"mode": "original"}, **fields}
-        return api.post("/v1/restores", json=body, headers=auth(key))
+        return request_restore(api, key, one.id, **fields)
 
     missing = await restore(snapshot_id=str(uuid.uuid4()))
     assert missing.status_code == 404 and problem_field(missing) == "snapshot_id"
@@ -140,53 +146,40 @@ async def test_bad_backup_and_restore_input_is_a_4xx_naming_the_field(
     )
     assert two.status_code == 422 and problem_field(two) == "all"
     for bad in ("a.b", "/x", "a//b", "~x", "x\x01y", "", "z" * 300):
-        rejected = await api.post(
-            "/v1/restores",
-            json={
-                "mailbox_id": str(other.id),
-                "snapshot_id": str(others_snapshot.id),
-                "target": {"mode": "folder", "folder": bad},
-            },
-            headers=auth(key),
+        rejected = await request_restore(
+            api,
+            key,
+            other.id,
+            snapshot_id=str(others_snapshot.id),
+            target={"mode": "folder", "folder": bad},
         )
         assert rejected.status_code == 422, bad
         assert problem_field(rejected) == "target.folder"
     await helpers.append(other.address, "Z" * 200, corpus(1, seed=98))
     long_snapshot, _ = await backup_mailbox(mailbox_id=other.id, run_id=None, storage=storage)
-    too_long = await api.post(
-        "/v1/restores",
-        json={
-            "mailbox_id": str(other.id),
-            "snapshot_id": str(long_snapshot.id),
-            "target": {"mode": "folder", "folder": "R" * 100},
-        },
-        headers=auth(key),
+    too_long = await request_restore(
+        api,
+        key,
+        other.id,
+        snapshot_id=str(long_snapshot.id),
+        target={"mode": "folder", "folder": "R" * 100},
     )
     assert too_long.status_code == 422 and problem_field(too_long) == "target.folder"
     assert "Z" * 200 in too_long.json()["detail"]
     inbox = await api.get(
         f"/v1/snapshots/{long_snapshot.id}/messages", params={"folder": "INBOX"}, headers=auth(key)
     )
-    picked = await api.post(
-        "/v1/restores",
-        json={
-            "mailbox_id": str(other.id),
-            "snapshot_id": str(long_snapshot.id),
-            "message_ids": [inbox.json()[0]["id"]],
-            "target": {"mode": "folder", "folder": "R" * 100},
-        },
-        headers=auth(key),
+    picked = await request_restore(
+        api,
+        key,
+        other.id,
+        snapshot_id=str(long_snapshot.id),
+        message_ids=[inbox.json()[0]["id"]],
+        target={"mode": "folder", "folder": "R" * 100},
     )
     assert picked.status_code == 202, "the long folder is not one the restore makes"
-    wrong_folder = await api.post(
-        "/v1/restores",
-        json={
-            "mailbox_id": str(other.id),
-            "snapshot_id": str(others_snapshot.id),
-            "folders": ["Nope"],
-            "target": {"mode": "original"},
-        },
-        headers=auth(key),
+    wrong_folder = await request_restore(
+        api, key, other.id, snapshot_id=str(others_snapshot.id), folders=["Nope"]
     )
     assert wrong_folder.status_code == 422 and problem_field(wrong_folder) == "folders"
     policy = await api.put(
@@ -232,13 +225,7 @@ async def test_restore_message_ids_outside_the_snapshot_or_its_chosen_folders_ar
     archived = listed.json()[0]["id"]
 
     def restore(**fields):
-        body = {
-            "mailbox_id": str(mailbox.id),
-            "snapshot_id": str(snapshot.id),
-            "target": {"mode": "original"},
-            **fields,
-        }
-        return api.post("/v1/restores", json=body, headers=auth(key))
+        return request_restore(api, key, mailbox.id, snapshot_id=str(snapshot.id), **fields)
 
     # More ids than PostgreSQL takes parameters in one statement.
     many = await restore(message_ids=[archived, *range(10**9, 10**9 + 40_000)])
@@ -270,15 +257,7 @@ async def test_nul_characters_and_unrepresentable_times_are_a_422_naming_the_fie
         f"/v1/snapshots/{snapshot.id}/hold", json={"reason": "case\x001"}, headers=auth(key)
     )
     assert hold.status_code == 422 and problem_field(hold) == "reason"
-    late = await api.post(
-        "/v1/restores",
-        json={
-            "mailbox_id": str(mailbox.id),
-            "at": "9999-12-31T23:59:59-01:00",
-            "target": {"mode": "original"},
-        },
-        headers=auth(key),
-    )
+    late = await request_restore(api, key, mailbox.id, at="9999-12-31T23:59:59-01:00")
     assert late.status_code == 422 and problem_field(late) == "at"
 
 
@@ -295,8 +274,7 @@ async def test_support_restores_into_a_folder_and_other_departments_need_admin(
     admin = await api_key_for("admin")
 
     def restore(key, target):
-        body = {"mailbox_id": str(mailbox.id), "snapshot_id": str(snapshot.id), "target": target}
-        return api.post("/v1/restores", json=body, headers=auth(key))
+        return request_restore(api, key, mailbox.id, snapshot_id=str(snapshot.id), target=target)
 
     assert (await restore(support, {"mode": "original"})).status_code == 403
     into_other = {"mode": "mailbox", "mailbox_id": str(stranger.id)}
@@ -434,10 +412,8 @@ async def test_a_restore_into_a_mailbox_that_cannot_receive_mail_is_a_422_in_eve
         assert row is not None
         row.status = MailboxStatus.PURGED.value
     for target in ({"mode": "original"}, {"mode": "folder", "folder": "Restored"}):
-        refused = await api.post(
-            "/v1/restores",
-            json={"mailbox_id": str(mailbox.id), "snapshot_id": str(snapshot.id), "target": target},
-            headers=auth(key),
+        refused = await request_restore(
+            api, key, mailbox.id, snapshot_id=str(snapshot.id), target=target
         )
         assert refused.status_code == 422 and problem_field(refused) == "mailbox_id", target
         assert "purged" in refused.json()["detail"]
@@ -476,16 +452,7 @@ async def test_numbers_and_booleans_of_another_json_type_are_a_422_not_converted
     assert everything.status_code == 422 and problem_field(everything) == "all"
     fraction = await api.post("/v1/verify", json={"fraction": True}, headers=auth(key))
     assert fraction.status_code == 422 and problem_field(fraction) == "fraction"
-    ids = await api.post(
-        "/v1/restores",
-        json={
-            "mailbox_id": str(mailbox.id),
-            "at": "2030-01-01T00:00:00Z",
-            "message_ids": [True],
-            "target": {"mode": "original"},
-        },
-        headers=auth(key),
-    )
+    ids = await request_restore(api, key, mailbox.id, at="2030-01-01T00:00:00Z", message_ids=[True])
     assert ids.status_code == 422 and problem_field(ids) == "message_ids.0"
 
 
@@ -512,14 +479,12 @@ async def test_restores_and_exports_are_in_the_audit_trail(
     """Someone's mail, put back or leaving the platform whole: who asked, and for what."""
     key = await api_key_for("operator")
     mailbox, snapshot = await helpers.backed_up(seed, storage, {"INBOX": corpus(1, seed=133)})
-    restored = await api.post(
-        "/v1/restores",
-        json={
-            "mailbox_id": str(mailbox.id),
-            "snapshot_id": str(snapshot.id),
-            "target": {"mode": "folder", "folder": "Restored"},
-        },
-        headers=auth(key),
+    restored = await request_restore(
+        api,
+        key,
+        mailbox.id,
+        snapshot_id=str(snapshot.id),
+        target={"mode": "folder", "folder": "Restored"},
     )
     assert restored.status_code == 202
     exported = await api.get(

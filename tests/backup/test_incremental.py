@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from services.backup.engine import backup, imap, utf7
+from services.backup.engine import backup, imap
 from services.backup.engine.backup import MailboxBackup, backup_mailbox
-from services.backup.engine.imap import master_connection, quote
+from services.backup.engine.imap import master_connection
 from shared.db import unit_of_work
 from shared.models import MailboxStatus
 from shared.models.backup import BackupFolder
@@ -135,8 +135,7 @@ async def test_uidvalidity_change_rescans_without_fetching_stored_bodies(
     messages = corpus(6, seed=4)
     await helpers.append(mailbox.address, "Projekt", messages)
     await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
-    async with master_connection(mailbox.address) as imap:
-        await imap.command(b"DELETE " + quote(utf7.encode("Projekt")))
+    await helpers.delete_folder(mailbox.address, "Projekt")
     await helpers.append(mailbox.address, "Projekt", messages)  # a new UIDVALIDITY
     snapshot, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     assert counters.messages_fetched == 0
@@ -151,8 +150,7 @@ async def test_a_rescan_fetches_no_stored_body_of_messages_without_a_message_id(
     messages = enmime_corpus()
     await helpers.append(mailbox.address, "Projekt", messages)
     await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
-    async with master_connection(mailbox.address) as imap:
-        await imap.command(b"DELETE " + quote(utf7.encode("Projekt")))
+    await helpers.delete_folder(mailbox.address, "Projekt")
     await helpers.append(mailbox.address, "Projekt", messages)  # a new UIDVALIDITY
     snapshot, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     assert counters.messages_fetched == 0
@@ -177,8 +175,7 @@ async def test_messages_alike_but_for_their_envelope_are_not_taken_for_one_anoth
 
     await helpers.append(mailbox.address, "Alerts", [note("disk A", "91% used\r\n")])
     await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
-    async with master_connection(mailbox.address) as imap:
-        await imap.command(b"DELETE Alerts")
+    await helpers.delete_folder(mailbox.address, "Alerts")
     await helpers.append(mailbox.address, "Alerts", [note("disk B", "92% used\r\n")])
     snapshot, counters = await backup_mailbox(mailbox_id=mailbox.id, run_id=None, storage=storage)
     assert counters.messages_fetched == 1
@@ -196,8 +193,7 @@ async def test_a_folder_made_again_between_the_listing_and_its_sync_is_read_as_n
     await helpers.store_flags(mailbox.address, "Projekt", "1", "+FLAGS.SILENT (\\Flagged)")
 
     async def made_again() -> None:
-        async with master_connection(mailbox.address) as imap:
-            await imap.command(b"DELETE Projekt")
+        await helpers.delete_folder(mailbox.address, "Projekt")
         await helpers.append(mailbox.address, "Projekt", corpus(6, seed=130))
 
     after_the_listing(monkeypatch, made_again)

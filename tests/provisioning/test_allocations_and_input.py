@@ -164,7 +164,14 @@ async def test_a_body_that_is_not_json_is_400_not_500(admin: Api) -> None:
     assert response.json()["errors"][0]["field"] == "body"
 
 
-async def test_a_department_in_an_unknown_domain_is_422(admin: Api) -> None:
+@pytest.mark.parametrize(
+    ("default_quota_bytes", "field"),
+    [(1, "domain"), (11, "default_quota_bytes")],
+    ids=["a department in an unknown domain", "a default quota over the capacity"],
+)
+async def test_a_department_that_cannot_be_is_422_naming_the_field(
+    admin: Api, default_quota_bytes: int, field: str
+) -> None:
     response = await admin.post(
         "/v1/departments",
         {
@@ -172,26 +179,11 @@ async def test_a_department_in_an_unknown_domain_is_422(admin: Api) -> None:
             "domain": "nowhere.test",
             "capacity_bytes": 10,
             "max_mailboxes": 1,
-            "default_quota_bytes": 1,
+            "default_quota_bytes": default_quota_bytes,
         },
     )
     assert response.status_code == 422
-    assert response.json()["errors"][0]["field"] == "domain"
-
-
-async def test_a_default_quota_over_the_capacity_names_the_default_quota(admin: Api) -> None:
-    response = await admin.post(
-        "/v1/departments",
-        {
-            "name": "x",
-            "domain": "nowhere.test",
-            "capacity_bytes": 10,
-            "max_mailboxes": 1,
-            "default_quota_bytes": 11,
-        },
-    )
-    assert response.status_code == 422
-    assert response.json()["errors"][0]["field"] == "default_quota_bytes"
+    assert response.json()["errors"][0]["field"] == field
 
 
 async def test_a_domain_in_use_cannot_be_deleted(admin: Api, department: Any) -> None:

@@ -247,12 +247,18 @@ async def _past_retention(db_session: Any, mailbox_id: str) -> None:
     await db_session.commit()
 
 
-async def test_a_mailbox_is_purged_only_after_its_final_backup_succeeded(
-    admin: Api, department: Any, db_session: Any
-) -> None:
+async def _deleted(admin: Api, department: Any) -> dict[str, Any]:
+    """A mailbox made, prepared by the worker, and deleted."""
     mailbox = await _create(admin, await department())
     await run_worker()
     await admin.delete(f"/v1/mailboxes/{mailbox['id']}")
+    return mailbox
+
+
+async def test_a_mailbox_is_purged_only_after_its_final_backup_succeeded(
+    admin: Api, department: Any, db_session: Any
+) -> None:
+    mailbox = await _deleted(admin, department)
     pool = await queue.get_pool()
     final_job = queue.final_backup_job_id(uuid.UUID(mailbox["id"]))
     await pool.zrem(queue.queue_name("backup"), final_job)  # as if Redis had lost it
@@ -274,9 +280,7 @@ async def test_a_mailbox_is_purged_only_after_its_final_backup_succeeded(
 async def test_no_purge_while_a_backup_of_the_mailbox_runs(
     admin: Api, department: Any, db_session: Any
 ) -> None:
-    mailbox = await _create(admin, await department())
-    await run_worker()
-    await admin.delete(f"/v1/mailboxes/{mailbox['id']}")
+    mailbox = await _deleted(admin, department)
     assert await backup_tasks.final_backup({}, mailbox["id"]) == "succeeded"
     await _past_retention(db_session, mailbox["id"])
     key = backup_lock_key(uuid.UUID(mailbox["id"]))

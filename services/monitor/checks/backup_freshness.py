@@ -31,8 +31,7 @@ class BackupFreshnessCheck(Check):
         try:
             async with ctx.sessions() as session:
                 ages = await repository.backup_ages(session, settings.backup_interval_seconds)
-                failed = await repository.failed_backup_runs(session, window)
-                failed_count = await repository.failed_backup_run_count(session, window)
+                failed_count, failed = await repository.failed_backup_runs(session, window)
         except DBAPIError as exc:
             # The backup service's tables are missing or changed: this check cannot tell.
             return Outcome(Status.UNKNOWN, f"cannot read backup data: {describe(exc.orig or exc)}")
