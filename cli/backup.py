@@ -97,7 +97,6 @@ async def _mailbox_id(session: AsyncSession, address: str) -> uuid.UUID:
     raise NotFound(f"{address} was the address of several purged mailboxes: {former}; give its id")
 
 
-
 async def _follow(
     kind: str,
     load: Callable[[AsyncSession], Awaitable[JobT]],
