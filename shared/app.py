@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -28,6 +30,13 @@ def is_head(request: Request) -> bool:
     """Whether the request is a HEAD, served by its GET route: one whose body is costly to
     make (a streamed export) is then not made at all."""
     return bool(request.scope.get(_HEAD))
+
+
+def located(status: int, what: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` declaring the Location header of a `status` answer (RFC 9110: a
+    201's names the resource made, a 202's where to follow the work)."""
+    header = {"description": what, "schema": {"type": "string", "format": "uri-reference"}}
+    return {status: {"description": HTTPStatus(status).phrase, "headers": {"Location": header}}}
 
 
 class _HeadAsGet:

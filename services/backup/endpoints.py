@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from services.backup import repository, service
 from services.backup import schemas as s
-from shared.app import is_head
+from shared.app import is_head, located
 from shared.auth import Principal, SessionDep, require
 from shared.errors import NotFound, problem_responses
 from shared.models import Role
@@ -23,13 +23,14 @@ Restorer = Annotated[Principal, Depends(require(Role.OPERATOR, Role.SUPPORT))]
 Reader = Annotated[Principal, Depends(require(Role.OPERATOR, Role.SUPPORT, Role.VIEWER))]
 
 router = APIRouter(prefix="/v1", responses=problem_responses(400, 401, 403, 404, 422))
+JOB_RESPONSES = {**located(202, "The job's status, to follow"), **problem_responses(503)}
 
 
 @router.post(
     "/backups",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=s.Accepted,
-    responses=problem_responses(503),
+    responses=JOB_RESPONSES,
     tags=["backups"],
 )
 async def request_backup(
@@ -227,7 +228,7 @@ async def export_snapshot(
     "/restores",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=s.Accepted,
-    responses=problem_responses(503),
+    responses=JOB_RESPONSES,
     tags=["restores"],
 )
 async def request_restore(
@@ -270,7 +271,7 @@ async def list_policies(session: SessionDep, _: Reader) -> list[s.PolicyOut]:
     "/verify",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=s.Accepted,
-    responses=problem_responses(503),
+    responses=JOB_RESPONSES,
     tags=["verify"],
 )
 async def request_verify(

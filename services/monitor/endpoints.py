@@ -35,6 +35,7 @@ from services.monitor.schemas import (
     ReportSummary,
 )
 from shared import audit
+from shared.app import located
 from shared.auth import Principal, SessionDep, require
 from shared.errors import NotFound, problem_responses
 from shared.models import Role
@@ -255,9 +256,17 @@ async def get_report(
     return ReportOut.model_validate(report)
 
 
-@router.post("/reports", status_code=201, summary="Run an inspection now and store its report")
-async def create_report(body: ReportIn, session: SessionDep, _: Operator) -> ReportOut:
+@router.post(
+    "/reports",
+    status_code=201,
+    responses=located(201, "The report"),
+    summary="Run an inspection now and store its report",
+)
+async def create_report(
+    body: ReportIn, session: SessionDep, _: Operator, response: Response
+) -> ReportOut:
     report = await reports.inspect(session, kind=body.kind, settings=get_settings())
+    response.headers["Location"] = f"/v1/reports/{report.id}"
     return ReportOut.model_validate(report)
 
 

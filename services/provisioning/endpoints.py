@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response, status
 
 from services.provisioning import repository, service
 from services.provisioning import schemas as s
+from shared.app import located
 from shared.auth import Principal, SessionDep, require
 from shared.errors import problem_responses
 from shared.models import MailboxStatus, Role
@@ -33,11 +34,18 @@ router = APIRouter(prefix="/v1", responses=problem_responses(400, 401, 403, 404,
 
 
 @router.post(
-    "/domains", status_code=status.HTTP_201_CREATED, response_model=s.DomainOut, tags=["domains"]
+    "/domains",
+    status_code=status.HTTP_201_CREATED,
+    response_model=s.DomainOut,
+    responses=located(201, "The domain"),
+    tags=["domains"],
 )
-async def create_domain(body: s.DomainCreate, session: SessionDep, actor: Operator) -> s.DomainOut:
+async def create_domain(
+    body: s.DomainCreate, session: SessionDep, actor: Operator, response: Response
+) -> s.DomainOut:
     domain = await service.create_domain(session, actor=actor, data=body)
     await session.refresh(domain)
+    response.headers["Location"] = f"/v1/domains/{domain.id}"
     return s.DomainOut.model_validate(domain)
 
 
@@ -65,12 +73,14 @@ async def delete_domain(domain_id: uuid.UUID, session: SessionDep, actor: Operat
     "/departments",
     status_code=status.HTTP_201_CREATED,
     response_model=s.DepartmentOut,
+    responses=located(201, "The department"),
     tags=["departments"],
 )
 async def create_department(
-    body: s.DepartmentCreate, session: SessionDep, actor: Operator
+    body: s.DepartmentCreate, session: SessionDep, actor: Operator, response: Response
 ) -> s.DepartmentOut:
     department = await service.create_department(session, actor=actor, data=body)
+    response.headers["Location"] = f"/v1/departments/{department.id}"
     return await service.department_out(session, department)
 
 
@@ -108,6 +118,7 @@ async def update_department(
     "/mailboxes",
     status_code=status.HTTP_201_CREATED,
     response_model=s.MailboxOut,
+    responses=located(201, "The mailbox"),
     tags=["mailboxes"],
     summary="Create a mailbox; its password is picked up once via credential.pickup_token",
 )
@@ -115,13 +126,16 @@ async def create_mailbox(
     body: s.MailboxCreate,
     session: SessionDep,
     actor: Creator,
+    response: Response,
     idempotency_key: Annotated[
         str | None, Header(max_length=200, description="Retry-safe creation")
     ] = None,
 ) -> s.MailboxOut:
-    return await service.create_mailbox(
+    mailbox = await service.create_mailbox(
         session, actor=actor, data=body, idempotency_key=idempotency_key
     )
+    response.headers["Location"] = f"/v1/mailboxes/{mailbox.id}"
+    return mailbox
 
 
 @router.get("/mailboxes", response_model=s.MailboxPage, tags=["mailboxes"])
@@ -309,13 +323,15 @@ async def _request_out(
     "/requests",
     status_code=status.HTTP_201_CREATED,
     response_model=s.RequestOut,
+    responses=located(201, "The request"),
     tags=["requests"],
     summary="File a configuration request form (pending approval)",
 )
 async def file_request(
-    body: s.RequestCreate, session: SessionDep, actor: Requester
+    body: s.RequestCreate, session: SessionDep, actor: Requester, response: Response
 ) -> s.RequestOut:
     filed = await service.file_request(session, actor=actor, data=body)
+    response.headers["Location"] = f"/v1/requests/{filed.id}"
     return await _request_out(session, filed, actor)
 
 

@@ -43,7 +43,8 @@ async def test_mailbox_past_80_percent_of_quota_shows_in_the_quota_check_and_dai
     report = response.json()
     assert full.address in [m["address"] for m in report["body"]["near_quota"]]
     assert {c["name"] for c in report["body"]["checks"]} == set(CHECKS)
-    page = await operator.get(f"/v1/reports/{report['id']}", headers={"Accept": "text/html"})
+    assert response.headers["location"] == f"/v1/reports/{report['id']}"
+    page = await operator.get(response.headers["location"], headers={"Accept": "text/html"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert full.address in page.text and "Mailboxes near quota" in page.text
 

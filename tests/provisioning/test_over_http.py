@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -9,7 +10,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from services.provisioning.app import create_app
-from tests.provisioning.conftest import address_in
+from tests.provisioning.conftest import Api, address_in
 
 
 async def test_the_transaction_commits_before_the_response_starts(
@@ -45,3 +46,37 @@ async def test_the_transaction_commits_before_the_response_starts(
         event.remove(Session, "after_commit", committed)
     assert created.status_code == 201
     assert order.index("commit") < order.index("response"), order
+
+
+async def test_each_created_resource_is_named_by_its_location_header(
+    admin: Api, department: Any
+) -> None:
+    dept = await department()
+    domain = f"located-{uuid.uuid4().hex[:8]}.test"
+    created = [
+        await admin.post("/v1/domains", {"name": domain}),
+        await admin.post(
+            "/v1/departments",
+            {
+                "name": "located",
+                "domain": domain,
+                "capacity_bytes": 2**30,
+                "max_mailboxes": 2,
+                "default_quota_bytes": 2**20,
+            },
+        ),
+        await admin.post(
+            "/v1/mailboxes", {"address": address_in(dept), "department_id": dept["id"]}
+        ),
+        await admin.post(
+            "/v1/requests",
+            {
+                "kind": "create_mailbox",
+                "payload": {"address": address_in(dept), "department_id": dept["id"]},
+            },
+        ),
+    ]
+    for answer in created:
+        assert answer.status_code == 201, answer.text
+        named = await admin.get(answer.headers["location"])
+        assert named.status_code == 200 and named.json()["id"] == answer.json()["id"]
