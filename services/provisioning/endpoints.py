@@ -270,18 +270,20 @@ def rules_out(rule: MailRule) -> s.RulesOut:
 # ---------------------------------------------------------------- credentials
 
 
-@router.get(
-    "/credentials/{pickup_token}",
+@router.post(
+    "/credentials/pickup",
     response_model=s.PickedUpCredential,
     tags=["credentials"],
     responses=problem_responses(410),
     summary="The generated password, once; the token itself is the authorisation",
+    description="A POST with the token in its body, so that the token stays out of URLs "
+    "(access logs, proxies) and a link scanner following a URL does not use it up.",
 )
 async def pick_up_credential(
-    pickup_token: str, session: SessionDep, response: Response
+    body: s.CredentialPickupIn, session: SessionDep, response: Response
 ) -> s.PickedUpCredential:
     response.headers["Cache-Control"] = "no-store"
-    return await service.pick_up_credential(session, token=pickup_token)
+    return await service.pick_up_credential(session, token=body.pickup_token)
 
 
 # ---------------------------------------------------------------- aliases

@@ -147,6 +147,10 @@ class Forwarding(Strict):
     keep_copy: StrictBool = True
 
 
+class CredentialPickupIn(Strict):
+    pickup_token: str = Field(min_length=1, max_length=100)
+
+
 class PickedUpCredential(BaseModel):
     address: str
     password: str

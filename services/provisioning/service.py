@@ -326,9 +326,10 @@ def mailbox_out(mailbox: Mailbox, credential: s.CredentialOut | None = None) -> 
 
 
 def _issue_credential(session: AsyncSession, mailbox: Mailbox) -> s.CredentialOut:
-    """Derive a new password for the mailbox's generation; store its hash and a pickup."""
+    """A new password for the mailbox's generation: its hash, and a pickup holding it sealed."""
     token = credentials.pickup_token(mailbox.id, mailbox.credential_generation)
-    mailbox.password_hash = hash_password(credentials.password_for(token))
+    password = credentials.new_password()
+    mailbox.password_hash = hash_password(password)
     expires_at = datetime.now(UTC) + timedelta(seconds=get_settings().credential_ttl_seconds)
     session.add(
         CredentialPickup(
@@ -336,6 +337,7 @@ def _issue_credential(session: AsyncSession, mailbox: Mailbox) -> s.CredentialOu
             mailbox_id=mailbox.id,
             generation=mailbox.credential_generation,
             expires_at=expires_at,
+            sealed_password=credentials.seal_password(token, password),
         )
     )
     return s.CredentialOut(pickup_token=token, expires_at=expires_at)
@@ -639,7 +641,14 @@ async def pick_up_credential(session: AsyncSession, *, token: str) -> s.PickedUp
         )
     if mailbox is None or mailbox.credential_generation != pickup.generation:
         raise Gone("this credential was superseded by a password reset", code="credential_gone")
+    if pickup.sealed_password is None:  # issued before passwords were sealed (revision 0009)
+        raise Gone(
+            "this credential link predates an upgrade; ask for a password reset",
+            code="credential_expired",
+        )
+    password = credentials.open_password(token, pickup.sealed_password)
     pickup.picked_up_at = datetime.now(UTC)
+    pickup.sealed_password = None
     audit.record(
         session,
         actor=None,
@@ -647,7 +656,7 @@ async def pick_up_credential(session: AsyncSession, *, token: str) -> s.PickedUp
         target_type="mailbox",
         target_id=mailbox.id,
     )
-    return s.PickedUpCredential(address=mailbox.address, password=credentials.password_for(token))
+    return s.PickedUpCredential(address=mailbox.address, password=password)
 
 
 # ---------------------------------------------------------------- forwarding and aliases

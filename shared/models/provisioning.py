@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Integer, Text, text
+from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Integer, LargeBinary, Text, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -63,11 +63,9 @@ class ProvisioningRequest(Base):
 
 
 class CredentialPickup(Base):
-    """A one-time pickup of a mailbox's generated password; only the token's hash is kept.
-
-    The password itself is derived from the token with the server's credential secret
-    (see services/provisioning/credentials.py), so neither is ever stored.
-    """
+    """A one-time pickup of a mailbox's generated password: the token's hash, and the
+    password sealed under a key derived from the token until the pickup erases it (see
+    services/provisioning/credentials.py)."""
 
     __tablename__ = "credential_pickups"
 
@@ -76,6 +74,7 @@ class CredentialPickup(Base):
     generation: Mapped[int] = mapped_column(Integer)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     picked_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sealed_password: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = timestamp_now()
 
 

@@ -40,7 +40,9 @@ async def _ready(api: Api, department: dict[str, Any]) -> tuple[dict[str, Any], 
     """A mailbox created, prepared by the worker, and its password picked up."""
     mailbox = await _create(api, department)
     await run_worker()
-    picked = await api.client.get(f"/v1/credentials/{mailbox['credential']['pickup_token']}")
+    picked = await api.client.post(
+        "/v1/credentials/pickup", json={"pickup_token": mailbox["credential"]["pickup_token"]}
+    )
     assert picked.status_code == 200, picked.text
     return mailbox, picked.json()["password"]
 
@@ -53,7 +55,7 @@ async def test_created_mailbox_logs_in_with_its_picked_up_password_and_receives_
     await run_worker()
     assert (await admin.get(f"/v1/mailboxes/{mailbox['id']}")).json()["status"] == "active"
     token = mailbox["credential"]["pickup_token"]
-    picked = await admin.client.get(f"/v1/credentials/{token}")
+    picked = await admin.client.post("/v1/credentials/pickup", json={"pickup_token": token})
     assert picked.status_code == 200
     assert picked.headers["cache-control"] == "no-store"
     assert picked.json()["address"] == mailbox["address"]
@@ -91,10 +93,30 @@ async def test_a_mailbox_suspended_while_dovecot_prepares_it_stays_suspended(
 async def test_the_password_is_handed_out_once_then_410(admin: Api, department: Any) -> None:
     mailbox = await _create(admin, await department())
     token = mailbox["credential"]["pickup_token"]
-    assert (await admin.client.get(f"/v1/credentials/{token}")).status_code == 200
-    again = await admin.client.get(f"/v1/credentials/{token}")
+    assert (
+        await admin.client.post("/v1/credentials/pickup", json={"pickup_token": token})
+    ).status_code == 200
+    again = await admin.client.post("/v1/credentials/pickup", json={"pickup_token": token})
     assert again.status_code == 410
     assert again.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_picked_up_password_is_kept_nowhere_but_as_its_hash(
+    admin: Api, department: Any, db_session: Any
+) -> None:
+    from shared.models.provisioning import CredentialPickup
+
+    mailbox = await _create(admin, await department())
+    token = mailbox["credential"]["pickup_token"]
+    waiting = select(CredentialPickup.sealed_password).where(
+        CredentialPickup.mailbox_id == uuid.UUID(mailbox["id"])
+    )
+    sealed = await db_session.scalar(waiting)
+    picked = await admin.client.post("/v1/credentials/pickup", json={"pickup_token": token})
+    password = picked.json()["password"].encode()
+    assert sealed and password not in sealed
+    db_session.expire_all()
+    assert await db_session.scalar(waiting) is None
 
 
 async def test_an_expired_pickup_is_410(admin: Api, department: Any, db_session: Any) -> None:
@@ -107,7 +129,9 @@ async def test_an_expired_pickup_is_410(admin: Api, department: Any, db_session:
         .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
     )
     await db_session.commit()
-    response = await admin.client.get(f"/v1/credentials/{mailbox['credential']['pickup_token']}")
+    response = await admin.client.post(
+        "/v1/credentials/pickup", json={"pickup_token": mailbox["credential"]["pickup_token"]}
+    )
     assert response.status_code == 410
     assert response.json()["code"] == "credential_expired"
 
@@ -118,7 +142,9 @@ async def test_password_reset_gives_a_new_password_and_the_old_one_stops_working
     mailbox, old_password = await _ready(admin, await department())
     reset = await admin.post(f"/v1/mailboxes/{mailbox['id']}/reset-password")
     assert reset.status_code == 200
-    new = await admin.client.get(f"/v1/credentials/{reset.json()['credential']['pickup_token']}")
+    new = await admin.client.post(
+        "/v1/credentials/pickup", json={"pickup_token": reset.json()["credential"]["pickup_token"]}
+    )
     assert not await can_log_in(mailbox["address"], old_password)
     assert await can_log_in(mailbox["address"], new.json()["password"])
 

@@ -40,7 +40,9 @@ async def test_an_approved_create_request_ends_completed_with_a_working_mailbox(
     assert done["status"] == "completed", done
     assert done["result"]["address"] == address
     token = done["result"]["credential"]["pickup_token"]
-    password = (await operator.client.get(f"/v1/credentials/{token}")).json()["password"]
+    password = (
+        await operator.client.post("/v1/credentials/pickup", json={"pickup_token": token})
+    ).json()["password"]
     assert await can_log_in(address, password)
 
 

@@ -37,7 +37,7 @@ ALLOWED: dict[tuple[str, str], set[str] | None] = {
     ("PUT", "/v1/mailboxes/{mailbox_id}/forwarding"): OPS,
     ("PUT", "/v1/mailboxes/{mailbox_id}/rules"): OPS | {"support"},
     ("GET", "/v1/mailboxes/{mailbox_id}/rules"): READERS,
-    ("GET", "/v1/credentials/{pickup_token}"): None,
+    ("POST", "/v1/credentials/pickup"): None,
     ("POST", "/v1/aliases"): OPS,
     ("GET", "/v1/aliases"): READERS,
     ("DELETE", "/v1/aliases/{alias_id}"): OPS,
