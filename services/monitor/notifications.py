@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,6 +16,14 @@ from services.monitor import repository
 from shared.models.monitor import CheckResult, Incident
 from shared.queue import enqueue_after_commit
 from shared.settings import Settings
+
+
+def shown_url(url: str) -> str:
+    """A webhook URL as the API, the timeline and the logs show it: its scheme and host. A
+    webhook's path and query are often its secret (Slack's `/services/T…/B…/secret`), which
+    whoever reads an incident must not learn."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"
 
 
 def payload(event: str, incident: Incident, result: CheckResult | None) -> dict[str, Any]:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, Field, StrictBool, StrictInt
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StrictBool, StrictInt
 
+from services.monitor.notifications import shown_url
 from shared.models.monitor import IncidentState, ReportKind
 from shared.schemas import FromRow, Strict
 
@@ -60,7 +61,7 @@ class IncidentEventOut(FromRow):
 class NotificationOut(FromRow):
     id: int
     event: str
-    url: str
+    url: Annotated[str, AfterValidator(shown_url)]
     status: str
     attempts: int
     last_error: str | None

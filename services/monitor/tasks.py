@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from arq import Retry
 
-from services.monitor import maintenance, reports, repository, runner, service
+from services.monitor import maintenance, notifications, reports, repository, runner, service
 from services.monitor.checks import CHECKS, check_intervals
 from services.monitor.maintenance import MaintenanceJob
 from shared.db import unit_of_work
@@ -75,7 +75,7 @@ async def deliver_notification(ctx: dict[str, Any], delivery_id: int) -> str:
                 incident_id=delivery.incident_id,
                 kind="notified",
                 actor=service.SYSTEM_ACTOR,
-                message=f"{delivery.event} sent to {delivery.url}",
+                message=f"{delivery.event} sent to {notifications.shown_url(delivery.url)}",
                 occurred_at=now,
             )
             return "delivered"
@@ -85,7 +85,8 @@ async def deliver_notification(ctx: dict[str, Any], delivery_id: int) -> str:
             await session.commit()
             raise Retry(defer=min(300, 2 ** (tries - 1)))
         delivery.status = DeliveryStatus.FAILED.value
-        log.warning("webhook %s gave up after %d tries: %s", delivery.url, tries, error)
+        where = notifications.shown_url(delivery.url)
+        log.warning("webhook %s gave up after %d tries: %s", where, tries, error)
         return "failed"
 
 

@@ -81,14 +81,16 @@ async def test_stopped_dovecot_opens_one_incident_per_failing_check_and_notifies
     assert len(imap_incident.result_ids) == 2
 
 
-async def test_a_failing_webhook_is_retried_until_it_answers(
-    settings: Settings, webhook: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+async def test_a_failing_webhook_is_retried_until_it_answers_and_its_url_is_never_shown(
+    settings: Settings, webhook: WebhookReceiver, viewer: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
     from tests.conftest import free_port
 
+    secret_url = f"{webhook.url}/T0/B0/s3cret"  # a webhook's path is often its secret
     broken = settings.model_copy(
-        update={"lmtp_port": free_port(), "monitor_webhook_urls": [webhook.url]}
+        update={"lmtp_port": free_port(), "monitor_webhook_urls": [secret_url]}
     )
+    caplog.set_level("INFO")
     webhook.fail_next = 1
     await run_checks(["lmtp"], broken)
     await run_checks(["lmtp"], broken)
@@ -98,6 +100,10 @@ async def test_a_failing_webhook_is_retried_until_it_answers(
         (incident,) = await unresolved()
         (delivery,) = await repository.deliveries(session, incident.id)
     assert delivery.status == "delivered" and delivery.attempts == 2
+    detail = await viewer.get(f"/v1/incidents/{incident.id}")
+    assert detail.json()["notifications"][0]["url"] == f"{webhook.url.rsplit('/', 1)[0]}/…"
+    assert "s3cret" not in detail.text
+    assert "s3cret" not in caplog.text
 
 
 async def test_a_maintenance_window_silences_the_named_check(
