@@ -13,7 +13,7 @@ from services.backup import repository, service
 from services.backup import schemas as s
 from shared.app import is_head, located
 from shared.auth import Principal, SessionDep, require
-from shared.errors import NotFound, problem_responses
+from shared.errors import NotFound, Unprocessable, problem_responses
 from shared.models import Role
 from shared.schemas import BIGINT_MAX, NO_NUL, UtcTime
 
@@ -154,6 +154,8 @@ async def search_messages(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=BIGINT_MAX)] = 0,
 ) -> list[s.MessageOut]:
+    if since is not None and until is not None and until <= since:
+        raise Unprocessable("until must be later than since", field="until")
     snap = await service.get_snapshot(session, snapshot_id=snapshot_id)
     if folder:  # as a restore or an export of it would say
         service.check_folders(await repository.snapshot_folder_names(session, snap), [folder])
@@ -212,10 +214,11 @@ async def export_snapshot(
     format: Annotated[s.ExportFormat, Query()] = "mbox",
     folder: Annotated[list[str] | None, Query(max_length=1000)] = None,
 ) -> MboxResponse:
-    stream = service.export_mbox(snapshot_id, folder, actor=actor)
+    head = is_head(request)
+    stream = service.export_mbox(snapshot_id, folder, actor=actor, audited=not head)
     await anext(stream)  # the snapshot pinned and found, or a 4xx or 503 before anything is sent
     body: AsyncIterator[bytes] | Iterator[bytes] = stream
-    if is_head(request):  # the headers a GET would have, without reading the snapshot
+    if head:  # the headers a GET would have, without reading the snapshot
         await stream.aclose()
         body = iter(())
     return MboxResponse(

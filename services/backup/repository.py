@@ -63,6 +63,9 @@ BACKED_UP_STATUSES = (
     MailboxStatus.SUSPENDED.value,
     MailboxStatus.DELETING.value,
 )
+# Mailboxes a restore may write into: not one being deleted, whose purge would remove what
+# the restore brings back (its final backup may be taken already).
+RESTORABLE_STATUSES = (MailboxStatus.ACTIVE.value, MailboxStatus.SUSPENDED.value)
 
 
 def in_snapshot(model: type[BackupMessage] | type[BackupFolder], seq: int) -> ColumnElement[bool]:

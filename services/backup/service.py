@@ -375,9 +375,11 @@ async def request_restore(
         assert data.target.mailbox_id is not None
         target_field = "target.mailbox_id"
         target = await _mailbox(session, data.target.mailbox_id, target_field)
-    if target.status not in repository.BACKED_UP_STATUSES:
+    if target.status not in repository.RESTORABLE_STATUSES:
         raise Unprocessable(
-            f"mailbox {target.id} is {target.status}; it cannot receive mail", field=target_field
+            f"mailbox {target.id} is {target.status}; it cannot receive mail (a deleted "
+            "mailbox's mail restores into another mailbox: target mode mailbox)",
+            field=target_field,
         )
     _authorise_restore(actor, data, source, target)
     names: set[str] = set()
@@ -799,7 +801,7 @@ async def _start_restore(restore_id: uuid.UUID) -> tuple[uuid.UUID, dict[str, It
             )
         target = await repository.mailbox(session, job.target_mailbox_id)
         assert target is not None  # a foreign key: the mailbox row outlives its jobs
-        if target.status not in repository.BACKED_UP_STATUSES:
+        if target.status not in repository.RESTORABLE_STATUSES:
             raise LookupError(
                 f"mailbox {target.id} is {target.status} since the restore was requested; "
                 "it cannot receive mail"
@@ -858,13 +860,14 @@ async def export_mbox(
     storage: PackStorage | None = None,
     *,
     actor: Principal,
+    audited: bool = True,
 ) -> AsyncGenerator[bytes, None]:
     """The snapshot as an mboxrd stream, a page of messages at a time, the snapshot pinned
     against prune until the stream ends. The first chunk, empty, comes once it is pinned
     and found (NotFound if it is not, Unprocessable if it lacks one of the folders,
     Unavailable if EXPORTS_AT_ONCE are streaming), and the export is in the audit trail
-    (someone's mail leaves the platform whole): a caller awaiting it before it answers can
-    still answer with the error."""
+    (someone's mail leaves the platform whole) unless not `audited` (a HEAD, which reads no
+    mail): a caller awaiting it before it answers can still answer with the error."""
     storage = storage or default_storage()
     if _exports.locked():
         raise Unavailable(
@@ -886,14 +889,15 @@ async def export_mbox(
                 check_folders(
                     await repository.snapshot_folder_names(session, snap), folders, "folder"
                 )
-            audit.record(
-                session,
-                actor=actor,
-                action="snapshot.export",
-                target_type="snapshot",
-                target_id=snap.id,
-                after={"mailbox_id": str(snap.mailbox_id), "folders": folders or "all"},
-            )
+            if audited:
+                audit.record(
+                    session,
+                    actor=actor,
+                    action="snapshot.export",
+                    target_type="snapshot",
+                    target_id=snap.id,
+                    after={"mailbox_id": str(snap.mailbox_id), "folders": folders or "all"},
+                )
         yield b""
         after: tuple[str, int] | None = None
         while True:  # the snapshot pinned: each page reads it as found

@@ -12,7 +12,7 @@ from services.backup import repository, service
 from services.backup.engine.backup import backup_mailbox
 from shared import queue
 from shared.db import unit_of_work
-from shared.models import AuditEvent, Mailbox, MailboxStatus
+from shared.models import AuditEvent, Department, Mailbox, MailboxStatus
 from shared.models.backup import BackupRun
 from shared.settings import get_settings
 from tests.backup import helpers
@@ -236,7 +236,7 @@ async def test_restore_message_ids_outside_the_snapshot_or_its_chosen_folders_ar
     assert (await restore(folders=["Archive"], message_ids=[archived])).status_code == 202
 
 
-async def test_nul_characters_and_unrepresentable_times_are_a_422_naming_the_field(
+async def test_nul_characters_unrepresentable_times_and_an_empty_span_are_a_422_naming_the_field(
     api, api_key_for, seed, storage, corpus
 ) -> None:
     key = await api_key_for("operator")
@@ -253,6 +253,9 @@ async def test_nul_characters_and_unrepresentable_times_are_a_422_naming_the_fie
         assert answer.status_code == 422 and problem_field(answer) == param, (param, answer.text)
     naive = await api.get(messages, params={"since": "2000-01-01T00:00:00"}, headers=auth(key))
     assert naive.status_code == 200 and len(naive.json()) == 1
+    backwards = {"since": "2025-01-01T00:00:00Z", "until": "2024-01-01T00:00:00Z"}
+    answer = await api.get(messages, params=backwards, headers=auth(key))
+    assert answer.status_code == 422 and problem_field(answer) == "until", answer.text
     hold = await api.put(
         f"/v1/snapshots/{snapshot.id}/hold", json={"reason": "case\x001"}, headers=auth(key)
     )
@@ -402,25 +405,37 @@ async def test_unknown_mailboxes_and_folders_in_reads_are_a_4xx_naming_them(
     assert no_folder.status_code == 422 and problem_field(no_folder) == "folder"
 
 
+@pytest.mark.parametrize("status", [MailboxStatus.DELETING, MailboxStatus.PURGED])
 async def test_a_restore_into_a_mailbox_that_cannot_receive_mail_is_a_422_in_every_mode(
-    api, api_key_for, seed, storage, corpus
+    api, api_key_for, seed, storage, corpus, status
 ) -> None:
     key = await api_key_for("operator")
     mailbox, snapshot = await helpers.backed_up(seed, storage, {"INBOX": corpus(1, seed=124)})
     async with unit_of_work() as session:
         row = await session.get(Mailbox, mailbox.id)
         assert row is not None
-        row.status = MailboxStatus.PURGED.value
+        row.status = status.value
     for target in ({"mode": "original"}, {"mode": "folder", "folder": "Restored"}):
         refused = await request_restore(
             api, key, mailbox.id, snapshot_id=str(snapshot.id), target=target
         )
         assert refused.status_code == 422 and problem_field(refused) == "mailbox_id", target
-        assert "purged" in refused.json()["detail"]
+        assert status.value in refused.json()["detail"]
+    if status is MailboxStatus.DELETING:  # a leaver's mail still goes to a colleague
+        department = await seed.session.get(Department, mailbox.department_id)
+        colleague = await seed.mailbox("pw-1234567890", department=department)
+        handed_over = await request_restore(
+            api,
+            key,
+            mailbox.id,
+            snapshot_id=str(snapshot.id),
+            target={"mode": "mailbox", "mailbox_id": str(colleague.id)},
+        )
+        assert handed_over.status_code == 202, handed_over.text
 
 
 async def test_head_on_an_export_answers_its_headers_without_reading_the_snapshot(
-    api, api_key_for, seed, storage, corpus
+    api, api_key_for, seed, storage, corpus, db_session
 ) -> None:
     key = await api_key_for("operator")
     mailbox, snapshot = await helpers.backed_up(seed, storage, {"INBOX": corpus(1, seed=125)})
@@ -431,6 +446,10 @@ async def test_head_on_an_export_answers_its_headers_without_reading_the_snapsho
     assert head.headers["content-disposition"] == (
         f'attachment; filename="snapshot-{snapshot.id}.mbox"'
     )
+    exports = select(AuditEvent).where(
+        AuditEvent.action == "snapshot.export", AuditEvent.target_id == str(snapshot.id)
+    )
+    assert (await db_session.scalars(exports)).all() == [], "no mail left the platform"
 
 
 async def test_numbers_and_booleans_of_another_json_type_are_a_422_not_converted(
