@@ -239,9 +239,12 @@ async def test_prune_rewrites_a_pack_mostly_of_expired_mail_and_what_it_keeps_st
 
 
 @pytest.mark.usefixtures("mail_stack")
+@pytest.mark.parametrize("damage", [helpers.truncated, helpers.corrupted])
 async def test_prune_leaves_in_place_a_pack_that_does_not_read_back_whole(
-    seed, storage, corpus
+    seed, storage, corpus, damage
 ) -> None:
+    """Cut short, or one byte flipped: the damage stays where verify reports it, and is not
+    copied into a new pack as if it were good while the old one is deleted."""
     _, mailbox, _, _ = await helpers.mostly_expired(
         seed, storage, corpus(10, seed=46), deleted_uids="2:10"
     )
@@ -252,7 +255,7 @@ async def test_prune_leaves_in_place_a_pack_that_does_not_read_back_whole(
             .where(BackupMessage.mailbox_id == mailbox.id, BackupMessage.until_seq.is_(None))
         )
     assert blob is not None
-    with helpers.truncated(storage, blob):  # the message still needed lost its last byte
+    with damage(storage, blob):  # on the one message still needed
         await service.prune(storage, now=helpers.past_pack_grace())
 
     async with unit_of_work() as session:

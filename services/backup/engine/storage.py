@@ -322,30 +322,21 @@ def _sealed_frames(storage: PackStorage, part: Sealed) -> Iterator[bytes]:
         yield body
 
 
-# A verbatim copy reads and writes this much at a time, whatever the blob's size.
-COPY_PIECE_BYTES = 4 << 20
-
-
 def copy_sealed(storage: PackStorage, part: Sealed, to: PackWriter, key_id: str) -> Sealed:
-    """Append `part`'s frames to `to` and say where the copy lies. Frames sealed under
-    `key_id` are copied as they are (a frame's authentication does not depend on where it
-    lies); frames under another key are decrypted and sealed again under `key_id`, their
+    """Append `part`'s frames to `to` and say where the copy lies. Every frame is
+    authenticated first, so no damaged byte is copied on as if it were good. Frames sealed
+    under `key_id` are then copied as they are (a frame's authentication does not depend on
+    where it lies); frames under another key are sealed again under `key_id`, their
     compressed chunks unchanged, so a retired key's data can be rewritten without it ever
-    being decompressed. Raises BlobDamaged if `part` does not read back whole (a frame
-    re-sealed must also decrypt); the caller drops what was appended."""
+    being decompressed. Raises BlobDamaged if `part` does not read back whole; the caller
+    drops what was appended."""
     offset = to.size
-    if part.key_id == key_id:
-        end = part.offset + part.length
-        for at in range(part.offset, end, COPY_PIECE_BYTES):
-            want = min(COPY_PIECE_BYTES, end - at)
-            piece = storage.read(part.pack_id, at, want)
-            if len(piece) != want:
-                raise BlobDamaged(f"pack {part.pack_id} ends inside blob {part.blob_hash.hex()}")
-            to.append(piece)
-    else:
-        old, new = cipher(part.key_id), cipher(key_id)
-        for index, body in enumerate(_sealed_frames(storage, part)):
-            chunk = _open_frame(old, part.key_id, index, body)
+    old, new = cipher(part.key_id), cipher(key_id)
+    for index, body in enumerate(_sealed_frames(storage, part)):
+        chunk = _open_frame(old, part.key_id, index, body)
+        if part.key_id == key_id:
+            to.append(_HEADER.pack(len(body)) + body)
+        else:
             to.append(b"".join(_seal_frame(new, key_id, index, chunk)))
     return Sealed(part.blob_hash, to.pack_id, offset, to.size - offset, key_id)
 
