@@ -653,9 +653,9 @@ async def known_by_identity(
     message_ids: Sequence[str],
     internal_dates: Sequence[datetime],
 ) -> dict[tuple[Any, ...], BackupMessage]:
-    """Catalog rows of the mailbox that may be these messages (one of the Message-IDs, ""
-    for none, and one of the INTERNALDATEs), by their IDENTITY_FIELDS: a message seen again
-    (moved, or after a UIDVALIDITY change) needs no second download."""
+    """Catalog rows of the mailbox that may be these messages (one of the Message-IDs and
+    one of the INTERNALDATEs), by their IDENTITY_FIELDS: a message seen again (moved, or
+    after a UIDVALIDITY change) needs no second download."""
     rows = await session.scalars(
         select(BackupMessage).where(
             BackupMessage.mailbox_id == mailbox_id,

@@ -75,8 +75,9 @@ PACK_TARGET_BYTES = 64 << 20
 _SPACES = re.compile(r"\s+")
 LIST_STATUS = b'LIST "" "*" RETURN (STATUS (UIDVALIDITY UIDNEXT HIGHESTMODSEQ))'
 # The header fields that, with INTERNALDATE and size, identify a message seen before: the
-# envelope the catalog keeps of every message. A Message-ID alone would leave the many
-# messages without one (half of the enmime corpus) to be downloaded again.
+# envelope the catalog keeps of every message. Only a message with a Message-ID is known
+# this way: two generated ones without (alerts, reports) can agree on everything else, and
+# the second would restore as the first. One without is downloaded again.
 IDENTITY_HEADER = b" BODY.PEEK[HEADER.FIELDS (MESSAGE-ID DATE FROM TO SUBJECT)]"
 # Status probes of the fast path at once: each is a login and one LIST-STATUS, mostly
 # waiting on Dovecot's auth and imap processes, so more than the body connections.
@@ -110,6 +111,10 @@ class _Meta:
     # The envelope from the header fields that identify a message seen before; None when
     # the mailbox has nothing it could have been seen as (not asked for).
     fields: dict[str, Any] | None
+
+    @property
+    def identifiable(self) -> bool:
+        return bool(self.fields and self.fields["message_id"])
 
     @property
     def identity(self) -> tuple[Any, ...]:
@@ -590,7 +595,7 @@ class MailboxBackup:
         return sorted((m for m in metas if m.uid in wanted), key=lambda m: m.uid)
 
     async def _store_new(self, imap: ImapConnection, folder_id: int, metas: list[_Meta]) -> None:
-        identified = [m for m in metas if m.fields is not None]
+        identified = [m for m in metas if m.identifiable]
         known = {}
         if identified:
             async with transaction_on(self.connection) as session:
@@ -603,7 +608,7 @@ class MailboxBackup:
         rows: list[dict[str, Any]] = []
         to_fetch: list[_Meta] = []
         for meta in metas:
-            seen = known.get(meta.identity) if meta.fields is not None else None
+            seen = known.get(meta.identity) if meta.identifiable else None
             if seen is not None:
                 rows.append(
                     {
