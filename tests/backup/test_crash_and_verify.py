@@ -373,3 +373,32 @@ async def test_a_verify_reports_its_progress_page_by_page(
     monkeypatch.setattr(repository, "blob_page", watched)
     await service.execute_verify(verify_id, storage)
     assert shown[:4] == [0, 0, 1, 2], "committed a page behind the one being read"
+
+
+def test_a_new_store_directory_and_pack_survive_a_crash_and_only_the_service_reads_them(
+    tmp_path, monkeypatch
+) -> None:
+    """Each directory the first pack needs is fsynced into its parent, the pack's own entry
+    too; the store is the service's alone (0700 directories, 0600 packs)."""
+    from services.backup.engine import storage as store
+
+    synced: list[str] = []
+    monkeypatch.setattr(store, "_fsync_directory", lambda path: synced.append(str(path)))
+    monkeypatch.setattr(store, "_DURABLE_DIRECTORIES", set())
+    state = tmp_path / "state"
+    state.mkdir()
+    writer = LocalPackStorage(state / "backup" / "packs").create()
+    writer.close()
+    pack = LocalPackStorage(state / "backup" / "packs").path(writer.pack_id)
+    prefix = pack.parent
+    assert synced == [
+        str(state),
+        str(state / "backup"),
+        str(state / "backup" / "packs"),
+        str(prefix),
+    ]
+    assert [oct(p.stat().st_mode & 0o777) for p in (state / "backup", prefix, pack)] == [
+        "0o700",
+        "0o700",
+        "0o600",
+    ]

@@ -176,14 +176,27 @@ def _fsync_directory(path: Path) -> None:
         os.close(directory)
 
 
+# Directories of the store whose entries this process has made durable (fsynced their
+# parent): one another thread has just made may not be yet, so its existence is no proof.
+_DURABLE_DIRECTORIES: set[Path] = set()
+
+
+def _durable_directory(path: Path, above: Path) -> None:
+    """Make `path` and any missing directory between it and `above` (0700: only the
+    service reads its store), each one's entry fsynced in its parent, once per process."""
+    if path in _DURABLE_DIRECTORIES or path == above:
+        return
+    _durable_directory(path.parent, above)
+    path.mkdir(mode=0o700, exist_ok=True)
+    _fsync_directory(path.parent)
+    _DURABLE_DIRECTORIES.add(path)
+
+
 class _LocalPackWriter(PackWriter):
     def __init__(self, path: Path, pack_id: uuid.UUID) -> None:
         self.pack_id = pack_id
         self.size = 0
-        if not path.parent.is_dir():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _fsync_directory(path.parent.parent)  # a new prefix directory's own entry
-        self._file = open(path, "xb")  # noqa: SIM115 - closed by close()
+        self._file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
         self._path = path
         try:
             # The new directory entry must survive a crash as well as the data.
@@ -224,7 +237,9 @@ class LocalPackStorage(PackStorage):
 
     def create(self) -> PackWriter:
         pack_id = uuid.uuid4()
-        return _LocalPackWriter(self.path(pack_id), pack_id)
+        path = self.path(pack_id)
+        _durable_directory(path.parent, above=self.root.parent.parent)
+        return _LocalPackWriter(path, pack_id)
 
     def read(self, pack_id: uuid.UUID, offset: int, length: int) -> bytes:
         try:
