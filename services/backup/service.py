@@ -1013,6 +1013,11 @@ async def fail_abandoned_jobs(now: datetime | None = None) -> int:
 
 
 VERIFY_PAGE = 200  # blobs a verify reads a page of, and reports its progress after
+# Damaged blobs a verify lists with the mailboxes and snapshots that need them; the rest it
+# counts. A lost pack directory can damage a million blobs, and each report names every
+# snapshot through which its message was kept: listed whole, and rewritten every page, the
+# report would outgrow the row (and the run) before it ended.
+DAMAGE_LISTED = 100
 
 
 async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = None) -> str:
@@ -1023,7 +1028,7 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
         if not _begin(run):
             return "nothing to do"
         fraction = run.fraction
-    checked = 0
+    checked = damaged = 0
     damage: list[dict[str, object]] = []
     reported: set[str] = set()
     after = b""
@@ -1034,7 +1039,7 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
             if checked:  # the progress a follower (`mailops backup verify`) shows
                 row = await repository.verify_run(session, verify_id)
                 assert row is not None
-                row.blobs_checked, row.blobs_damaged, row.damage = checked, len(damage), damage
+                row.blobs_checked, row.blobs_damaged, row.damage = checked, damaged, damage
             page = await repository.blob_page(session, after, VERIFY_PAGE, fraction, start)
         if not page:
             break
@@ -1052,16 +1057,21 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
                 bad = exc.blob_hash or blob.hash
                 if bad.hex() in reported:
                     continue
-                async with unit_of_work() as session:
-                    owners = await repository.damage_owners(session, bad)
-                damage.append({"blob": bad.hex(), "error": str(exc), "mailboxes": owners})
                 reported.add(bad.hex())
+                damaged += 1
+                if len(damage) < DAMAGE_LISTED:
+                    async with unit_of_work() as session:
+                        owners = await repository.damage_owners(session, bad)
+                    damage.append({"blob": bad.hex(), "error": str(exc), "mailboxes": owners})
     async with unit_of_work() as session:
         row = await repository.verify_run(session, verify_id)
         assert row is not None
-        row.blobs_checked, row.blobs_damaged, row.damage = checked, len(damage), damage
-        row.status = JobStatus.SUCCEEDED.value if not damage else JobStatus.FAILED.value
-        row.reason = f"{len(damage)} damaged blobs" if damage else None
+        row.blobs_checked, row.blobs_damaged, row.damage = checked, damaged, damage
+        row.status = JobStatus.SUCCEEDED.value if not damaged else JobStatus.FAILED.value
+        row.reason = None
+        if damaged:
+            listed = f" (the first {len(damage)} listed)" if damaged > len(damage) else ""
+            row.reason = f"{damaged} damaged blobs{listed}"
         row.finished_at = datetime.now(UTC)
         return row.status
 

@@ -402,3 +402,21 @@ def test_a_new_store_directory_and_pack_survive_a_crash_and_only_the_service_rea
         "0o700",
         "0o600",
     ]
+
+
+async def test_a_verify_lists_the_first_damaged_blobs_and_counts_the_rest(
+    seed, storage, corpus, monkeypatch
+) -> None:
+    mailbox, _ = await helpers.backed_up(seed, storage, {"INBOX": corpus(3, seed=132)})
+    blob = await helpers.message_blob(mailbox.id)
+    monkeypatch.setattr(service, "DAMAGE_LISTED", 1)
+    path = storage.path(blob.pack_id)
+    aside = path.with_suffix(".aside")
+    path.rename(aside)  # the pack lost: all three messages damaged
+    try:
+        damaged = await verify(storage)
+    finally:
+        aside.rename(path)
+    assert damaged.status == "failed" and damaged.blobs_damaged >= 3
+    assert len(damaged.damage) == 1
+    assert damaged.reason == f"{damaged.blobs_damaged} damaged blobs (the first 1 listed)"
