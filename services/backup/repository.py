@@ -1088,24 +1088,30 @@ async def add_unchanged_snapshots(
     Only for mailboxes whose catalog and server are known unchanged since, under their lock."""
     if not latest:
         return []
-    previous = select(
-        Snapshot.mailbox_id,
-        literal(run_id, Snapshot.run_id.type),
-        Snapshot.seq + 1,
-        literal(SnapshotStatus.COMMITTED.value),
-        func.clock_timestamp(),
-        Snapshot.folder_count,
-        Snapshot.message_count,
-        Snapshot.total_bytes,
-    ).where(
-        tuple_(Snapshot.mailbox_id, Snapshot.seq).in_(list(latest.items())),
-        Snapshot.status == SnapshotStatus.COMMITTED.value,
+    previous = (
+        select(
+            Snapshot.mailbox_id,
+            Mailbox.department_id,  # where the mailbox is now, as a new backup records it
+            literal(run_id, Snapshot.run_id.type),
+            Snapshot.seq + 1,
+            literal(SnapshotStatus.COMMITTED.value),
+            func.clock_timestamp(),
+            Snapshot.folder_count,
+            Snapshot.message_count,
+            Snapshot.total_bytes,
+        )
+        .join(Mailbox, Mailbox.id == Snapshot.mailbox_id)
+        .where(
+            tuple_(Snapshot.mailbox_id, Snapshot.seq).in_(list(latest.items())),
+            Snapshot.status == SnapshotStatus.COMMITTED.value,
+        )
     )
     rows = await session.scalars(
         insert(Snapshot)
         .from_select(
             [
                 "mailbox_id",
+                "department_id",
                 "run_id",
                 "seq",
                 "status",

@@ -114,6 +114,9 @@ class BackupRunOut(BaseModel):
 class SnapshotOut(FromRow):
     id: uuid.UUID
     mailbox_id: uuid.UUID
+    department_id: uuid.UUID | None = Field(
+        description="The department the mailbox was in when backed up: whose mail this is"
+    )
     seq: int
     created_at: datetime
     completed_at: datetime | None

@@ -381,7 +381,7 @@ async def request_restore(
             "mailbox's mail restores into another mailbox: target mode mailbox)",
             field=target_field,
         )
-    _authorise_restore(actor, data, source, target)
+    _authorise_restore(actor, data, snap, source, target)
     names: set[str] = set()
     if data.folders or data.target.folder is not None:
         names = await repository.snapshot_folder_names(session, snap)
@@ -489,9 +489,13 @@ async def _pinned_snapshot_at(
 
 
 def _authorise_restore(
-    actor: Principal, data: s.RestoreRequest, source: Mailbox, target: Mailbox
+    actor: Principal, data: s.RestoreRequest, snap: Snapshot, source: Mailbox, target: Mailbox
 ) -> None:
-    if target.department_id != source.department_id and actor.role is not Role.ADMIN:
+    """Mail goes back to its own mailbox, or to a mailbox of the department it belongs to
+    (the one its mailbox was in when backed up); anywhere else only an admin may send it."""
+    department = snap.department_id or source.department_id
+    elsewhere = target.id != source.id and target.department_id != department
+    if elsewhere and actor.role is not Role.ADMIN:
         raise Forbidden(
             "restoring one department's mail into another department's mailbox needs admin",
             field="target.mailbox_id",

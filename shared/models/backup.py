@@ -143,6 +143,9 @@ class Snapshot(Base):
 
     id: Mapped[uuid.UUID] = uuid_primary_key()
     mailbox_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("mailboxes.id"))
+    # The department the mailbox was in when it was backed up: whose mail the snapshot
+    # holds, after the mailbox moves too (None: taken before this was recorded).
+    department_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("departments.id"))
     run_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("backup_runs.id"), index=True)
     seq: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(Text, server_default=SnapshotStatus.PENDING.value)

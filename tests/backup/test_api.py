@@ -293,6 +293,38 @@ async def test_support_restores_into_a_folder_and_other_departments_need_admin(
     assert await helpers.state(stranger.address) == {"INBOX": state["INBOX"]}
 
 
+async def test_a_snapshots_mail_stays_with_the_department_it_was_backed_up_in(
+    api, api_key_for, seed, storage, corpus
+) -> None:
+    hr, sales = await seed.department(), await seed.department()
+    mover = await seed.mailbox("pw-1234567890", department=hr)
+    hr_colleague = await seed.mailbox("pw-1234567890", department=hr)
+    sales_colleague = await seed.mailbox("pw-1234567890", department=sales)
+    await helpers.append(mover.address, "INBOX", corpus(2, seed=133))
+    snapshot, _ = await backup_mailbox(mailbox_id=mover.id, run_id=None, storage=storage)
+    assert snapshot.department_id == hr.id
+    async with unit_of_work() as session:  # the employee moves from HR to Sales
+        row = await session.get(Mailbox, mover.id)
+        assert row is not None
+        row.department_id = sales.id
+    operator = await api_key_for("operator")
+
+    def restore_into(target: Mailbox):  # type: ignore[no-untyped-def]
+        return request_restore(
+            api,
+            operator,
+            mover.id,
+            snapshot_id=str(snapshot.id),
+            target={"mode": "mailbox", "mailbox_id": str(target.id)},
+        )
+
+    refused = await restore_into(sales_colleague)
+    assert refused.status_code == 403 and problem_field(refused) == "target.mailbox_id"
+    assert (await restore_into(hr_colleague)).status_code == 202
+    own = await request_restore(api, operator, mover.id, snapshot_id=str(snapshot.id))
+    assert own.status_code == 202, "back to its own mailbox, wherever that is now"
+
+
 async def test_policies_are_set_per_department_audited_and_listed_with_the_default(
     api, api_key_for, seed, db_session
 ) -> None:

@@ -859,6 +859,7 @@ async def backup_mailbox(
             seq = await repository.next_seq(session, mailbox_id)
             snap = Snapshot(
                 mailbox_id=mailbox_id,
+                department_id=mailbox.department_id,
                 run_id=run_id,
                 seq=seq,
                 status=SnapshotStatus.PENDING.value,
