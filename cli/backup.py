@@ -48,9 +48,12 @@ WorkerWait = Annotated[
 
 
 class _Job(Protocol):
-    id: uuid.UUID
-    status: str
-    reason: str | None
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def reason(self) -> str | None: ...
 
 
 JobT = TypeVar("JobT", bound=_Job)

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.errors import install_error_handlers
+from shared.errors import install_error_handlers, openapi_header
 from shared.logging import configure_logging
 from shared.observability import (
     ReadinessCheck,
@@ -35,7 +35,7 @@ def is_head(request: Request) -> bool:
 def located(status: int, what: str) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` declaring the Location header of a `status` answer (RFC 9110: a
     201's names the resource made, a 202's where to follow the work)."""
-    header = {"description": what, "schema": {"type": "string", "format": "uri-reference"}}
+    header = openapi_header(what, format="uri-reference")
     return {status: {"description": HTTPStatus(status).phrase, "headers": {"Location": header}}}
 
 

@@ -143,9 +143,25 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         status: {
             "description": _PROBLEMS[status],
             "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            **({"headers": _PROBLEM_HEADERS[status]} if status in _PROBLEM_HEADERS else {}),
         }
         for status in statuses
     }
+
+
+def openapi_header(description: str, **schema: str) -> dict[str, Any]:
+    """An OpenAPI response header: what it says, and its schema (a string unless told)."""
+    return {"description": description, "schema": {"type": "string", **schema}}
+
+
+# The headers some problems carry, declared where they are answered.
+_PROBLEM_HEADERS = {
+    401: {"WWW-Authenticate": openapi_header("Bearer: the scheme an API key is sent in")},
+    503: {
+        "Retry-After": openapi_header("Seconds to wait before asking again", type="integer"),
+        "Location": openapi_header("Where what was saved anyway is followed (a job's status)"),
+    },
+}
 
 
 def problem_response(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
@@ -13,7 +13,7 @@ from services.backup import repository, service
 from services.backup import schemas as s
 from shared.app import is_head, located
 from shared.auth import Principal, SessionDep, require
-from shared.errors import NotFound, Unprocessable, problem_responses
+from shared.errors import NotFound, Unprocessable, openapi_header, problem_responses
 from shared.models import Role
 from shared.schemas import BIGINT_MAX, NO_NUL, UtcTime
 
@@ -24,6 +24,9 @@ Reader = Annotated[Principal, Depends(require(Role.OPERATOR, Role.SUPPORT, Role.
 
 router = APIRouter(prefix="/v1", responses=problem_responses(400, 401, 403, 404, 422))
 JOB_RESPONSES = {**located(202, "The job's status, to follow"), **problem_responses(503)}
+PAGED: dict[int | str, dict[str, Any]] = {
+    200: {"headers": {"Link": openapi_header('RFC 8288: rel="next", the next page')}}
+}
 
 
 @router.post(
@@ -52,7 +55,7 @@ async def get_backup(run_id: uuid.UUID, session: SessionDep, _: Reader) -> s.Bac
     return service.run_out(run)
 
 
-@router.get("/snapshots", response_model=list[s.SnapshotOut], tags=["snapshots"])
+@router.get("/snapshots", response_model=list[s.SnapshotOut], responses=PAGED, tags=["snapshots"])
 async def list_snapshots(
     request: Request,
     response: Response,
@@ -138,6 +141,7 @@ async def release_snapshot(snapshot_id: uuid.UUID, session: SessionDep, actor: A
     "/snapshots/{snapshot_id}/messages",
     response_model=list[s.MessageOut],
     response_model_by_alias=True,
+    responses=PAGED,
     tags=["snapshots"],
 )
 async def search_messages(
@@ -203,7 +207,11 @@ class MboxResponse(StreamingResponse):
     tags=["snapshots"],
     response_class=MboxResponse,
     responses={
-        200: {"description": "The snapshot's messages as one mbox file, streamed"},
+        200: {
+            "description": "The snapshot's messages as one mbox file, streamed",
+            "content": {"application/mbox": {"schema": {"type": "string", "format": "binary"}}},
+            "headers": {"Content-Disposition": openapi_header("attachment; its file name")},
+        },
         **problem_responses(503),
     },
 )

@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from services.backup.engine import utf7
-from shared.models.backup import RestoreMode
+from shared.models.backup import BackupScope, JobStatus, RestoreMode
 from shared.schemas import NO_NUL, FromRow, RowIdIn, Strict, field_error, representable
 
 # Dovecot's Maildir++ keeps a folder as one directory named by a dot and the whole name,
@@ -89,14 +89,14 @@ class BackupRequest(Strict):
 
 class Accepted(BaseModel):
     id: uuid.UUID
-    status: str
+    status: JobStatus
 
 
 class BackupRunOut(BaseModel):
     id: uuid.UUID
-    status: str
+    status: JobStatus
     reason: str | None
-    scope: str
+    scope: BackupScope
     mailbox_id: uuid.UUID | None
     department_id: uuid.UUID | None
     created_at: datetime
@@ -213,11 +213,11 @@ class RestoreRequest(Strict):
 
 class RestoreOut(FromRow):
     id: uuid.UUID
-    status: str
+    status: JobStatus
     reason: str | None
     mailbox_id: uuid.UUID
     snapshot_id: uuid.UUID
-    target_mode: str
+    target_mode: RestoreMode
     target_mailbox_id: uuid.UUID
     target_folder: str | None
     created_at: datetime
@@ -253,7 +253,7 @@ class VerifyRequest(Strict):
 
 class VerifyOut(FromRow):
     id: uuid.UUID
-    status: str
+    status: JobStatus
     reason: str | None
     fraction: float
     created_at: datetime

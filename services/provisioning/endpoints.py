@@ -216,15 +216,16 @@ async def reset_password(
     "/mailboxes/{mailbox_id}",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=s.MailboxOut,
+    responses=located(202, "The mailbox: `deleting` until purged, its status_reason why"),
     tags=["mailboxes"],
     summary="Final backup now; mail purged and address freed after retention",
 )
 async def delete_mailbox(
-    mailbox_id: uuid.UUID, session: SessionDep, actor: Operator
+    mailbox_id: uuid.UUID, session: SessionDep, actor: Operator, response: Response
 ) -> s.MailboxOut:
-    return service.mailbox_out(
-        await service.delete_mailbox(session, actor=actor, mailbox_id=mailbox_id)
-    )
+    mailbox = await service.delete_mailbox(session, actor=actor, mailbox_id=mailbox_id)
+    response.headers["Location"] = f"/v1/mailboxes/{mailbox.id}"
+    return service.mailbox_out(mailbox)
 
 
 @router.put("/mailboxes/{mailbox_id}/forwarding", response_model=s.MailboxOut, tags=["mailboxes"])

@@ -80,3 +80,8 @@ async def test_each_created_resource_is_named_by_its_location_header(
         assert answer.status_code == 201, answer.text
         named = await admin.get(answer.headers["location"])
         assert named.status_code == 200 and named.json()["id"] == answer.json()["id"]
+    deleting = await admin.delete(created[2].headers["location"])
+    assert (
+        deleting.status_code == 202
+        and deleting.headers["location"] == (created[2].headers["location"])
+    )
