@@ -79,6 +79,10 @@ async def list_snapshots(
     if mailbox_id is not None and await repository.mailbox(session, mailbox_id) is None:
         raise NotFound(f"no mailbox {mailbox_id}", field="mailbox_id")
     after = None
+    if before_time is not None and before is None:
+        raise Unprocessable(
+            "before_time goes with before (see the Link header)", field="before_time"
+        )
     if before is not None:
         anchor = await repository.snapshot(session, before)
         if anchor is not None and anchor.completed_at is not None:

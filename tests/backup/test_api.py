@@ -431,6 +431,8 @@ async def test_unknown_mailboxes_and_folders_in_reads_are_a_4xx_naming_them(
     _, snapshot = await helpers.backed_up(seed, storage, {"INBOX": corpus(1, seed=123)})
     unknown = await api.get(f"/v1/snapshots?mailbox_id={uuid.uuid4()}", headers=auth(key))
     assert unknown.status_code == 404 and problem_field(unknown) == "mailbox_id"
+    alone = await api.get("/v1/snapshots?before_time=2024-01-01T00:00:00Z", headers=auth(key))
+    assert alone.status_code == 422 and problem_field(alone) == "before_time"
     no_folder = await api.get(
         f"/v1/snapshots/{snapshot.id}/messages", params={"folder": "Nope"}, headers=auth(key)
     )
