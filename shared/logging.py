@@ -58,5 +58,7 @@ def configure_logging(level: str = "INFO") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "arq"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # httpx logs every request's URL at INFO, and a webhook's URL is its secret.
+    # httpx logs every request's URL at INFO, and a webhook's URL is its secret; aioimaplib
+    # logs the protocol at DEBUG, LOGIN's password among it (hidden only when unquoted).
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("aioimaplib").setLevel(logging.INFO)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from shared.app import create_service_app
 from shared.auth import CurrentPrincipal, Principal, require
-from shared.logging import JsonFormatter
+from shared.logging import JsonFormatter, configure_logging
 from shared.models import Role
 
 router = APIRouter()
@@ -122,6 +122,19 @@ def test_logs_never_show_passwords_keys_or_bodies() -> None:
     for secret in ("hunter2", "mo_secretkey", "mo_abc", "Dear Bob"):
         assert secret not in line
     assert "a@b.test" in line
+
+
+def test_even_at_debug_the_libraries_that_log_urls_and_logins_stay_quiet() -> None:
+    """httpx logs each request's URL (a webhook's secret), aioimaplib each command (LOGIN's
+    password, hidden by it only when it needs no quoting)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure_logging("DEBUG")
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("aioimaplib.aioimaplib").isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:], root.level = handlers, level
 
 
 def test_production_refuses_placeholder_and_short_secrets() -> None:
