@@ -191,6 +191,16 @@ async def pickup(session: AsyncSession, token_hash: str) -> CredentialPickup | N
     )
 
 
+async def erase_expired_pickups(session: AsyncSession, now: datetime) -> int:
+    """Erase the sealed password of each pickup that expired unused; how many."""
+    erased = await session.execute(
+        update(CredentialPickup)
+        .where(CredentialPickup.expires_at <= now, CredentialPickup.sealed_password.is_not(None))
+        .values(sealed_password=None)
+    )
+    return int(erased.rowcount)  # type: ignore[attr-defined]
+
+
 async def forget_pickups(session: AsyncSession, mailbox_id: uuid.UUID) -> None:
     for row in (
         await session.scalars(

@@ -187,11 +187,13 @@ async def carry_out_request(ctx: dict[str, Any], request_id: str) -> str:
 
 
 async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
-    """Cron safety net: re-queue work whose job was lost (Redis flushed, worker killed)."""
+    """Cron safety net: re-queue work whose job was lost (Redis flushed, worker killed);
+    erase the sealed passwords of pickups that expired unused (none can open them now)."""
     now = datetime.now(UTC)
     async with unit_of_work() as session:
         stuck = await repository.mailboxes_stuck_provisioning(session, now - timedelta(minutes=5))
         due = await repository.mailboxes_due_for_purge(session, now)
+        expired = await repository.erase_expired_pickups(session, now)
     for mailbox_id in stuck:
         await enqueue(
             "provisioning",
@@ -206,4 +208,4 @@ async def sweep(ctx: dict[str, Any]) -> dict[str, int]:
             job_id=f"purge-mailbox:{mailbox_id}",
             mailbox_id=str(mailbox_id),
         )
-    return {"provisioning": len(stuck), "purge": len(due)}
+    return {"provisioning": len(stuck), "purge": len(due), "expired_pickups": expired}

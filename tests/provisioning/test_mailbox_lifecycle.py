@@ -119,7 +119,9 @@ async def test_a_picked_up_password_is_kept_nowhere_but_as_its_hash(
     assert await db_session.scalar(waiting) is None
 
 
-async def test_an_expired_pickup_is_410(admin: Api, department: Any, db_session: Any) -> None:
+async def test_an_expired_pickup_is_410_and_the_sweep_erases_its_password(
+    admin: Api, department: Any, db_session: Any
+) -> None:
     from shared.models.provisioning import CredentialPickup
 
     mailbox = await _create(admin, await department())
@@ -134,6 +136,12 @@ async def test_an_expired_pickup_is_410(admin: Api, department: Any, db_session:
     )
     assert response.status_code == 410
     assert response.json()["code"] == "credential_expired"
+    assert (await tasks.sweep({}))["expired_pickups"] >= 1  # its sealed password erased
+    sealed = select(CredentialPickup.sealed_password).where(
+        CredentialPickup.mailbox_id == uuid.UUID(mailbox["id"])
+    )
+    db_session.expire_all()
+    assert await db_session.scalar(sealed) is None
 
 
 async def test_password_reset_gives_a_new_password_and_the_old_one_stops_working(
