@@ -1032,7 +1032,7 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
         if not _begin(run):
             return "nothing to do"
         fraction = run.fraction
-    checked = damaged = 0
+    checked = 0
     damage: list[dict[str, object]] = []
     reported: set[str] = set()
     after = b""
@@ -1043,7 +1043,7 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
             if checked:  # the progress a follower (`mailops backup verify`) shows
                 row = await repository.verify_run(session, verify_id)
                 assert row is not None
-                row.blobs_checked, row.blobs_damaged, row.damage = checked, damaged, damage
+                row.blobs_checked, row.blobs_damaged, row.damage = checked, len(reported), damage
             page = await repository.blob_page(session, after, VERIFY_PAGE, fraction, start)
         if not page:
             break
@@ -1062,7 +1062,6 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
                 if bad.hex() in reported:
                     continue
                 reported.add(bad.hex())
-                damaged += 1
                 if len(damage) < DAMAGE_LISTED:
                     async with unit_of_work() as session:
                         owners = await repository.damage_owners(session, bad)
@@ -1070,6 +1069,7 @@ async def execute_verify(verify_id: uuid.UUID, storage: PackStorage | None = Non
     async with unit_of_work() as session:
         row = await repository.verify_run(session, verify_id)
         assert row is not None
+        damaged = len(reported)
         row.blobs_checked, row.blobs_damaged, row.damage = checked, damaged, damage
         row.status = JobStatus.SUCCEEDED.value if not damaged else JobStatus.FAILED.value
         row.reason = None

@@ -198,7 +198,7 @@ async def erase_expired_pickups(session: AsyncSession, now: datetime) -> int:
         .where(CredentialPickup.expires_at <= now, CredentialPickup.sealed_password.is_not(None))
         .values(sealed_password=None)
     )
-    return int(erased.rowcount)  # type: ignore[attr-defined]
+    return int(getattr(erased, "rowcount", 0) or 0)
 
 
 async def forget_pickups(session: AsyncSession, mailbox_id: uuid.UUID) -> None:

@@ -101,22 +101,28 @@ async def test_the_password_is_handed_out_once_then_410(admin: Api, department: 
     assert again.headers["content-type"] == "application/problem+json"
 
 
+async def _sealed_password(db_session: Any, mailbox: dict[str, Any]) -> bytes | None:
+    from shared.models.provisioning import CredentialPickup
+
+    db_session.expire_all()
+    return await db_session.scalar(
+        select(CredentialPickup.sealed_password).where(
+            CredentialPickup.mailbox_id == uuid.UUID(mailbox["id"])
+        )
+    )
+
+
 async def test_a_picked_up_password_is_kept_nowhere_but_as_its_hash(
     admin: Api, department: Any, db_session: Any
 ) -> None:
-    from shared.models.provisioning import CredentialPickup
 
     mailbox = await _create(admin, await department())
     token = mailbox["credential"]["pickup_token"]
-    waiting = select(CredentialPickup.sealed_password).where(
-        CredentialPickup.mailbox_id == uuid.UUID(mailbox["id"])
-    )
-    sealed = await db_session.scalar(waiting)
+    sealed = await _sealed_password(db_session, mailbox)
     picked = await admin.client.post("/v1/credentials/pickup", json={"pickup_token": token})
     password = picked.json()["password"].encode()
     assert sealed and password not in sealed
-    db_session.expire_all()
-    assert await db_session.scalar(waiting) is None
+    assert await _sealed_password(db_session, mailbox) is None
 
 
 async def test_an_expired_pickup_is_410_and_the_sweep_erases_its_password(
@@ -137,11 +143,7 @@ async def test_an_expired_pickup_is_410_and_the_sweep_erases_its_password(
     assert response.status_code == 410
     assert response.json()["code"] == "credential_expired"
     assert (await tasks.sweep({}))["expired_pickups"] >= 1  # its sealed password erased
-    sealed = select(CredentialPickup.sealed_password).where(
-        CredentialPickup.mailbox_id == uuid.UUID(mailbox["id"])
-    )
-    db_session.expire_all()
-    assert await db_session.scalar(sealed) is None
+    assert await _sealed_password(db_session, mailbox) is None
 
 
 async def test_password_reset_gives_a_new_password_and_the_old_one_stops_working(

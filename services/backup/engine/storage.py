@@ -238,6 +238,7 @@ class LocalPackStorage(PackStorage):
     def create(self) -> PackWriter:
         pack_id = uuid.uuid4()
         path = self.path(pack_id)
+        # Up to the state directory: `backup/` and `packs/` are the store's own to make.
         _durable_directory(path.parent, above=self.root.parent.parent)
         return _LocalPackWriter(path, pack_id)
 
